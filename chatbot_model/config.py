@@ -1,0 +1,129 @@
+"""One settings object for every knob (env prefix `CHATBOT_`), validated when built, never at import.
+
+Provider keys keep their usual names (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OPENAI_BASE_URL`,
+`ANTHROPIC_BASE_URL`) and the tracking store reads `MLFLOW_TRACKING_URI`, so existing setups work as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatbot_model.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
+GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
+ROUTE_NAMES = ("gpt", "claude")
+
+
+def _artifact(name: str) -> Path:
+    """`artifacts/NAME` of the checkout, else of the working directory (an installed wheel)."""
+    for base in (DEFAULT_ARTIFACTS, Path.cwd() / "artifacts"):
+        if (base / name).exists():
+            return base / name
+    return DEFAULT_ARTIFACTS / name
+
+
+class Settings(BaseSettings):
+    """Effective configuration. `llmops-chatbot config` prints it with secrets masked."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATBOT_", extra="ignore", validate_default=True)
+
+    # knowledge base and retrieval
+    docs_path: Path = Field(default_factory=lambda: _artifact("docs.json"), description="knowledge base: file or folder")
+    index_dir: Path = Field(Path(".chatbot/index"), description="where the FAISS index and chunk store persist")
+    embedding_model: str = Field("", description="sentence-transformers id or path; empty = the embedded all-MiniLM-L6-v2")
+    chunk_size: int = Field(800, ge=100, le=20000, description="characters per chunk")
+    chunk_overlap: int = Field(120, ge=0, description="characters shared by neighbouring chunks")
+    top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
+    index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
+
+    # guardrail
+    guardrail_backend: str = Field("auto", description=f"one of {list(GUARDRAIL_BACKENDS)}")
+    toxic_bert_model: str = Field("unitary/toxic-bert", description="hub id or local directory of toxic-bert")
+    guardrail_threshold: float = Field(0.5, gt=0, lt=1, description="unsafe when any label >= threshold")
+    guardrail_load_timeout_s: float = Field(10.0, gt=0, description="auto: how long to try loading toxic-bert")
+
+    # routing and prompting
+    gpt_model: str = Field("gpt-4o-mini", description="model of the `gpt` route (OpenAI)")
+    claude_model: str = Field("claude-3-5-sonnet-latest", description="model of the `claude` route (Anthropic)")
+    bias_towards_35: float = Field(0.3, ge=0, le=1, description="starting router bias towards Claude 3.5 Sonnet")
+    hint_path: Path = Field(default_factory=lambda: _artifact("adapter_hint.txt"), description="the default hint")
+    max_question_chars: int = Field(4000, ge=1, description="longest question accepted")
+
+    # providers
+    provider_timeout_s: float = Field(30.0, gt=0, description="timeout of one provider call")
+    provider_max_retries: int = Field(2, ge=0, le=10, description="retries of a retryable provider error")
+    max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"))
+    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"))
+
+    # MLflow
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "CHATBOT_TRACKING_URI"),
+        description="MLflow tracking store",
+    )
+    experiment_name: str = Field("llmops-chatbot", description="MLflow experiment for chat sessions and traces")
+    tracing: bool = Field(True, description="record one MLflow trace per request")
+
+    @field_validator("guardrail_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in GUARDRAIL_BACKENDS:
+            raise ValueError(f"unknown guardrail backend {value!r}; choose one of {list(GUARDRAIL_BACKENDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "Settings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as text, secrets shown as set/unset only."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "****** (set)"
+            elif value is None:
+                value = "(unset)"
+            out[name] = str(value)
+        return out
+
+
+def load_settings(**overrides) -> Settings:
+    """Build and validate settings; a bad value becomes a `ConfigError` naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"CHATBOT_{field.upper()}" if field in Settings.model_fields else field
+            problems.append(f"{env}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (cached); tests build their own with `load_settings`."""
+    return load_settings()
+
+
+def configure_mlflow(settings: Settings) -> str:
+    """Point MLflow at the configured store; sqlite stores keep artifacts beside the db file."""
+    import mlflow
+
+    uri = settings.tracking_uri
+    os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
