@@ -32,7 +32,9 @@ def _artifact(name: str) -> Path:
 class Settings(BaseSettings):
     """Effective configuration. `llmops-chatbot config` prints it with secrets masked."""
 
-    model_config = SettingsConfigDict(env_prefix="CHATBOT_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOT_", extra="ignore", validate_default=True, populate_by_name=True
+    )
 
     # knowledge base and retrieval
     docs_path: Path = Field(default_factory=lambda: _artifact("docs.json"), description="knowledge base: file or folder")
@@ -119,11 +121,31 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def artifact_root(tracking_uri: str) -> str | None:
+    """A local artifact root beside a sqlite store (`mlartifacts/` next to the db file); None for servers."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
 def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at the configured store; sqlite stores keep artifacts beside the db file."""
+    """Point MLflow at the configured store and experiment (created with a local artifact root for sqlite).
+
+    Returns the experiment id.
+    """
     import mlflow
 
     uri = settings.tracking_uri
-    os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses (mlflow run, models serve) see the same store
     mlflow.set_tracking_uri(uri)
-    return uri
+    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        try:
+            experiment_id = mlflow.create_experiment(settings.experiment_name, artifact_location=artifact_root(uri))
+        except mlflow.exceptions.MlflowException:  # another process created it first
+            experiment_id = mlflow.get_experiment_by_name(settings.experiment_name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -30,6 +30,9 @@ class Embedder:
 
     def __init__(self, model: str = ""):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
         self.name = model or EMBEDDED_MODEL
         path = embedded_model_path() if not model else model
@@ -41,7 +44,8 @@ class Embedder:
                 "set CHATBOT_EMBEDDING_MODEL to a local sentence-transformers directory, or leave it empty "
                 "for the embedded all-MiniLM-L6-v2"
             ) from None
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised; one call for the whole list."""

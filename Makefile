@@ -1,0 +1,48 @@
+# The README's commands. Every target sets up what it needs in .venv first (a fresh machine has nothing).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install install-test run chat index test test-fast serve-model bench clean
+
+help:
+	@echo "make run | chat | index | test | serve-model | bench | clean"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned: the CPU wheel (a bare `torch` requirement would pull a CUDA build)
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[serve]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+index: install
+	$(BIN)/llmops-chatbot build-index
+
+run: index
+	$(BIN)/llmops-chatbot chat
+
+chat: index
+	$(BIN)/llmops-chatbot chat
+
+test: install-test
+	$(BIN)/python -m pytest
+
+serve-model: install
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p 5001 --host 127.0.0.1
+
+clean:
+	rm -rf .chatbot .pytest_cache build dist *.egg-info

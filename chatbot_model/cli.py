@@ -1,0 +1,100 @@
+"""`llmops-chatbot`: the click command group. Heavy imports live inside the commands (--help stays fast)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from chatbot_model.errors import ChatbotError
+
+
+class _Group(click.Group):
+    """Turns domain errors into one clean line (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ChatbotError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log INFO messages (ids, routes, timings).")
+def main(verbose: bool) -> None:
+    """llmops-chatbot: a retrieval-augmented chatbot with guardrails, routing and an MLflow lifecycle."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow.store", "httpx", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(**overrides):
+    from chatbot_model.config import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@main.command("config")
+def config_cmd() -> None:
+    """Print the effective settings (secrets masked)."""
+    for name, value in _settings().masked().items():
+        click.echo(f"{name:28s} {value}")
+
+
+@main.command("build-index")
+@click.argument("path", required=False, type=click.Path(path_type=str))
+@click.option("--index-dir", help="Where to write the index (default: CHATBOT_INDEX_DIR).")
+def build_index(path: str | None, index_dir: str | None) -> None:
+    """Index PATH (a docs .json/.jsonl/.md/.txt file or a folder of them; default: the shipped knowledge base)."""
+    from chatbot_model.rag import RAGPipeline
+
+    settings = _settings(index_dir=index_dir)
+    rag = RAGPipeline(settings).load_or_build(path, progress=True)
+    info = rag.info()
+    click.echo(f"index ready: {info['documents']} documents, {info['chunks']} chunks, {info['index_type']}, "
+               f"fingerprint {info['fingerprint']} -> {info['index_dir']}")
+    if path:
+        click.echo(f"to chat over it: CHATBOT_DOCS_PATH={path} llmops-chatbot chat")
+
+
+@main.command("index-info")
+def index_info() -> None:
+    """Show the persisted index: documents, chunks, index type, embedder, fingerprint."""
+    from pathlib import Path
+
+    manifest = Path(_settings().index_dir) / "manifest.json"
+    if not manifest.exists():
+        raise click.ClickException(f"no index in {manifest.parent}; run `llmops-chatbot build-index` first")
+    click.echo(manifest.read_text())
+
+
+@main.command()
+@click.argument("question")
+def ask(question: str) -> None:
+    """Answer one QUESTION and print the result as JSON."""
+    service = _service(_settings())
+    click.echo(json.dumps(service.answer(question).to_dict(), indent=2, default=str))
+
+
+def _service(settings, progress: bool = False):
+    from chatbot_model.config import configure_mlflow
+    from chatbot_model.service import LLMService
+
+    configure_mlflow(settings)
+    return LLMService.from_settings(settings, progress=progress)
+
+
+@main.command()
+def chat() -> None:
+    """Interactive chat: ask, read the answer and its sources, rate it y/n (Enter skips), q quits."""
+    from chatbot_model.chat import run_chat
+
+    settings = _settings()
+    run_chat(_service(settings, progress=True), settings, sys.stdin)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,290 @@
+"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index.
+
+Vectors are L2-normalised, so inner product = cosine similarity. The index, the chunk store and the
+sentence vectors (reused by the local answerer) persist in `settings.index_dir` with a fingerprint of the
+documents, the embedder and the chunking; `load_or_build` rebuilds only when that fingerprint changes.
+Index files are written to a temporary directory and swapped in whole, so a failed build leaves the old
+index (or nothing) behind, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from chatbot_model.config import Settings
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.schema import Chunk, Document, Source
+
+log = logging.getLogger(__name__)
+DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
+INDEX_FORMAT = 1
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
+
+
+# ---------------------------------------------------------------- documents
+def load_documents(path: str | Path) -> list[Document]:
+    """Documents from a `.json` (list of {id,title,text,source}), `.jsonl`, `.md`, `.txt` file or a folder of them."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"knowledge base {str(path)!r} does not exist; pass a file or folder of "
+                          f"{', '.join(DOC_SUFFIXES)} files (or set CHATBOT_DOCS_PATH)")
+    files = sorted(p for p in path.rglob("*") if p.suffix in DOC_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+    if path.is_file() and path.suffix not in DOC_SUFFIXES:
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DOC_SUFFIXES)}")
+    docs: list[Document] = []
+    for file in files:
+        docs.extend(_load_file(file, base=path if path.is_dir() else file.parent))
+    if not docs:
+        raise ConfigError(f"no documents found in {path}; add {', '.join(DOC_SUFFIXES)} files with some text")
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:
+            raise ConfigError(f"duplicate document id {doc.id!r} in {path}; document ids must be unique")
+        seen.add(doc.id)
+    return docs
+
+
+def _load_file(file: Path, base: Path) -> list[Document]:
+    rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.name
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}; documents must be UTF-8 text") from None
+    if file.suffix in (".md", ".txt"):
+        if not text.strip():
+            return []
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
+        return [Document(id=Path(rel).with_suffix("").as_posix(), title=title, text=text.strip(), source=rel)]
+    if file.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{file}:{n}: not valid JSON ({exc.msg}); one JSON object per line") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of "
+                              '{"id", "title", "text", "source"} objects') from None
+        if isinstance(records, dict) and isinstance(records.get("documents"), list):
+            records = records["documents"]
+    if not isinstance(records, list):
+        raise ConfigError(f"{file}: expected a JSON list of documents, got {type(records).__name__}")
+    return [_to_document(r, file, i, rel) for i, r in enumerate(records)]
+
+
+def _to_document(record, file: Path, i: int, rel: str) -> Document:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+        raise ConfigError(f"{file}: document #{i} needs a non-empty string field 'text' "
+                          '(format: {"id", "title", "text", "source"})')
+    doc_id = str(record.get("id") or f"{Path(rel).stem}-{i}")
+    return Document(id=doc_id, title=str(record.get("title") or doc_id), text=record["text"].strip(),
+                    source=str(record.get("source") or rel))
+
+
+# ---------------------------------------------------------------- chunking
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (line breaks and sentence ends), markdown headings and blanks dropped."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("-*> ").strip()
+        if not line or line.startswith("#"):
+            continue
+        out.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+    return out
+
+
+def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk]:
+    """Chunks of at most ~`size` characters built from whole sentences; neighbours share ~`overlap` characters."""
+    chunks: list[Chunk] = []
+    for doc in docs:
+        sentences = split_sentences(doc.text) or [doc.text]
+        start = 0
+        while start < len(sentences):
+            end, length = start, 0
+            while end < len(sentences) and (end == start or length + len(sentences[end]) <= size):
+                length += len(sentences[end]) + 1
+                end += 1
+            chunk_sents = tuple(sentences[start:end])
+            chunks.append(Chunk(chunk_id=len(chunks), doc_id=doc.id, title=doc.title, source=doc.source,
+                                text=" ".join(chunk_sents), sentences=chunk_sents))
+            if end >= len(sentences):
+                break
+            back, shared = end, 0  # step back over whole sentences to share ~overlap characters
+            while back - 1 > start and shared + len(sentences[back - 1]) <= overlap:
+                back -= 1
+                shared += len(sentences[back]) + 1
+            start = back
+    return chunks
+
+
+def fingerprint(docs: list[Document], embedder_name: str, settings: Settings) -> str:
+    """Changes when the documents, the embedder or the chunking change (and only then)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap]).encode())
+    for doc in docs:
+        h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the pipeline
+class RAGPipeline:
+    """Retrieval over a persisted FAISS index. Build once, then `retrieve` / `retrieve_many`."""
+
+    def __init__(self, settings: Settings, embedder=None):
+        self.settings = settings
+        self._embedder = embedder
+        self.index = None
+        self.chunks: list[Chunk] = []
+        self.sentence_vectors: np.ndarray | None = None
+        self.sentence_offsets: np.ndarray | None = None
+        self.manifest: dict = {}
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from chatbot_model.embeddings import get_embedder
+
+            self._embedder = get_embedder(self.settings.embedding_model)
+        return self._embedder
+
+    @property
+    def embedder_name(self) -> str:
+        from chatbot_model.embeddings import EMBEDDED_MODEL
+
+        return self.settings.embedding_model or EMBEDDED_MODEL
+
+    # -- building and loading
+    def load_or_build(self, docs_path: str | Path | None = None, *, progress: bool = False) -> "RAGPipeline":
+        """Load the persisted index when its fingerprint matches the documents, else build and persist it."""
+        docs = load_documents(docs_path or self.settings.docs_path)
+        fp = fingerprint(docs, self.embedder_name, self.settings)
+        if self._load(fp):
+            return self
+        log.info("building index for %d documents (fingerprint %s)", len(docs), fp)
+        return self.build(docs, fp, progress=progress)
+
+    def build(self, docs: list[Document], fp: str | None = None, *, progress: bool = False) -> "RAGPipeline":
+        """Chunk, embed (with a progress bar when asked), index and persist atomically."""
+        started = time.perf_counter()
+        fp = fp or fingerprint(docs, self.embedder_name, self.settings)
+        chunks = chunk_documents(docs, self.settings.chunk_size, self.settings.chunk_overlap)
+        sentences = [s for c in chunks for s in c.sentences]
+        vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
+        chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
+        offsets = np.cumsum([0] + [len(c.sentences) for c in chunks]).astype(np.int64)
+        self.index = self._make_index(chunk_vecs)
+        self.chunks, self.sentence_vectors, self.sentence_offsets = chunks, sent_vecs, offsets
+        self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
+                         "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
+                         "sentences": len(sentences), "index_type": type(self.index).__name__,
+                         "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
+                         "build_seconds": round(time.perf_counter() - started, 3)}
+        self._persist()
+        return self
+
+    def _encode_batches(self, texts: list[str], progress: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        batch = 128
+        parts = [self.embedder.encode(texts[i:i + batch])
+                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def _make_index(self, vectors: np.ndarray):
+        import faiss
+
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return index
+
+    def _persist(self) -> None:
+        import faiss
+
+        target = Path(self.settings.index_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".index-", dir=target.parent))
+        try:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            np.save(tmp / "sentence_vectors.npy", self.sentence_vectors)
+            np.save(tmp / "sentence_offsets.npy", self.sentence_offsets)
+            (tmp / "chunks.json").write_text(json.dumps([asdict(c) for c in self.chunks], ensure_ascii=False))
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _load(self, fp: str) -> bool:
+        import faiss
+
+        root = Path(self.settings.index_dir)
+        try:
+            manifest = json.loads((root / "manifest.json").read_text())
+            if manifest.get("fingerprint") != fp:
+                log.info("index in %s is stale (fingerprint %s != %s): rebuilding", root, manifest.get("fingerprint"), fp)
+                return False
+            self.index = faiss.read_index(str(root / "index.faiss"))
+            self.chunks = [Chunk(**{**c, "sentences": tuple(c["sentences"])})
+                           for c in json.loads((root / "chunks.json").read_text())]
+            self.sentence_vectors = np.load(root / "sentence_vectors.npy")
+            self.sentence_offsets = np.load(root / "sentence_offsets.npy")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            if root.exists():
+                log.warning("index in %s is unreadable (%s): rebuilding", root, exc)
+            return False
+        self.manifest = manifest
+        return True
+
+    # -- retrieval
+    def encode_queries(self, questions: list[str]) -> np.ndarray:
+        """All questions embedded in one call."""
+        return self.embedder.encode(list(questions))
+
+    def search(self, vectors: np.ndarray, k: int | None = None) -> list[list[Source]]:
+        """Top-k sources for each query vector: one FAISS search for the whole matrix."""
+        if self.index is None:
+            raise ConfigError("the index is not built; run `llmops-chatbot build-index` or call load_or_build()")
+        k = min(k or self.settings.top_k, len(self.chunks))
+        if len(vectors) == 0 or k == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return [[self._source(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0]
+                for row_s, row_i in zip(scores, ids)]
+
+    def _source(self, i: int, score: float) -> Source:
+        lo, hi = self.sentence_offsets[i], self.sentence_offsets[i + 1]
+        return Source(chunk=self.chunks[i], score=score, sentence_vectors=self.sentence_vectors[lo:hi])
+
+    def retrieve(self, question: str, k: int | None = None) -> list[Source]:
+        """Top-k sources for one question (document, chunk and cosine score)."""
+        return self.retrieve_many([question], k)[0]
+
+    def retrieve_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
+        """Top-k sources for many questions: one embedding call, one search."""
+        if any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise InvalidInput("every question must be a non-empty string")
+        return self.search(self.encode_queries(questions), k)
+
+    def info(self) -> dict:
+        """What is loaded: the manifest plus the index location."""
+        return {**self.manifest, "index_dir": str(self.settings.index_dir)}

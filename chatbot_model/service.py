@@ -1,0 +1,234 @@
+"""LLMService: guardrail -> retrieval -> routing -> prompt -> provider (with fallback) -> output guardrail.
+
+`answer_many` is the real implementation and works as a batch: one embedding call for all questions, one
+guardrail call for all questions and one for all answers, one FAISS search, and remote provider calls run
+concurrently (bounded). `answer` is a batch of one. Every question becomes one MLflow trace with a span per
+step; its id comes back in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from chatbot_model.adapter import ControlHintAdapter
+from chatbot_model.config import Settings
+from chatbot_model.errors import ChatbotError, InvalidInput, ProviderError
+from chatbot_model.router import ROUTES, HeuristicRouter, Route
+from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
+
+log = logging.getLogger(__name__)
+MAX_CONCURRENT_CALLS = 8
+
+
+def validate_question(question, max_chars: int, where: str = "question") -> str:
+    """The stripped question, or InvalidInput saying what is wrong and what is expected."""
+    if not isinstance(question, str):
+        raise InvalidInput(f"{where} must be a string, got {type(question).__name__}")
+    text = question.strip()
+    if not text:
+        raise InvalidInput(f"{where} is empty; ask something in words")
+    if len(text) > max_chars:
+        raise InvalidInput(f"{where} is {len(text)} characters long; the limit is {max_chars} "
+                           "(shorten it or raise CHATBOT_MAX_QUESTION_CHARS)")
+    return text
+
+
+def build_prompt(question: str, sources: list[Source]) -> str:
+    """Numbered sources, then the question and the citation instruction."""
+    if not sources:
+        return f"No sources were found in the knowledge base.\n\nQuestion: {question}\nAnswer honestly."
+    blocks = [f"[{n}] {s.chunk.title} ({s.chunk.source})\n{s.chunk.text}" for n, s in enumerate(sources, 1)]
+    return ("Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n"
+            "Answer from the sources above and cite them as [n]. If they do not contain the answer, say so.")
+
+
+@dataclass
+class Step:
+    """Wall-clock bounds of one batch step, reused for every question's span."""
+
+    name: str
+    start_ns: int
+    end_ns: int = 0
+
+
+@contextmanager
+def _timed(steps: dict[str, Step], name: str):
+    step = steps[name] = Step(name, time.time_ns())
+    try:
+        yield
+    finally:
+        step.end_ns = time.time_ns()
+
+
+class LLMService:
+    """Orchestrates one request or a batch; components are injected (tests pass real ones with fakes inside)."""
+
+    def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
+                 adapter: ControlHintAdapter, providers: dict | None = None):
+        from chatbot_model.providers import PROVIDERS, build_provider
+
+        self.settings = settings
+        self.guardrail = guardrail
+        self.rag = rag
+        self.router = router
+        self.adapter = adapter
+        self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
+        self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
+        self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, docs_path=None, hint: str | None = None,
+                      bias: float | None = None, progress: bool = False, providers: dict | None = None) -> "LLMService":
+        """Build every component from settings; the index is loaded, or built when stale."""
+        from chatbot_model.guardrail import build_guardrail
+        from chatbot_model.rag import RAGPipeline
+
+        adapter = ControlHintAdapter(hint) if hint else ControlHintAdapter.from_file(settings.hint_path)
+        router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
+        rag = RAGPipeline(settings).load_or_build(docs_path, progress=progress)
+        return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
+                   providers=providers)
+
+    # ------------------------------------------------------------ requests
+    def answer(self, question: str) -> ChatResult:
+        """One question, one result (a batch of one)."""
+        return self.answer_many([question])[0]
+
+    def answer_many(self, questions: list[str]) -> list[ChatResult]:
+        """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then."""
+        if not isinstance(questions, (list, tuple)):
+            raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
+        many = len(questions) > 1
+        qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
+              for i, q in enumerate(questions)]
+        if not qs:
+            return []
+        t0 = time.time_ns()
+        steps: dict[str, Step] = {}
+
+        with _timed(steps, "embed"):
+            vectors = self.rag.encode_queries(qs)
+        with _timed(steps, "guardrail_input"):
+            shared = vectors if self._guardrail_shares_embedder() else None
+            checks_in = self.guardrail.check_many(qs, vectors=shared)
+        ok = [i for i, c in enumerate(checks_in) if c.safe]
+        with _timed(steps, "retrieval"):
+            found = self.rag.search(vectors[ok]) if ok else []
+        sources = dict(zip(ok, found))
+        with _timed(steps, "routing"):
+            routes = {i: self.router.route(qs[i]) for i in ok}
+        hint = self.adapter.hint
+        with _timed(steps, "llm"):
+            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], sources[i]), question=qs[i],
+                                             sources=sources[i], model="", question_vector=vectors[i]) for i in ok}
+            answers = self._complete_all(requests, routes)
+        with _timed(steps, "guardrail_output"):
+            checks_out = dict(zip(ok, self.guardrail.check_many([answers[i][0].text for i in ok]))) if ok else {}
+
+        elapsed_ms = (time.time_ns() - t0) / 1e6
+        results = []
+        for i, q in enumerate(qs):
+            if i not in sources:
+                results.append(self._blocked(q, checks_in[i], "input", elapsed_ms))
+                continue
+            completion, fallback = answers[i]
+            result = ChatResult(
+                question=q, answer=completion.text, sources=[s.to_dict() for s in sources[i]],
+                route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
+                route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
+            if not checks_out[i].safe:
+                result = self._blocked(q, checks_out[i], "output", elapsed_ms, result)
+            results.append(result)
+        if self.settings.tracing:
+            self._trace(results, steps, checks_in, t0, hint)
+        return results
+
+    def _guardrail_shares_embedder(self) -> bool:
+        from chatbot_model.embeddings import EMBEDDED_MODEL
+
+        return self.rag.embedder_name == EMBEDDED_MODEL
+
+    def _blocked(self, question: str, check, where: str, elapsed_ms: float, result: ChatResult | None = None):
+        from chatbot_model.guardrail import SAFE_REPLY
+
+        base = result or ChatResult(question=question, answer="", sources=[], route="blocked",
+                                    provider="guardrail", model=check.backend)
+        base.answer, base.blocked, base.blocked_by = SAFE_REPLY, True, where
+        base.guardrail, base.latency_ms = check.to_dict(), round(elapsed_ms, 2)
+        if where == "output":
+            base.sources = []
+        log.info("blocked %s (labels %s)", where, sorted(check.flagged))
+        return base
+
+    # ------------------------------------------------------------ providers
+    def _complete_all(self, requests: dict[int, CompletionRequest], routes: dict[int, Route]):
+        """Remote calls run concurrently (bounded pool); the local answerer runs inline."""
+        futures = {}
+        out = {}
+        for i, req in requests.items():
+            chain = self._chain(routes[i])
+            if self._first_available(chain) == "local":
+                out[i] = self._complete_with_fallback(req, chain)
+            else:
+                futures[i] = self._pool.submit(self._complete_with_fallback, req, chain)
+        for i, fut in futures.items():
+            out[i] = fut.result()
+        return out
+
+    def _chain(self, route: Route) -> list[str]:
+        other = next(p for r, p in ROUTES.items() if r != route.name)
+        return [route.provider, other, "local"]
+
+    def _first_available(self, chain: list[str]) -> str:
+        return next((name for name in chain if self.providers[name].available()[0]), "local")
+
+    def _complete_with_fallback(self, request: CompletionRequest, chain: list[str]) -> tuple[Completion, str | None]:
+        """Try the route's provider, then the other route, then local; say why when it is not the first."""
+        reasons = []
+        for name in chain:
+            provider = self.providers[name]
+            ok, why = provider.available()
+            if not ok:
+                reasons.append(f"{name}: {why}")
+                continue
+            request.model = self._models.get(name, "")
+            try:
+                return provider.complete(request), ("; ".join(reasons) or None)
+            except ProviderError as exc:
+                log.warning("provider %s failed: %s", name, exc)
+                reasons.append(f"{name}: {exc}")
+        raise ProviderError("every provider failed: " + "; ".join(reasons))
+
+    # ------------------------------------------------------------ feedback
+    def feedback(self, positive: bool) -> dict:
+        """Apply one rating to the hint and the router; returns before/after for display."""
+        before = {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
+        self.adapter.feedback(positive)
+        self.router.feedback(positive)
+        return {"before": before, "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}}
+
+    def describe(self) -> dict:
+        """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
+        return {
+            "guardrail": self.guardrail.backend,
+            "embedder": self.rag.embedder_name,
+            "index": self.rag.info(),
+            "providers": {name: (p.available()[1] or "ready") for name, p in self.providers.items()},
+            "hint": self.adapter.hint,
+            "bias_towards_35": self.router.bias_towards_35,
+        }
+
+    # ------------------------------------------------------------ tracing
+    def _trace(self, results: list[ChatResult], steps: dict[str, Step], checks_in, t0: int, hint: str) -> None:
+        """One MLflow trace per question, spans timed by the batch step they shared. Never fails the request."""
+        try:
+            from chatbot_model.tracing import record_trace
+
+            for result, check in zip(results, checks_in):
+                result.trace_id = record_trace(result, steps, check, t0, hint)
+        except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
+            log.warning("could not record the trace: %s", exc)

@@ -1,0 +1,66 @@
+"""Test isolation: every test gets its own tracking store, index dir and no provider keys (STYLE.md 9)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+
+from tests.fake_llm_server import FakeLLMServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "artifacts" / "docs.json"
+KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Tracking store, index and feedback DB under tmp_path; no keys; CHATBOT_* from the host ignored."""
+    for var in list(os.environ):
+        if var.startswith("CHATBOT_") or var in KEY_VARS:
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
+    monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")
+    monkeypatch.chdir(tmp_path)
+    from chatbot_model.config import get_settings
+
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def shipped_index(tmp_path_factory) -> Path:
+    """The shipped knowledge base indexed once per test session (tests copy it; never write to it)."""
+    from chatbot_model.config import load_settings
+    from chatbot_model.rag import RAGPipeline
+
+    index_dir = tmp_path_factory.mktemp("shipped") / "index"
+    RAGPipeline(load_settings(index_dir=index_dir, docs_path=DOCS)).load_or_build()
+    return index_dir
+
+
+@pytest.fixture
+def index_dir(shipped_index, tmp_path, monkeypatch) -> Path:
+    """A private copy of the shipped index, set as CHATBOT_INDEX_DIR."""
+    target = tmp_path / "index"
+    shutil.copytree(shipped_index, target, dirs_exist_ok=True)
+    monkeypatch.setenv("CHATBOT_INDEX_DIR", str(target))
+    return target
+
+
+@pytest.fixture
+def fake_llm():
+    server = FakeLLMServer()
+    try:
+        yield server
+    finally:
+        server.close()

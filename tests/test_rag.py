@@ -1,0 +1,135 @@
+"""RAGPipeline: loading, chunking, persistence with fingerprints, retrieval (real embedder, real FAISS)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from chatbot_model.config import load_settings
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.rag import RAGPipeline, chunk_documents, load_documents, split_sentences
+from chatbot_model.schema import Document
+
+CORPUS = [
+    {"id": "aliases", "title": "Model aliases", "source": "a.md",
+     "text": "MLflow aliases are mutable named references to a model version. Load one with models:/name@alias."},
+    {"id": "faiss", "title": "FAISS indexes", "source": "b.md",
+     "text": "IndexFlatIP performs exact inner product search. HNSW is an approximate graph-based index."},
+    {"id": "guardrail", "title": "Guardrail", "source": "c.md",
+     "text": "The guardrail blocks toxic questions before any model is called. It also checks every answer."},
+]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(CORPUS))
+    return path
+
+
+@pytest.fixture
+def rag(corpus, tmp_path):
+    return RAGPipeline(load_settings(docs_path=corpus, index_dir=tmp_path / "idx")).load_or_build()
+
+
+def test_retrieve_finds_the_right_document_with_cosine_scores(rag):
+    sources = rag.retrieve("How do I load a registered model by its alias?", k=2)
+    assert [s.chunk.doc_id for s in sources][0] == "aliases"
+    assert sources[0].score > sources[1].score
+    assert -1.0 <= sources[1].score <= sources[0].score <= 1.0
+    assert sources[0].to_dict()["title"] == "Model aliases"
+
+
+def test_batch_retrieval_matches_single_and_embeds_once(rag, monkeypatch):
+    questions = ["approximate nearest neighbour index", "are toxic questions blocked?"]
+    single = [rag.retrieve(q, k=1)[0].chunk.doc_id for q in questions]
+    calls = []
+    encode = rag.embedder.encode
+    monkeypatch.setattr(rag.embedder, "encode", lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw))
+    batch = [found[0].chunk.doc_id for found in rag.retrieve_many(questions, k=1)]
+    assert batch == single == ["faiss", "guardrail"]
+    assert calls == [2]
+
+
+def test_index_persists_and_is_reused_until_documents_change(corpus, tmp_path):
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
+    first = RAGPipeline(settings).load_or_build()
+    mtime = (tmp_path / "idx" / "index.faiss").stat().st_mtime_ns
+    again = RAGPipeline(settings).load_or_build()
+    assert again.manifest["fingerprint"] == first.manifest["fingerprint"]
+    assert (tmp_path / "idx" / "index.faiss").stat().st_mtime_ns == mtime  # loaded, not rebuilt
+    corpus.write_text(json.dumps(CORPUS + [{"id": "new", "title": "New", "text": "A brand new document."}]))
+    changed = RAGPipeline(settings).load_or_build()
+    assert changed.manifest["fingerprint"] != first.manifest["fingerprint"]
+    assert changed.manifest["documents"] == 4
+
+
+def test_failed_build_leaves_the_previous_index(corpus, tmp_path, monkeypatch):
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
+    RAGPipeline(settings).load_or_build()
+    before = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    broken = RAGPipeline(settings)
+    monkeypatch.setattr("faiss.write_index", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        broken.build(load_documents(corpus) + [Document("x", "X", "Another text.")])
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text()) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".index-")] == []
+
+
+def test_loads_folders_of_markdown_text_and_jsonl(tmp_path):
+    folder = tmp_path / "kb"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "intro.md").write_text("# Intro\nThe chatbot answers questions about MLflow.")
+    (folder / "sub" / "notes.txt").write_text("Plain text notes about FAISS.")
+    (folder / "more.jsonl").write_text('{"id": "j1", "title": "J", "text": "From JSON lines."}\n')
+    (folder / "ignored.csv").write_text("a,b")
+    docs = {d.id: d for d in load_documents(folder)}
+    assert set(docs) == {"intro", "sub/notes", "j1"}
+    assert docs["intro"].title == "Intro" and docs["sub/notes"].source == "sub/notes.txt"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"a": 1}', "expected a JSON list"),
+    ('[{"id": "x", "title": "no text"}]', "non-empty string field 'text'"),
+    ('[{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]', "duplicate document id 'x'"),
+    ("[]", "no documents found"),
+])
+def test_malformed_docs_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "docs.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_documents(path)
+
+
+def test_missing_docs_path_names_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist.*CHATBOT_DOCS_PATH"):
+        load_documents(tmp_path / "nope.json")
+
+
+def test_long_texts_are_chunked_with_overlap():
+    sentences = [f"Sentence number {i} talks about topic {i}." for i in range(60)]
+    chunks = chunk_documents([Document("long", "Long", " ".join(sentences))], size=300, overlap=80)
+    assert len(chunks) > 5
+    assert all(len(c.text) <= 300 for c in chunks)
+    for a, b in zip(chunks, chunks[1:]):
+        assert set(a.sentences) & set(b.sentences), "neighbouring chunks share sentences"
+    covered = {s for c in chunks for s in c.sentences}
+    assert covered == set(sentences)
+
+
+def test_split_sentences_drops_headings_and_bullets():
+    text = "# Title\n- First point. Second point!\n\nThird one?"
+    assert split_sentences(text) == ["First point.", "Second point!", "Third one?"]
+
+
+def test_sentence_vectors_align_with_chunk_sentences(rag):
+    source = rag.retrieve("exact inner product search", k=1)[0]
+    assert source.sentence_vectors.shape == (len(source.chunk.sentences), rag.embedder.dim)
+    direct = rag.embedder.encode(list(source.chunk.sentences))
+    assert np.allclose(direct, source.sentence_vectors, atol=1e-5)
+
+
+def test_empty_question_is_rejected(rag):
+    with pytest.raises(InvalidInput):
+        rag.retrieve_many(["ok", "  "])
