@@ -96,5 +96,9 @@ def chat() -> None:
     run_chat(_service(settings, progress=True), settings, sys.stdin)
 
 
+# Commands defined beside their component (each module imports only click at the top).
+# One `main.add_command(...)` line per command, below.
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
