@@ -18,6 +18,7 @@ from chatbot_model.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
 GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
+SERVING_BACKENDS = ("in-process", "remote")
 ROUTE_NAMES = ("gpt", "claude")
 
 
@@ -75,6 +76,19 @@ class Settings(BaseSettings):
     )
     experiment_name: str = Field("llmops-chatbot", description="MLflow experiment for chat sessions and traces")
     tracing: bool = Field(True, description="record one MLflow trace per request")
+    registered_model_name: str = Field("llmops-chatbot", description="name in the MLflow model registry")
+
+    # serving (FastAPI wrapper)
+    model_uri: str = Field("models:/llmops-chatbot@production", description="model the in-process backend loads")
+    serving_backend: str = Field("in-process", description="in-process (load model_uri) or remote (scoring_url)")
+    scoring_url: str | None = Field(None, description="remote backend: base URL of `mlflow models serve`")
+    backend_timeout_s: float = Field(60.0, gt=0, description="timeout of one backend call")
+    api_key: SecretStr | None = Field(None, description="when set, /chat and /feedback need it as a bearer token")
+    max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted")
+
+    # human feedback
+    feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")
+    adaptation_refresh_s: float = Field(5.0, ge=0, description="how often processes re-read the adaptation state")
 
     @field_validator("guardrail_backend")
     @classmethod
@@ -83,10 +97,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown guardrail backend {value!r}; choose one of {list(GUARDRAIL_BACKENDS)}")
         return value
 
+    @field_validator("serving_backend")
+    @classmethod
+    def _known_serving_backend(cls, value: str) -> str:
+        if value not in SERVING_BACKENDS:
+            raise ValueError(f"unknown serving backend {value!r}; choose one of {list(SERVING_BACKENDS)}")
+        return value
+
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> "Settings":
+    def _consistent(self) -> "Settings":
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        if self.serving_backend == "remote" and not self.scoring_url:
+            raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         return self
 
     def masked(self) -> dict[str, str]:
