@@ -20,12 +20,23 @@ DOCS = ROOT / "artifacts" / "docs.json"
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
 
 
+@pytest.fixture(scope="session")
+def empty_tracking_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its schema created once (migrations take seconds); tests copy it."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch, empty_tracking_db):
     """Tracking store, index and feedback DB under tmp_path; no keys; CHATBOT_* from the host ignored."""
     for var in list(os.environ):
         if var.startswith("CHATBOT_") or var in KEY_VARS:
             monkeypatch.delenv(var, raising=False)
+    shutil.copy(empty_tracking_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")

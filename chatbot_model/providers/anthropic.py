@@ -1,0 +1,51 @@
+"""Anthropic Messages API through the `anthropic` SDK; `ANTHROPIC_BASE_URL` points it at another server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatbot_model.errors import ProviderError
+from chatbot_model.providers.base import Provider, token_usage
+from chatbot_model.schema import Completion, CompletionRequest
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    needs_key = True
+    key_env_var = "ANTHROPIC_API_KEY"
+    key_field = "anthropic_api_key"
+    base_url_env_var = "ANTHROPIC_BASE_URL"
+
+    def _make_client(self) -> Any:
+        try:
+            import anthropic
+        except ImportError as exc:
+            raise ProviderError("anthropic: the anthropic SDK is not installed — pip install anthropic") from exc
+        return anthropic.Anthropic(
+            api_key=self.api_key(),  # explicit: the SDK then ignores profiles and other env credentials
+            base_url=self.settings.anthropic_base_url or None,
+            timeout=self.settings.provider_timeout_s,
+            max_retries=0,  # complete() retries
+        )
+
+    def _complete_once(self, request: CompletionRequest) -> Completion:
+        response = self.client.messages.create(
+            model=request.model,
+            system=request.system,
+            messages=[{"role": "user", "content": request.prompt}],
+            max_tokens=self.settings.max_answer_tokens,
+        )
+        blocks = getattr(response, "content", None)
+        if not isinstance(blocks, list):
+            raise ProviderError(f"anthropic: unreadable reply (no content in {type(response).__name__}) — is "
+                                "ANTHROPIC_BASE_URL an Anthropic-compatible server?")
+        text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text" and isinstance(b.text, str))
+        if not text.strip():
+            raise ProviderError("anthropic: empty reply — the model returned no text; try again or another model")
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text=text.strip(),
+            provider=self.name,
+            model=getattr(response, "model", None) or request.model,
+            usage=token_usage(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)),
+        )

@@ -1,0 +1,53 @@
+"""OpenAI Chat Completions through the `openai` SDK; `OPENAI_BASE_URL` points it at any compatible server
+(vLLM, Ollama, LiteLLM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatbot_model.errors import ProviderError
+from chatbot_model.providers.base import Provider, token_usage
+from chatbot_model.schema import Completion, CompletionRequest
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    needs_key = True
+    key_env_var = "OPENAI_API_KEY"
+    key_field = "openai_api_key"
+    base_url_env_var = "OPENAI_BASE_URL"
+
+    def _make_client(self) -> Any:
+        try:
+            import openai
+        except ImportError as exc:
+            raise ProviderError("openai: the openai SDK is not installed — pip install openai") from exc
+        return openai.OpenAI(
+            api_key=self.api_key(),
+            base_url=self.settings.openai_base_url or None,
+            timeout=self.settings.provider_timeout_s,
+            max_retries=0,  # complete() retries
+        )
+
+    def _complete_once(self, request: CompletionRequest) -> Completion:
+        response = self.client.chat.completions.create(
+            model=request.model,
+            messages=[{"role": "system", "content": request.system},
+                      {"role": "user", "content": request.prompt}],
+            max_tokens=self.settings.max_answer_tokens,
+        )
+        try:
+            text = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise ProviderError(f"openai: unreadable reply (no choices in {type(response).__name__}) — is "
+                                "OPENAI_BASE_URL an OpenAI-compatible server?") from None
+        if not isinstance(text, str) or not text.strip():
+            raise ProviderError("openai: empty reply — the model returned no text; try again or another model")
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text=text.strip(),
+            provider=self.name,
+            model=getattr(response, "model", None) or request.model,
+            usage=token_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)),
+        )
+

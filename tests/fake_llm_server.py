@@ -1,0 +1,233 @@
+"""A fake LLM server speaking the OpenAI and Anthropic wire formats, for tests with the real SDKs.
+
+    server = FakeLLMServer()                       # or the `fake_llm_server` pytest fixture
+    OpenAI(base_url=server.openai_base_url, ...)   # POST /v1/chat/completions
+    Anthropic(base_url=server.anthropic_base_url)  # POST /v1/messages
+    server.queue(Reply.error(429), "hello")        # programmed replies, first in first out
+    server.requests[-1].body["model"]              # every request received, in order
+    server.delay = 0.2                             # a fixed delay before every reply
+
+With an empty queue the server answers "fake-openai answer from MODEL" / "fake-anthropic answer from MODEL".
+A queued `str` is a text reply and a queued `int` an HTTP error with that status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+@dataclass
+class Reply:
+    """One programmed reply. Build it with the class methods."""
+
+    text: str | None = None  # a normal answer; None = the default answer
+    status: int = 200
+    retry_after: float | None = None  # seconds, sent as `retry-after` and `retry-after-ms`
+    delay: float = 0.0  # seconds to wait before replying (on top of `server.delay`)
+    garbage: bytes | None = None  # a raw body sent instead of JSON
+    content_type: str = "application/json"
+
+    @classmethod
+    def answer(cls, text: str, *, delay: float = 0.0) -> "Reply":
+        return cls(text=text, delay=delay)
+
+    @classmethod
+    def error(cls, status: int, *, retry_after: float | None = None, delay: float = 0.0) -> "Reply":
+        return cls(status=status, retry_after=retry_after, delay=delay)
+
+    @classmethod
+    def slow(cls, seconds: float, text: str | None = None) -> "Reply":
+        return cls(text=text, delay=seconds)
+
+    @classmethod
+    def junk(cls, body: bytes = b"<html>502 Bad Gateway</html> not json {", *,
+             content_type: str = "application/json") -> "Reply":
+        return cls(garbage=body, content_type=content_type)
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or the raw text when it is not JSON
+    time: float = field(default_factory=time.monotonic)
+
+
+def _as_reply(item: Reply | str | int) -> Reply:
+    if isinstance(item, Reply):
+        return item
+    if isinstance(item, bool):
+        raise TypeError("queue a Reply, a str (answer) or an int (HTTP status)")
+    if isinstance(item, int):
+        return Reply.error(item)
+    if isinstance(item, str):
+        return Reply.answer(item)
+    raise TypeError(f"cannot queue {item!r}: use a Reply, a str (answer) or an int (HTTP status)")
+
+
+class FakeLLMServer:
+    """Threaded HTTP server on 127.0.0.1 with a free port, started on construction."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.delay: float = 0.0
+        self._replies: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.openai_base_url = f"{self.url}/v1"
+        self.anthropic_base_url = self.url  # the anthropic SDK adds /v1 itself
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fake-llm-{self.port}", daemon=True)
+        self._thread.start()
+
+    # programming and inspection
+    def queue(self, *replies: Reply | str | int) -> "FakeLLMServer":
+        """Append replies, served first in first out to requests on either endpoint."""
+        with self._lock:
+            self._replies.extend(_as_reply(r) for r in replies)
+        return self
+
+    def reset(self) -> None:
+        with self._lock:
+            self._replies.clear()
+            self.requests.clear()
+        self.delay = 0.0
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def close(self) -> None:
+        self._closing.set()  # wakes delayed handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # used by the handler
+    def _record_and_pop(self, request: RecordedRequest) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            return self._replies.popleft() if self._replies else Reply()
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._closing.wait(seconds)
+
+
+def _openai_body(reply: Reply, body: dict) -> dict:
+    model = body.get("model", "unknown")
+    text = reply.text if reply.text is not None else f"fake-openai answer from {model}"
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": text, "refusal": None}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+def _anthropic_body(reply: Reply, body: dict) -> dict:
+    model = body.get("model", "unknown")
+    text = reply.text if reply.text is not None else f"fake-anthropic answer from {model}"
+    return {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 11, "output_tokens": 7},
+    }
+
+
+def _error_body(path: str, status: int) -> dict:
+    message = f"fake error {status}"
+    if path == ANTHROPIC_PATH:
+        return {"type": "error", "error": {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message}}
+    return {"error": {"message": message, "type": "fake_error", "param": None, "code": str(status)}}
+
+
+def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):  # keep pytest output clean
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = raw
+            path = self.path.split("?", 1)[0]
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if path not in (OPENAI_PATH, ANTHROPIC_PATH):
+                with server._lock:  # unknown paths do not consume replies
+                    server.requests.append(RecordedRequest(path, headers, body))
+                return self._send(404, json.dumps(_error_body(path, 404)).encode())
+            reply = server._record_and_pop(RecordedRequest(path, headers, body))
+            server._sleep(server.delay + reply.delay)
+            if server._closing.is_set():
+                return
+            if not _authorised(path, headers):
+                return self._send(401, json.dumps(_error_body(path, 401)).encode())
+            if reply.garbage is not None:
+                return self._send(reply.status, reply.garbage, content_type=reply.content_type)
+            if reply.status >= 400:
+                extra = {}
+                if reply.retry_after is not None:
+                    extra = {"retry-after": f"{reply.retry_after:g}",
+                             "retry-after-ms": str(int(reply.retry_after * 1000))}
+                return self._send(reply.status, json.dumps(_error_body(path, reply.status)).encode(), extra)
+            fields = body if isinstance(body, dict) else {}
+            payload = _anthropic_body(reply, fields) if path == ANTHROPIC_PATH else _openai_body(reply, fields)
+            self._send(200, json.dumps(payload).encode())
+
+        def _send(self, status: int, data: bytes, extra: dict | None = None, content_type: str = "application/json"):
+            try:
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(data)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                pass
+
+    return Handler
+
+
+def _authorised(path: str, headers: dict[str, str]) -> bool:
+    """Any non-empty key is accepted; OpenAI sends a Bearer token, Anthropic a Bearer token or x-api-key."""
+    bearer = headers.get("authorization", "")
+    if bearer.lower().startswith("bearer ") and bearer[7:].strip():
+        return True
+    return path == ANTHROPIC_PATH and bool(headers.get("x-api-key"))
+
+
+def fake_llm_server() -> Iterator[FakeLLMServer]:
+    """Pytest fixture body: `fake_llm_server = pytest.fixture(fake_llm_server)` in conftest.py."""
+    server = FakeLLMServer()
+    try:
+        yield server
+    finally:
+        server.close()

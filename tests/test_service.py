@@ -1,0 +1,166 @@
+"""LLMService end to end with real components: embedded guardrail, real embedder and FAISS, the local answerer,
+and the real OpenAI/Anthropic SDKs against the fake HTTP server."""
+
+import json
+import time
+
+import mlflow
+import pytest
+
+from chatbot_model.config import configure_mlflow, load_settings
+from chatbot_model.errors import InvalidInput
+from chatbot_model.guardrail import SAFE_REPLY
+from chatbot_model.service import LLMService
+from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
+
+CORPUS = [
+    {"id": "aliases", "title": "Model aliases", "source": "docs/aliases.md",
+     "text": "MLflow aliases are mutable named references to a model version. "
+             "Load an aliased model with the URI models:/name@alias. Moving an alias redeploys without new code."},
+    {"id": "faiss", "title": "FAISS indexes", "source": "docs/faiss.md",
+     "text": "IndexFlatIP performs exact inner product search over all vectors. "
+             "HNSW is an approximate graph index that trades a little recall for speed."},
+    {"id": "hint", "title": "The hint", "source": "docs/hint.md",
+     "text": "The control hint opens every system prompt. Negative feedback makes it more factual and grounded."},
+]
+TOXIC = "You are a worthless idiot and I will hurt you, you stupid piece of garbage"
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    corpus = tmp_path / "docs.json"
+    corpus.write_text(json.dumps(CORPUS))
+
+    def make(**overrides):
+        settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx", guardrail_backend="embedded",
+                                 provider_max_retries=0, provider_timeout_s=5, **overrides)
+        configure_mlflow(settings)
+        return LLMService.from_settings(settings)
+
+    return make
+
+
+@pytest.fixture
+def with_keys(fake_llm):
+    return dict(openai_api_key="sk-test", openai_base_url=fake_llm.openai_base_url,
+                anthropic_api_key="sk-ant-test", anthropic_base_url=fake_llm.anthropic_base_url)
+
+
+def test_without_keys_the_local_provider_answers_and_says_why(make_service):
+    result = make_service().answer("How do I load a model by alias?")
+    assert result.route == "gpt" and result.provider == "local" and result.model == "extractive-v1"
+    assert "OPENAI_API_KEY is not set" in result.fallback and "ANTHROPIC_API_KEY is not set" in result.fallback
+    assert result.sources[0]["id"] == "aliases"
+    assert "[1]" in result.answer and "models:/name@alias" in result.answer
+    assert not result.blocked and result.latency_ms > 0
+
+
+def test_every_step_is_a_span_of_one_trace(make_service):
+    result = make_service().answer("How do I load a model by alias?")
+    trace = mlflow.get_trace(result.trace_id)
+    names = {span.name: span for span in trace.data.spans}
+    assert set(names) == {"chat", "embed", "guardrail_input", "retrieval", "routing", "llm", "guardrail_output"}
+    assert names["guardrail_input"].span_type == "GUARDRAIL" and names["retrieval"].span_type == "RETRIEVER"
+    assert names["chat"].outputs["route"] == "gpt" and names["chat"].attributes["provider"] == "local"
+    assert names["retrieval"].outputs[0]["id"] == "aliases"
+    assert mlflow.search_runs(search_all_experiments=True).empty, "no MLflow run per request"
+
+
+def test_the_route_provider_answers_when_it_has_a_key(make_service, with_keys, fake_llm):
+    result = make_service(**with_keys).answer("What is an alias?")
+    assert (result.route, result.provider, result.model, result.fallback) == ("gpt", "openai", "gpt-4o-mini", None)
+    assert result.answer == "fake-openai answer from gpt-4o-mini"
+    sent = fake_llm.requests_to(OPENAI_PATH)[0].body
+    assert sent["messages"][0]["content"] == "Answer in a helpful, concise, and knowledge-sharing way"
+    assert "[1] Model aliases" in sent["messages"][1]["content"]
+
+
+def test_long_reasoning_question_routes_to_claude(make_service, with_keys, fake_llm):
+    question = ("Why would I pick HNSW over an exact index, and how do I compare recall and speed trade-offs "
+                "step by step for a large corpus? What should I measure first?")
+    result = make_service(**with_keys).answer(question)
+    assert (result.route, result.provider, result.model) == ("claude", "anthropic", "claude-3-5-sonnet-latest")
+    assert fake_llm.requests_to(ANTHROPIC_PATH)[0].body["system"].startswith("Answer in a helpful")
+
+
+def test_a_failing_route_falls_back_to_the_other_route_then_local(make_service, with_keys, fake_llm):
+    service = make_service(**with_keys)
+    fake_llm.queue(500)
+    result = service.answer("What is an alias?")
+    assert (result.route, result.provider) == ("gpt", "anthropic")
+    assert result.fallback.startswith("openai:") and "500" in result.fallback
+    fake_llm.queue(500, 503)
+    result = service.answer("What is an alias?")
+    assert result.provider == "local" and "openai" in result.fallback and "anthropic" in result.fallback
+
+
+def test_toxic_question_is_blocked_without_any_llm_call(make_service, with_keys, fake_llm):
+    result = make_service(**with_keys).answer(TOXIC)
+    assert result.blocked and result.blocked_by == "input" and result.answer == SAFE_REPLY
+    assert result.guardrail["flagged"] and result.guardrail["backend"] == "embedded"
+    assert result.sources == [] and fake_llm.requests == []
+    spans = {s.name for s in mlflow.get_trace(result.trace_id).data.spans}
+    assert spans == {"chat", "embed", "guardrail_input"}
+
+
+def test_toxic_answer_is_replaced_by_the_safe_reply(make_service, with_keys, fake_llm):
+    fake_llm.queue(Reply.answer(TOXIC))
+    result = make_service(**with_keys).answer("What is an alias?")
+    assert result.blocked and result.blocked_by == "output" and result.answer == SAFE_REPLY
+    assert result.provider == "openai" and result.guardrail["flagged"]
+
+
+def test_batch_is_one_embedding_one_search_and_two_guardrail_calls(make_service, monkeypatch):
+    service = make_service()
+    questions = ["How do I load a model by alias?", TOXIC, "What does HNSW trade for speed?"]
+    single = [service.answer(q) for q in questions]
+    calls = {"encode": 0, "check_many": 0, "search": 0}
+    for obj, name in ((service.rag, "encode_queries"), (service.guardrail, "check_many"), (service.rag, "search")):
+        original = getattr(obj, name)
+        key = "encode" if name == "encode_queries" else name
+
+        def spy(*a, _original=original, _key=key, **kw):
+            calls[_key] += 1
+            return _original(*a, **kw)
+
+        monkeypatch.setattr(obj, name, spy)
+    batch = service.answer_many(questions)
+    assert calls == {"encode": 1, "check_many": 2, "search": 1}
+    assert [(r.answer, r.blocked, r.route) for r in batch] == [(r.answer, r.blocked, r.route) for r in single]
+    assert len({r.trace_id for r in batch}) == 3
+
+
+def test_remote_calls_of_a_batch_run_concurrently(make_service, with_keys, fake_llm):
+    service = make_service(**with_keys)
+    fake_llm.delay = 0.5
+    started = time.perf_counter()
+    results = service.answer_many([f"What is alias number {i}?" for i in range(8)])
+    elapsed = time.perf_counter() - started
+    assert {r.provider for r in results} == {"openai"}
+    assert elapsed < 8 * 0.5 / 2, f"8 calls of 0.5 s took {elapsed:.2f} s: not concurrent"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("", "question is empty"),
+    ("   \n", "question is empty"),
+    (42, "question must be a string, got int"),
+    (None, "question must be a string, got NoneType"),
+    ("x" * 4001, "4001 characters long; the limit is 4000"),
+])
+def test_bad_questions_get_clear_errors(make_service, bad, message):
+    with pytest.raises(InvalidInput, match=message):
+        make_service().answer(bad)
+
+
+def test_bad_row_in_a_batch_is_named(make_service):
+    with pytest.raises(InvalidInput, match="question #1 is empty"):
+        make_service().answer_many(["fine", ""])
+
+
+def test_negative_feedback_changes_hint_and_bias_used_by_the_next_answer(make_service, with_keys, fake_llm):
+    service = make_service(**with_keys)
+    change = service.feedback(positive=False)
+    assert change["before"]["bias_towards_35"] == pytest.approx(0.3)
+    assert change["after"] == {"hint": "Be more factual, detailed, and knowledge-grounded", "bias_towards_35": pytest.approx(0.4)}
+    service.answer("What is an alias?")
+    assert fake_llm.requests[-1].body["messages"][0]["content"] == "Be more factual, detailed, and knowledge-grounded"
