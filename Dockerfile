@@ -44,12 +44,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The package pins torch==2.13.0, which the local-version wheel (2.13.0+cpu) satisfies.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 
-# The wheel with the `serve` extra; psycopg2 so the feedback store and `mlflow server` can use PostgreSQL.
+# The wheel with the `serve` and `postgres` (psycopg2) extras: the feedback store can use PostgreSQL.
 COPY --from=builder /wheels /wheels
 # DL3013: the only unpinned requirement is the local wheel file built above (its deps are pinned by it).
 # hadolint ignore=DL3013
 RUN for whl in /wheels/llmops_chatbot-*.whl; do \
-        pip install --no-cache-dir "${whl}[serve]" "psycopg2-binary==2.9.10" || exit 1; \
+        pip install --no-cache-dir "${whl}[serve,postgres]" || exit 1; \
     done \
     && rm -rf /wheels
 

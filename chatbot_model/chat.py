@@ -66,7 +66,7 @@ def run_chat(service, settings, stream: TextIO) -> int:
 
     click.echo(banner(service))
     turns = 0
-    with mlflow.start_run(run_name="chat-session", tags={"kind": "chat-session"}):
+    with mlflow.start_run(run_name="chat-session", tags={"kind": "chat-session"}) as run:
         mlflow.log_params({k: v[:500] for k, v in settings.masked().items()})
         mlflow.log_param("guardrail_backend_active", service.guardrail.backend)
         while True:
@@ -83,7 +83,8 @@ def run_chat(service, settings, stream: TextIO) -> int:
             click.echo(format_result(result))
             rating = _ask_rating(stream)
             if rating:
-                click.echo(format_effect(service.feedback(rating > 0)))
+                # stored with the answer's trace id; the session (this run) is the rater
+                click.echo(format_effect(service.feedback(rating > 0, result=result, session_id=run.info.run_id)))
             mlflow.log_metrics({"latency_ms": result.latency_ms, "route_claude": float(result.route == "claude"),
                                 "blocked": float(result.blocked), "feedback": float(rating or 0)}, step=turns)
             turns += 1

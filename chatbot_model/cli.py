@@ -98,6 +98,14 @@ def chat() -> None:
 
 # Commands defined beside their component (each module imports only click at the top).
 # One `main.add_command(...)` line per command, below.
+from chatbot_model.registry_cli import promote_model, register_model  # noqa: E402
+main.add_command(register_model)
+main.add_command(promote_model)
+from chatbot_model.server.cli import serve  # noqa: E402
+main.add_command(serve)
+from chatbot_model.feedback_cli import feedback, sync_feedback  # noqa: E402
+main.add_command(feedback)
+main.add_command(sync_feedback)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # human feedback
     feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")
     adaptation_refresh_s: float = Field(5.0, ge=0, description="how often processes re-read the adaptation state")
+    adaptation_half_life_h: float = Field(24.0, gt=0, description="hours after which a rating weighs half as much")
+    adaptation_bias_gain: float = Field(0.3, ge=0, le=1, description="most that feedback can raise bias_towards_35")
+    adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
+                                             "switches to the grounded hint")
 
     @field_validator("guardrail_backend")
     @classmethod

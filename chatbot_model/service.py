@@ -68,7 +68,8 @@ class LLMService:
     """Orchestrates one request or a batch; components are injected (tests pass real ones with fakes inside)."""
 
     def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
-                 adapter: ControlHintAdapter, providers: dict | None = None):
+                 adapter: ControlHintAdapter, providers: dict | None = None, feedback_store=None,
+                 model_version: str | None = None):
         from chatbot_model.providers import PROVIDERS, build_provider
 
         self.settings = settings
@@ -79,19 +80,35 @@ class LLMService:
         self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
         self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+        # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
+        self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
+        if feedback_store is not None:
+            from chatbot_model.adaptation import SharedAdaptation
+
+            self.adaptation = SharedAdaptation.from_settings(
+                feedback_store, settings, base_bias=router.bias_towards_35, default_hint=adapter.default_hint,
+                model_version=model_version)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, docs_path=None, hint: str | None = None,
-                      bias: float | None = None, progress: bool = False, providers: dict | None = None) -> "LLMService":
-        """Build every component from settings; the index is loaded, or built when stale."""
+                      bias: float | None = None, progress: bool = False, providers: dict | None = None,
+                      feedback_store=None, model_version: str | None = None) -> "LLMService":
+        """Build every component from settings; the index is loaded, or built when stale.
+
+        The feedback store is `CHATBOT_FEEDBACK_DB_URL` unless one is passed (an empty URL: none, in-memory
+        feedback as before).
+        """
+        from chatbot_model.feedback import FeedbackStore
         from chatbot_model.guardrail import build_guardrail
         from chatbot_model.rag import RAGPipeline
 
         adapter = ControlHintAdapter(hint) if hint else ControlHintAdapter.from_file(settings.hint_path)
         router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
         rag = RAGPipeline(settings).load_or_build(docs_path, progress=progress)
+        if feedback_store is None and settings.feedback_db_url:
+            feedback_store = FeedbackStore(settings.feedback_db_url)
         return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
-                   providers=providers)
+                   providers=providers, feedback_store=feedback_store, model_version=model_version)
 
     # ------------------------------------------------------------ requests
     def answer(self, question: str) -> ChatResult:
@@ -119,6 +136,7 @@ class LLMService:
         with _timed(steps, "retrieval"):
             found = self.rag.search(vectors[ok]) if ok else []
         sources = dict(zip(ok, found))
+        self._adapt()
         with _timed(steps, "routing"):
             routes = {i: self.router.route(qs[i]) for i in ok}
         hint = self.adapter.hint
@@ -204,15 +222,40 @@ class LLMService:
         raise ProviderError("every provider failed: " + "; ".join(reasons))
 
     # ------------------------------------------------------------ feedback
-    def feedback(self, positive: bool) -> dict:
-        """Apply one rating to the hint and the router; returns before/after for display."""
+    def _adapt(self) -> None:
+        """Take bias and hint from the shared adaptation state (cached; re-read every adaptation_refresh_s)."""
+        if self.adaptation is not None:
+            self.router.bias_towards_35, self.adapter.hint = self.adaptation.current()
+
+    def feedback(self, positive: bool, *, result: ChatResult | None = None, session_id: str | None = None,
+                 comment: str | None = None) -> dict:
+        """Apply one rating; returns before/after for display.
+
+        With a feedback store the rating is stored (and attached to the trace of `result`) and the shared
+        state re-read; without one, it changes this process's hint and router only.
+        """
+        if self.adaptation is None:
+            before = {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
+            self.adapter.feedback(positive)
+            self.router.feedback(positive)
+            return {"before": before,
+                    "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}}
+        self.adaptation.refresh()
+        self._adapt()
         before = {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
-        self.adapter.feedback(positive)
-        self.router.feedback(positive)
-        return {"before": before, "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}}
+        row_id = self.feedback_store.record(
+            trace_id=result.trace_id if result else None, rating="up" if positive else "down", comment=comment,
+            session_id=session_id, route=result.route if result else None,
+            provider=result.provider if result else None, model=result.model if result else None,
+            model_version=self.model_version)
+        self.adaptation.refresh()
+        self._adapt()
+        return {"before": before, "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35},
+                "feedback_id": row_id}
 
     def describe(self) -> dict:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
+        self._adapt()
         return {
             "guardrail": self.guardrail.backend,
             "embedder": self.rag.embedder_name,

@@ -86,7 +86,7 @@ def test_dockerfile_essentials(dockerfile):
     final_runs = " ".join(by("RUN"))
     assert "download.pytorch.org/whl/cpu" in final_runs and "torch==" in final_runs
     assert "TORCH_VERSION=2.13.0" in " ".join(by("ARG")) or "torch==2.13.0" in runs
-    assert "[serve]" in final_runs
+    assert "[serve,postgres]" in final_runs
     assert any(i["value"].startswith("--from=") for i in final if i["instruction"] == "COPY")
     assert any("artifacts/" in v for v in by("COPY")), "the knowledge base and hint go into the image"
 
