@@ -20,6 +20,8 @@ DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
 GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
 ROUTE_NAMES = ("gpt", "claude")
+EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.embeddings
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.index
 
 
 def _artifact(name: str) -> Path:
@@ -45,6 +47,13 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(120, ge=0, description="characters shared by neighbouring chunks")
     top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
     index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
+    embedding_backend: str = Field("auto", description="embedder runtime: auto (onnx when possible), torch or onnx")
+    embedding_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads per query; 0 = cores, at most 4")
+    embedding_cache_dir: Path | None = Field(None, description="where ONNX exports are cached; "
+                                             "unset = ~/.cache/llmops-chatbot")
+    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph neighbours per vector")
+    hnsw_ef_search: int = Field(64, ge=8, le=4096, description="hnsw: candidates explored per query")
+    ivf_nprobe: int = Field(0, ge=0, le=65536, description="ivf: lists probed per query; 0 = chosen by size")
 
     # guardrail
     guardrail_backend: str = Field("auto", description=f"one of {list(GUARDRAIL_BACKENDS)}")
@@ -99,6 +108,20 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str) -> str:
         if value not in GUARDRAIL_BACKENDS:
             raise ValueError(f"unknown guardrail backend {value!r}; choose one of {list(GUARDRAIL_BACKENDS)}")
+        return value
+
+    @field_validator("embedding_backend")
+    @classmethod
+    def _known_embedding_backend(cls, value: str) -> str:
+        if value not in EMBEDDING_BACKENDS:
+            raise ValueError(f"unknown embedding backend {value!r}; choose one of {list(EMBEDDING_BACKENDS)}")
+        return value
+
+    @field_validator("index_type")
+    @classmethod
+    def _known_index_type(cls, value: str) -> str:
+        if value not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {value!r}; choose one of {list(INDEX_TYPES)}")
         return value
 
     @field_validator("serving_backend")

@@ -159,7 +159,7 @@ class RAGPipeline:
         if self._embedder is None:
             from chatbot_model.embeddings import get_embedder
 
-            self._embedder = get_embedder(self.settings.embedding_model)
+            self._embedder = get_embedder(self.settings.embedding_model, self.settings.embedding_backend)
         return self._embedder
 
     @property
@@ -187,11 +187,12 @@ class RAGPipeline:
         vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
         chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
         offsets = np.cumsum([0] + [len(c.sentences) for c in chunks]).astype(np.int64)
-        self.index = self._make_index(chunk_vecs)
+        self.index, index_params = self._make_index(chunk_vecs)
         self.chunks, self.sentence_vectors, self.sentence_offsets = chunks, sent_vecs, offsets
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
                          "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
-                         "sentences": len(sentences), "index_type": type(self.index).__name__,
+                         "sentences": len(sentences), "index_type": index_params["type"],
+                         "index_params": index_params, "embedding_backend": getattr(self.embedder, "backend", ""),
                          "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
                          "build_seconds": round(time.perf_counter() - started, 3)}
         self._persist()
@@ -206,11 +207,12 @@ class RAGPipeline:
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def _make_index(self, vectors: np.ndarray):
-        import faiss
+        """(index, params) of the type `settings.index_type` asks for (auto: by corpus size, see index.py)."""
+        from chatbot_model.index import build_index
 
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
-        return index
+        s = self.settings
+        return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
+                           ivf_nprobe=s.ivf_nprobe)
 
     def _persist(self) -> None:
         import faiss
@@ -237,13 +239,25 @@ class RAGPipeline:
     def _load(self, fp: str) -> bool:
         import faiss
 
+        from chatbot_model.index import CLASS_TO_TYPE, apply_search_params, choose_index_type
+
         root = Path(self.settings.index_dir)
         try:
             manifest = json.loads((root / "manifest.json").read_text())
             if manifest.get("fingerprint") != fp:
                 log.info("index in %s is stale (fingerprint %s != %s): rebuilding", root, manifest.get("fingerprint"), fp)
                 return False
+            kind = CLASS_TO_TYPE.get(manifest.get("index_type"), manifest.get("index_type"))
+            if self.settings.index_type != "auto" and kind != choose_index_type(int(manifest.get("chunks", 0)),
+                                                                                self.settings.index_type):
+                log.info("index in %s is %s, %s asked (CHATBOT_INDEX_TYPE): rebuilding", root, kind,
+                         self.settings.index_type)
+                return False
             self.index = faiss.read_index(str(root / "index.faiss"))
+            manifest["index_params"] = apply_search_params(
+                self.index, manifest.get("index_params"), hnsw_ef_search=self.settings.hnsw_ef_search,
+                ivf_nprobe=self.settings.ivf_nprobe)
+            manifest["index_type"] = manifest["index_params"]["type"]
             self.chunks = [Chunk(**{**c, "sentences": tuple(c["sentences"])})
                            for c in json.loads((root / "chunks.json").read_text())]
             self.sentence_vectors = np.load(root / "sentence_vectors.npy")
