@@ -1,0 +1,395 @@
+"""The feedback store: one row per human rating, durable and shared, attached to its MLflow trace.
+
+Any SQLAlchemy URL works (`CHATBOT_FEEDBACK_DB_URL`; PostgreSQL in production); the default is a SQLite file.
+The schema is created on first use. SQLite runs in WAL mode with a busy timeout, so several processes can
+write at once and none loses a row.
+
+Attaching to MLflow (`mlflow.log_feedback`, name `user_rating`, value True/False, source HUMAN with the session
+id as source id, the comment as rationale, `{"feedback_id": row id}` as metadata) happens after the row is
+committed. If the tracking store is down or the trace is not there yet, the row stays unsynced (`synced_at` is
+NULL) and is attached later: by the next `record` (a few rows whose last try is `retry_after_s` old) or by
+`sync()` / `llmops-chatbot sync-feedback`. No rating is attached twice: a row is claimed by an atomic UPDATE
+before it is attached (a lease, so a crashed claimer is retried later), and before logging, the trace's
+assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case).
+
+The adaptation state derived from these rows (router bias and hint) lives in `adaptation.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, cast, create_engine,
+                        event, func, literal_column, select, update)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+from chatbot_model.errors import ConfigError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+RATINGS = ("up", "down")
+ASSESSMENT_NAME = "user_rating"
+MAX_COMMENT_CHARS = 4000
+
+metadata = MetaData()
+feedback_table = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime, nullable=False),            # naive UTC
+    Column("created_ts", Float, nullable=False, index=True),   # epoch seconds: the decay reads it
+    Column("trace_id", String(64), index=True),
+    Column("session_id", String(64)),
+    Column("route", String(32)),
+    Column("provider", String(32)),
+    Column("model", String(128)),
+    Column("model_version", String(64), index=True),
+    Column("rating", String(4), nullable=False),
+    Column("comment", Text),
+    Column("synced_at", DateTime, index=True),                 # NULL = not attached to the trace yet
+    Column("assessment_id", String(64)),
+    Column("sync_attempts", Integer, nullable=False, default=0),
+    Column("sync_error", Text),
+    Column("claimed_at", Float),                               # epoch; a sync in progress (lease)
+    Column("attempted_at", Float),                             # epoch of the last attach attempt
+)
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One stored rating (a plain copy of the row)."""
+
+    id: int
+    created_at: datetime
+    trace_id: str | None
+    session_id: str | None
+    route: str | None
+    provider: str | None
+    model: str | None
+    model_version: str | None
+    rating: str
+    comment: str | None
+    synced_at: datetime | None
+    assessment_id: str | None
+    sync_error: str | None
+
+    @property
+    def positive(self) -> bool:
+        return self.rating == "up"
+
+
+@dataclass
+class SyncReport:
+    """What one `sync()` did: attached now, found already attached, still pending (with the last error)."""
+
+    attached: int = 0
+    already: int = 0
+    pending: int = 0
+    last_error: str | None = None
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+def _naive_utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class FeedbackStore:
+    """Ratings in a SQL database; `record` writes one and attaches it to its MLflow trace (best effort)."""
+
+    lease_s = 120.0          # a claimed row is retried by others after this long (claimer crashed)
+    retry_after_s = 30.0     # `record` retries an older unsynced row at most this often
+    auto_retry_limit = 10    # rows `record` retries per call
+    connect_timeout_s = 2.0  # reachability probe of an http(s) tracking server
+
+    def __init__(self, url: str, *, attach: bool = True):
+        if not url:
+            raise ConfigError("the feedback store needs a SQLAlchemy URL; set CHATBOT_FEEDBACK_DB_URL "
+                              "(e.g. sqlite:///.chatbot/feedback.db or postgresql://user@host/db)")
+        try:
+            self._url = make_url(url)
+        except Exception:
+            raise ConfigError(f"CHATBOT_FEEDBACK_DB_URL {url!r} is not a SQLAlchemy URL; use e.g. "
+                              "sqlite:///.chatbot/feedback.db or postgresql://user@host/db") from None
+        self.url = url
+        self.attach = attach
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FeedbackStore({self._url.render_as_string(hide_password=True)!r})"
+
+    # ------------------------------------------------------------ schema
+    @property
+    def engine(self) -> Engine:
+        """The engine, with the schema created on first use."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._connect()
+        return self._engine
+
+    def _connect(self) -> Engine:
+        sqlite = self._url.get_backend_name() == "sqlite"
+        kwargs = {}
+        if sqlite:
+            db = self._url.database
+            if db and db != ":memory:" and not db.startswith("file:"):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            if not db or db == ":memory:":
+                kwargs["poolclass"] = StaticPool
+        try:
+            engine = create_engine(self._url, **kwargs)
+        except Exception as exc:  # a missing driver, a bad option
+            raise ConfigError(f"cannot open the feedback store {self!r}: {exc}; check CHATBOT_FEEDBACK_DB_URL "
+                              "and that its database driver is installed") from None
+        if sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        for attempt in range(5):  # several processes may create the schema at once
+            try:
+                metadata.create_all(engine)
+                break
+            except (OperationalError, ProgrammingError) as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise ConfigError(f"cannot create the feedback schema in {self!r}: {exc.orig}") from None
+                time.sleep(0.05 * (attempt + 1))
+        return engine
+
+    # ------------------------------------------------------------ writing
+    def record(self, *, trace_id: str | None, rating: str, comment: str | None = None,
+               session_id: str | None = None, route: str | None = None, provider: str | None = None,
+               model: str | None = None, model_version: str | None = None) -> int:
+        """Store one rating ("up" or "down"); returns the row id. Then attach it (and a few older ones)."""
+        if rating not in RATINGS:
+            raise InvalidInput(f"rating must be one of {list(RATINGS)}, got {rating!r}")
+        if trace_id is not None and (not isinstance(trace_id, str) or not trace_id.strip()):
+            raise InvalidInput(f"trace_id must be a non-empty string (the trace id of the answer), got {trace_id!r}")
+        if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
+            raise InvalidInput(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
+        now = time.time()
+        with self.engine.begin() as conn:
+            row_id = conn.execute(feedback_table.insert().values(
+                created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
+                route=route, provider=provider, model=model,
+                model_version=None if model_version is None else str(model_version),
+                rating=rating, comment=comment or None, sync_attempts=0)).inserted_primary_key[0]
+        log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
+        if self.attach and trace_id:
+            if self._sync_rows([row_id]).attached:
+                self._retry_older(exclude=row_id)
+        return int(row_id)
+
+    def _retry_older(self, exclude: int) -> None:
+        """The automatic retry: a few unsynced rows not tried for `retry_after_s`."""
+        cutoff = time.time() - self.retry_after_s
+        t = feedback_table
+        with self.engine.connect() as conn:
+            ids = conn.execute(select(t.c.id).where(
+                t.c.synced_at.is_(None), t.c.trace_id.is_not(None), t.c.id != exclude,
+                (t.c.attempted_at.is_(None)) | (t.c.attempted_at < cutoff)).order_by(t.c.id)
+                .limit(self.auto_retry_limit)).scalars().all()
+        if ids:
+            self._sync_rows(list(ids))
+
+    # ------------------------------------------------------------ attaching to MLflow traces
+    def sync(self, limit: int | None = None, ids: list[int] | None = None) -> SyncReport:
+        """Attach every unsynced rating (oldest first; or those of `ids`) to its trace; failures stay pending.
+
+        A server that must answer fast can store with `FeedbackStore(url, attach=False)` and run
+        `sync(ids=[row_id])` in a background task.
+        """
+        t = feedback_table
+        query = select(t.c.id).where(t.c.synced_at.is_(None), t.c.trace_id.is_not(None)).order_by(t.c.id)
+        if ids is not None:
+            query = query.where(t.c.id.in_([int(i) for i in ids]))
+        with self.engine.connect() as conn:
+            ids = conn.execute(query if limit is None else query.limit(limit)).scalars().all()
+        return self._sync_rows(list(ids))
+
+    def _claim(self, row_id: int) -> dict | None:
+        """Atomically take a row for attaching; None when it is synced or another process holds it."""
+        t = feedback_table
+        now = time.time()
+        with self.engine.begin() as conn:
+            taken = conn.execute(update(t).where(
+                t.c.id == row_id, t.c.synced_at.is_(None),
+                (t.c.claimed_at.is_(None)) | (t.c.claimed_at < now - self.lease_s))
+                .values(claimed_at=now, attempted_at=now, sync_attempts=t.c.sync_attempts + 1)).rowcount
+            if taken != 1:
+                return None
+            return dict(conn.execute(select(t).where(t.c.id == row_id)).mappings().one())
+
+    def _finish(self, row_id: int, *, assessment_id: str | None = None, error: str | None = None) -> None:
+        t = feedback_table
+        values = {"claimed_at": None, "sync_error": error}
+        if error is None:
+            values.update(synced_at=_naive_utc(time.time()), assessment_id=assessment_id)
+        with self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.id == row_id).values(**values))
+
+    def _sync_rows(self, ids: list[int]) -> SyncReport:
+        report = SyncReport()
+        if not ids:
+            return report
+        reachable, why = self._tracking_reachable()
+        flushed = False
+        for row_id in ids:
+            row = self._claim(row_id)
+            if row is None:
+                continue
+            if not reachable:
+                self._finish(row_id, error=why)
+                report.pending, report.last_error = report.pending + 1, why
+                continue
+            if not flushed:
+                _flush_traces()
+                flushed = True
+            try:
+                assessment_id, fresh = _attach(row)
+            except Exception as exc:  # tracking store down, trace not found yet, ...
+                message = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
+                self._finish(row_id, error=message)
+                report.pending, report.last_error = report.pending + 1, message
+                continue
+            self._finish(row_id, assessment_id=assessment_id)
+            if fresh:
+                report.attached += 1
+            else:
+                report.already += 1
+        return report
+
+    def _tracking_reachable(self) -> tuple[bool, str | None]:
+        """A quick TCP probe of an http(s) tracking server (MLflow's own retries would take minutes)."""
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("http", "https"):
+            return True, None
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=self.connect_timeout_s).close()
+            return True, None
+        except OSError as exc:
+            return False, f"tracking server {parsed.scheme}://{parsed.hostname}:{port} unreachable: {exc}"
+
+    # ------------------------------------------------------------ reading
+    def ratings(self, since: datetime | None = None, model_version: str | None = None) -> list[FeedbackRow]:
+        """Stored ratings, oldest first; `since` (naive = UTC) and `model_version` filter."""
+        t = feedback_table
+        query = select(t).order_by(t.c.id)
+        if since is not None:
+            since_ts = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
+            query = query.where(t.c.created_ts >= since_ts)
+        if model_version is not None:
+            query = query.where(t.c.model_version == str(model_version))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [FeedbackRow(id=r["id"], created_at=_utc(r["created_at"]), trace_id=r["trace_id"],
+                            session_id=r["session_id"], route=r["route"], provider=r["provider"],
+                            model=r["model"], model_version=r["model_version"], rating=r["rating"],
+                            comment=r["comment"], synced_at=_utc(r["synced_at"]),
+                            assessment_id=r["assessment_id"], sync_error=r["sync_error"]) for r in rows]
+
+    def stats(self) -> dict:
+        """Counts: total, by rating, by route / model / model version (each split by rating), unsynced."""
+        t = feedback_table
+        out: dict = {"total": 0, "by_rating": {r: 0 for r in RATINGS}, "by_route": {}, "by_model": {},
+                     "by_version": {}, "unsynced": 0}
+        with self.engine.connect() as conn:
+            for key, column in (("by_route", t.c.route), ("by_model", t.c.model), ("by_version", t.c.model_version)):
+                for value, rating, n in conn.execute(
+                        select(column, t.c.rating, func.count()).group_by(column, t.c.rating)):
+                    out[key].setdefault(value if value is not None else "(none)", {r: 0 for r in RATINGS})[rating] = n
+            for rating, n in conn.execute(select(t.c.rating, func.count()).group_by(t.c.rating)):
+                out["by_rating"][rating] = n
+                out["total"] += n
+            out["unsynced"] = conn.execute(select(func.count()).where(
+                t.c.synced_at.is_(None), t.c.trace_id.is_not(None))).scalar_one()
+        return out
+
+    def decayed_counts(self, *, now: float, half_life_s: float, model_version: str | None = None,
+                       horizon_half_lives: float = 10.0) -> tuple[float, float]:
+        """(decayed ups, decayed downs): each rating weighs 0.5 ** (age / half_life).
+
+        Aggregated in SQL by time bucket (1/24 of a half-life; a bucket weighs as if all its ratings were
+        given at their mean time, off by < 0.1%), so the read stays small however many ratings there are;
+        ratings older than `horizon_half_lives` half-lives (weight < 0.1%) and ratings of blocked answers
+        (the router and the hint took no part) are left out.
+        """
+        t = feedback_table
+        # the bucket width as a literal: GROUP BY and SELECT must be the same expression (PostgreSQL)
+        index = cast(t.c.created_ts / literal_column(repr(float(half_life_s) / 24.0)), Integer)
+        query = (select(t.c.rating, func.avg(t.c.created_ts), func.count())
+                 .where(t.c.created_ts >= now - horizon_half_lives * half_life_s,
+                        (t.c.route.is_(None)) | (t.c.route != "blocked"))
+                 .group_by(t.c.rating, index))
+        if model_version is not None:
+            query = query.where(t.c.model_version == str(model_version))
+        up = down = 0.0
+        with self.engine.connect() as conn:
+            for rating, mean_ts, n in conn.execute(query):
+                age = max(0.0, now - float(mean_ts))
+                weight = n * 0.5 ** (age / half_life_s)
+                if rating == "up":
+                    up += weight
+                else:
+                    down += weight
+        return up, down
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def _flush_traces() -> None:
+    """Trace export is asynchronous: write pending traces before attaching to them."""
+    import mlflow
+
+    try:
+        mlflow.flush_trace_async_logging()
+    except Exception as exc:  # flushing is a courtesy; the attach below reports the real problem
+        log.debug("could not flush async trace logging: %s", exc)
+
+
+def _attach(row: dict) -> tuple[str | None, bool]:
+    """Attach `row` to its trace; returns (assessment id, True if logged now / False if it already was)."""
+    import mlflow
+    from mlflow.entities import AssessmentSource, AssessmentSourceType
+    from mlflow.tracing.client import TracingClient
+
+    marker = str(row["id"])
+    info = TracingClient().get_trace_info(row["trace_id"])  # raises when the trace is not there (yet)
+    for assessment in info.assessments or []:
+        if assessment.name == ASSESSMENT_NAME and (assessment.metadata or {}).get("feedback_id") == marker:
+            return assessment.assessment_id, False
+    assessment = mlflow.log_feedback(
+        trace_id=row["trace_id"], name=ASSESSMENT_NAME, value=row["rating"] == "up",
+        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=row["session_id"] or "anonymous"),
+        rationale=row["comment"] or None,
+        metadata={"feedback_id": marker, "route": row["route"] or "", "model_version": row["model_version"] or ""})
+    log.info("feedback %s attached to trace %s as %s", row["id"], row["trace_id"], assessment.assessment_id)
+    return assessment.assessment_id, True
+
+
+__all__ = ["ASSESSMENT_NAME", "RATINGS", "FeedbackRow", "FeedbackStore", "SyncReport"]
