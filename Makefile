@@ -31,8 +31,9 @@ install-test: $(VENV)/.installed-test
 index: install
 	$(BIN)/llmops-chatbot build-index
 
+# registers + promotes the default model when the registry has none, then serves the API and chat page
 run: index
-	$(BIN)/llmops-chatbot chat
+	$(BIN)/llmops-chatbot serve --ensure-model --host 127.0.0.1 --port 8000
 
 chat: index
 	$(BIN)/llmops-chatbot chat
@@ -40,8 +41,9 @@ chat: index
 test: install-test
 	$(BIN)/python -m pytest
 
+# `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p 5001 --host 127.0.0.1
 
 clean:

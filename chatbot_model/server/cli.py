@@ -1,0 +1,56 @@
+"""`llmops-chatbot serve`: the FastAPI wrapper under uvicorn (imports only click at the top)."""
+
+from __future__ import annotations
+
+import click
+
+BACKEND_CHOICES = ("in-process", "remote")  # config.SERVING_BACKENDS (kept literal: this module imports only click)
+
+
+def ensure_registered_model(settings) -> str | None:
+    """Register and promote the default model when `settings.model_uri` does not resolve; returns what it did."""
+    from chatbot_model.config import configure_mlflow
+    from chatbot_model.server.backends import resolve_version
+
+    configure_mlflow(settings)
+    try:
+        if resolve_version(settings.model_uri):
+            return None
+    except Exception:  # noqa: BLE001 - missing model or alias: register one below
+        pass
+    from chatbot_model.registry import log_and_register, promote
+
+    registered = log_and_register(settings)
+    promotion = promote(registered.name, "Production", registered.version, settings=settings)
+    return f"registered and promoted {registered.name} version {promotion.version} to {promotion.stage}"
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default=None,
+              help="in-process (load the model here) or remote (an `mlflow models serve` URL); "
+                   "default: CHATBOT_SERVING_BACKEND.")
+@click.option("--model-uri", default=None, help="Model to load in-process (default: CHATBOT_MODEL_URI).")
+@click.option("--scoring-url", default=None, help="Remote backend base URL (default: CHATBOT_SCORING_URL).")
+@click.option("--ensure-model", is_flag=True,
+              help="In-process: register and promote the default model first when the registry has none.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, backend: str | None, model_uri: str | None, scoring_url: str | None,
+          ensure_model: bool, log_level: str) -> None:
+    """Serve /chat, /feedback, /health, /ready, /metrics and the chat page at http://HOST:PORT/."""
+    import uvicorn
+
+    from chatbot_model.config import load_settings
+    from chatbot_model.server.main import create_app
+
+    overrides = {"serving_backend": backend, "model_uri": model_uri, "scoring_url": scoring_url}
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    if ensure_model and settings.serving_backend == "in-process":
+        done = ensure_registered_model(settings)
+        if done:
+            click.echo(done)
+    click.echo(f"chat page: http://{host}:{port}/  (backend {settings.serving_backend}, "
+               f"{settings.model_uri if settings.serving_backend == 'in-process' else settings.scoring_url})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

@@ -1,0 +1,70 @@
+"""Dependencies as `Annotated` aliases (STYLE.md 10): tests swap them with `app.dependency_overrides`."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from chatbot_model.config import Settings
+from chatbot_model.server.backends import Backend
+from chatbot_model.server.errors import FeedbackUnavailable, Unauthorized
+from chatbot_model.server.state import Metrics, TraceMemory
+
+_bearer = HTTPBearer(auto_error=False, description="CHATBOT_API_KEY, when the server sets one")
+
+
+def app_settings(request: Request) -> Settings:
+    from chatbot_model.server.main import settings_of
+
+    return settings_of(request.app)
+
+
+def backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def trace_memory(request: Request) -> TraceMemory:
+    return request.app.state.traces
+
+
+def metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def feedback_store(request: Request) -> Any:
+    """The durable feedback store (`chatbot_model.feedback.FeedbackStore`), made on first use."""
+    state = request.app.state
+    if getattr(state, "feedback_store", None) is None:
+        try:
+            from chatbot_model.feedback import FeedbackStore
+        except ImportError as exc:
+            raise FeedbackUnavailable(f"the feedback store is not available ({exc})") from None
+        try:
+            state.feedback_store = FeedbackStore(app_settings(request).feedback_db_url)
+        except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database
+            raise FeedbackUnavailable(f"cannot open the feedback store ({type(exc).__name__}: {exc}); "
+                                      "check CHATBOT_FEEDBACK_DB_URL") from None
+    return state.feedback_store
+
+
+def require_api_key(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """When CHATBOT_API_KEY is set, the request must carry it as `Authorization: Bearer KEY`."""
+    key = app_settings(request).api_key
+    if key is None or not key.get_secret_value():
+        return
+    if credentials is None:
+        raise Unauthorized("this server needs an API key: send `Authorization: Bearer $CHATBOT_API_KEY`")
+    if not secrets.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("wrong API key; send the value of CHATBOT_API_KEY as a bearer token")
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+BackendDep = Annotated[Backend, Depends(backend)]
+TracesDep = Annotated[TraceMemory, Depends(trace_memory)]
+MetricsDep = Annotated[Metrics, Depends(metrics)]
+FeedbackStoreDep = Annotated[Any, Depends(feedback_store)]
+Authorized = Annotated[None, Depends(require_api_key)]

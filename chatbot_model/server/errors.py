@@ -1,0 +1,123 @@
+"""HTTP edge of the error hierarchy: every error body is `{"error": CODE, "message": TEXT}` (plus `fields` for 422).
+
+Domain errors (`chatbot_model.errors`) are translated here and nowhere else. Codes are stable API.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, NotFound, ProviderError
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(ChatbotError):
+    """An error with its HTTP status; subclasses name the stable code."""
+
+    status = 500
+    code = "internal_error"
+    headers: dict[str, str] | None = None
+
+
+class ModelNotLoaded(ServerError):
+    status, code = 503, "model_not_loaded"
+
+
+class BackendUnavailable(ServerError):
+    status, code = 503, "backend_unavailable"
+
+
+class BackendTimeout(ServerError):
+    status, code = 504, "backend_timeout"
+
+
+class BackendFailed(ServerError):
+    status, code = 502, "backend_error"
+
+
+class FeedbackUnavailable(ServerError):
+    status, code = 503, "feedback_unavailable"
+
+
+class TraceNotFound(ServerError):
+    status, code = 404, "trace_not_found"
+
+
+class Unauthorized(ServerError):
+    status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class BodyTooLarge(ServerError):
+    status, code = 413, "body_too_large"
+
+
+# domain errors that may reach the edge, with their status
+DOMAIN_STATUS: dict[type[ChatbotError], int] = {InvalidInput: 422, NotFound: 404, ConfigError: 503, ProviderError: 502}
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_input", 503: "unavailable"}
+
+
+def error_body(code: str, message: str, **extra) -> dict:
+    return {"error": code, "message": message, **extra}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(err: dict) -> str:
+    field = _field(err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        return "body: not valid JSON — send a JSON object such as {\"question\": \"...\"}"
+    if err.get("type") == "missing":
+        return f"{field}: field required"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{field}: {msg}"
+
+
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    fields = sorted({_field(e.get("loc", ())) for e in errors})
+    message = "; ".join(dict.fromkeys(_validation_message(e) for e in errors)) or "invalid request"
+    return error_response(422, "invalid_input", message, fields=fields)
+
+
+async def _on_server_error(request: Request, exc: ServerError) -> JSONResponse:
+    return error_response(exc.status, exc.code, str(exc), headers=exc.headers)
+
+
+async def _on_domain_error(request: Request, exc: ChatbotError) -> JSONResponse:
+    status = next((s for cls, s in DOMAIN_STATUS.items() if isinstance(exc, cls)), 500)
+    if status >= 500:
+        log.warning("%s on %s: %s", exc.code, request.url.path, exc)
+    return error_response(status, exc.code, str(exc))
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s", request.url.path)
+    return error_response(500, "internal_error", f"unexpected {type(exc).__name__}; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(ServerError, _on_server_error)
+    app.add_exception_handler(ChatbotError, _on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

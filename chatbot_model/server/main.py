@@ -1,0 +1,77 @@
+"""Builds the FastAPI app. Nothing here runs at import but the app's construction (no settings, no MLflow).
+
+    app = create_app()                                  # settings from the environment at start-up
+    app = create_app(settings, backend="service")       # tests: a named backend from the registry
+    app = create_app(settings, backend=ServiceBackend(settings, service))   # or an instance
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from chatbot_model.config import Settings
+from chatbot_model.server.backends import Backend, build_backend
+from chatbot_model.server.errors import install_error_handlers
+from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from chatbot_model.server.routes import chat, feedback, health, metrics, page
+from chatbot_model.server.state import Metrics, TraceMemory
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def settings_of(app: FastAPI) -> Settings:
+    """The app's settings: given to `create_app`, else loaded (and validated) from the environment once."""
+    settings = getattr(app.state, "settings", None)
+    if settings is None:
+        from chatbot_model.config import get_settings
+
+        settings = app.state.settings = get_settings()
+    return settings
+
+
+def start_loading(backend: Backend) -> threading.Thread:
+    """Load the backend in a worker thread: requests are served (503 on /chat) while it loads."""
+    thread = threading.Thread(target=backend.load, name=f"load-{backend.name}", daemon=True)
+    thread.start()
+    return thread
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = settings_of(app)
+    state = app.state
+    if not isinstance(state.backend, Backend):
+        state.backend = build_backend(state.backend or settings.serving_backend, settings)
+    log.info("serving backend=%s model_uri=%s", state.backend.name, settings.model_uri)
+    state.load_thread = start_loading(state.backend)
+    try:
+        yield
+    finally:
+        state.backend.close()
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | str | None = None,
+               feedback_store: Any | None = None, trace_memory_size: int = 10_000) -> FastAPI:
+    app = FastAPI(title="llmops-chatbot", version="0.1.0", lifespan=lifespan,
+                  description="Retrieval-augmented chatbot: /chat answers with sources, /feedback rates an "
+                              "answer by its trace id. Errors are JSON `{error, message}` with a stable code.")
+    app.state.settings = settings
+    app.state.backend = backend
+    app.state.feedback_store = feedback_store
+    app.state.traces = TraceMemory(trace_memory_size)
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    for module in (chat, feedback, health, metrics, page):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings_of(app).max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)  # outermost: sees 413s too
+    return app

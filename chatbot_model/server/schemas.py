@@ -1,0 +1,115 @@
+"""Request and response bodies of the HTTP API (what /openapi.json documents)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_ID_CHARS = 200
+MAX_COMMENT_CHARS = 2000
+
+
+def _clean_text(value: str | None, field: str, *, required: bool) -> str | None:
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} is not valid UTF-8 text (lone surrogate)") from None
+    if "\x00" in value:
+        raise ValueError(f"{field} contains a NUL character")
+    text = value.strip()
+    if required and not text:
+        raise ValueError(f"{field} is empty; ask something in words")
+    return text or None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={
+        "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"}]})
+
+    question: str = Field(..., min_length=1, description="the question; the server's limit is "
+                          "CHATBOT_MAX_QUESTION_CHARS characters")
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns")
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, value: str) -> str:
+        return _clean_text(value, "question", required=True)
+
+    @field_validator("session_id")
+    @classmethod
+    def _session(cls, value: str | None) -> str | None:
+        return _clean_text(value, "session_id", required=False)
+
+
+class SourceOut(BaseModel):
+    id: str
+    title: str
+    source: str = ""
+    score: float
+
+
+class ChatResponse(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    route: str = Field(..., description="route the router chose (gpt, claude) or `blocked`")
+    provider: str = Field(..., description="provider that actually answered")
+    model: str
+    blocked: bool
+    fallback: str = Field("", description="why the answering provider is not the route's; empty when it is")
+    trace_id: str = Field("", description="MLflow trace id; send it to /feedback")
+    latency_ms: float
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    trace_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace(cls, value: str) -> str:
+        return _clean_text(value, "trace_id", required=True)
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str | None) -> str | None:
+        return _clean_text(value, "comment", required=False)
+
+
+class FeedbackResponse(BaseModel):
+    status: Literal["recorded"] = "recorded"
+    trace_id: str
+    rating: Literal["up", "down"]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="stable machine-readable code")
+    message: str
+    fields: list[str] | None = Field(None, description="422 only: the offending fields")
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok"] = "ok"
+    ready: bool
+    loading: bool
+    backend: str
+    model_uri: str | None = None
+    model_version: str | None = None
+    load_error: str | None = None
+    api_key_required: bool
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
+def responses(*statuses: int) -> dict:
+    """OpenAPI `responses=` for the error statuses an endpoint can return."""
+    return {s: {"model": ErrorResponse} for s in statuses}

@@ -1,0 +1,125 @@
+// The chat page: ask /chat, show the answer with its sources, route and model; rate it through /feedback.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const conversation = $("conversation");
+const sessionId = sessionStorage.getItem("chatbot-session") || crypto.randomUUID?.() || String(Date.now());
+sessionStorage.setItem("chatbot-session", sessionId);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = localStorage.getItem("chatbot-api-key");
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function post(path, body) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
+  let data = {};
+  try { data = await response.json(); } catch (e) { data = { error: "bad_reply", message: response.statusText }; }
+  if (response.status === 401) $("keybox").hidden = false;
+  return { ok: response.ok, status: response.status, data };
+}
+
+function scroll() { window.scrollTo(0, document.body.scrollHeight); }
+
+function sourceList(sources) {
+  if (!sources.length) return null;
+  const list = el("ol", { class: "sources", "data-testid": "sources" });
+  for (const s of sources) {
+    const title = s.source && /^https?:\/\//.test(s.source)
+      ? el("a", { href: s.source, target: "_blank", rel: "noopener", textContent: s.title || s.id })
+      : el("span", { textContent: s.title || s.id });
+    list.append(el("li", {}, title, el("span", { class: "score", textContent: ` (${s.score.toFixed(2)})` })));
+  }
+  return list;
+}
+
+function rating(traceId) {
+  const box = el("div", { class: "rate", "data-testid": "rate" }, "Helpful?");
+  const ack = el("span", { class: "ack", "data-testid": "ack" });
+  const up = el("button", { type: "button", title: "Good answer", textContent: "▲", "aria-label": "Thumbs up", "data-testid": "thumbs-up" });
+  const down = el("button", { type: "button", title: "Bad answer", textContent: "▼", "aria-label": "Thumbs down", "data-testid": "thumbs-down" });
+  if (!traceId) { up.disabled = down.disabled = true; ack.textContent = "(no trace id: rating unavailable)"; }
+  const send = async (value, button) => {
+    up.disabled = down.disabled = true;
+    const result = await post("/feedback", { trace_id: traceId, rating: value });
+    if (result.ok) {
+      button.classList.add("chosen");
+      ack.textContent = value === "up" ? "Thanks, noted" : "Thanks, we'll use this to improve";
+    } else {
+      ack.classList.add("failed");
+      ack.textContent = `Not recorded: ${result.data.message || result.data.error}`;
+      up.disabled = down.disabled = false;
+    }
+  };
+  up.addEventListener("click", () => send("up", up));
+  down.addEventListener("click", () => send("down", down));
+  box.append(up, down, ack);
+  return box;
+}
+
+function showAnswer(a) {
+  const meta = el("div", { class: "meta", "data-testid": "meta" },
+    el("span", {}, "route ", el("b", { textContent: a.route })),
+    el("span", {}, "provider ", el("b", { textContent: a.provider })),
+    el("span", {}, "model ", el("b", { textContent: a.model })),
+    el("span", { textContent: `${Math.round(a.latency_ms)} ms` }),
+    a.fallback ? el("span", { title: a.fallback, textContent: "fallback: " + a.fallback }) : null,
+    a.blocked ? el("span", { textContent: "blocked by the guardrail" }) : null);
+  conversation.append(el("li", { class: "msg bot" + (a.blocked ? " blocked" : ""), "data-testid": "answer" },
+    el("div", { class: "text", textContent: a.answer }), sourceList(a.sources), meta, rating(a.trace_id)));
+}
+
+async function ask(event) {
+  event.preventDefault();
+  const input = $("question");
+  const question = input.value.trim();
+  if (!question) return;
+  conversation.append(el("li", { class: "msg user", textContent: question }));
+  input.value = "";
+  $("send").disabled = true;
+  scroll();
+  try {
+    const result = await post("/chat", { question, session_id: sessionId });
+    if (result.ok) showAnswer(result.data);
+    else conversation.append(el("li", { class: "msg error", "data-testid": "error",
+      textContent: `${result.status} ${result.data.error}: ${result.data.message}` }));
+  } catch (e) {
+    conversation.append(el("li", { class: "msg error", "data-testid": "error", textContent: "Network error: " + e }));
+  } finally {
+    $("send").disabled = false;
+    input.focus();
+    scroll();
+  }
+}
+
+async function status() {
+  const s = $("status");
+  try {
+    const h = await (await fetch("/health")).json();
+    const what = [h.backend, h.model_uri, h.model_version ? "v" + h.model_version : null].filter(Boolean).join(" · ");
+    s.textContent = h.ready ? `ready — ${what}` : (h.loading ? "loading the model…" : `not ready: ${h.load_error}`);
+    s.className = "status " + (h.ready ? "ready" : "down");
+    if (h.api_key_required && !localStorage.getItem("chatbot-api-key")) $("keybox").hidden = false;
+    if (!h.ready) setTimeout(status, 2000);
+  } catch (e) { s.textContent = "server unreachable"; s.className = "status down"; setTimeout(status, 5000); }
+}
+
+$("ask").addEventListener("submit", ask);
+$("savekey").addEventListener("click", () => {
+  localStorage.setItem("chatbot-api-key", $("apikey").value);
+  $("keybox").hidden = true;
+});
+status();

@@ -1,0 +1,111 @@
+"""The real deployable unit behind the wrapper: a registered + promoted pyfunc model loaded in-process, and the
+same model behind `mlflow models serve` through the remote backend. Same response fields either way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from chatbot_model.server import create_app
+from tests.server_helpers import free_port, make_settings
+
+pytestmark = pytest.mark.slow
+Q = "How do I promote a registered MLflow model version to Production?"
+FIELDS = {"answer", "sources", "route", "provider", "model", "blocked", "fallback", "trace_id", "latency_ms"}
+
+
+@pytest.fixture(scope="module")
+def registered(shipped_index, tmp_path_factory):
+    """A store with llmops-chatbot version 1 in Production (the registry's own log/register/promote)."""
+    from chatbot_model.registry import log_and_register, promote
+
+    tmp = tmp_path_factory.mktemp("server-registry")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    try:
+        settings = make_settings(shipped_index, store, tmp)
+        version = log_and_register(settings)
+        promote(version.name, "Production", version.version, settings=settings)
+    finally:
+        if old is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return store, version
+
+
+@pytest.fixture
+def settings(registered, shipped_index, tmp_path, monkeypatch):
+    import mlflow
+
+    store, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
+    return make_settings(shipped_index, store, tmp_path)
+
+
+def test_in_process_backend_serves_the_production_model(settings, registered):
+    _, version = registered
+    with TestClient(create_app(settings)) as client:
+        backend = client.app.state.backend
+        assert backend.name == "in-process" and backend.loaded.wait(180), backend.load_error
+        assert backend.load_error is None
+        health = client.get("/health").json()
+        assert health["ready"] and health["model_uri"] == "models:/llmops-chatbot@production"
+        assert health["model_version"] == version.version and health["guardrail"] == "embedded"
+        r = client.post("/chat", json={"question": Q, "session_id": "s"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == FIELDS and body["sources"] and body["provider"] == "local"
+        assert body["trace_id"].startswith("tr-")
+        fb = client.post("/feedback", json={"trace_id": body["trace_id"], "rating": "up"})
+        assert fb.status_code == 200, fb.text
+        from chatbot_model.feedback import FeedbackStore
+
+        row = FeedbackStore(settings.feedback_db_url).ratings()[0]
+        assert row.model_version == version.version and row.session_id == "s"
+
+
+def test_remote_backend_against_mlflow_models_serve(settings, registered, tmp_path):
+    store, _ = registered
+    port = free_port()
+    bindir = os.path.dirname(sys.executable)  # mlflow execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "CHATBOT_GUARDRAIL_BACKEND": "embedded",
+           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_bin = os.path.join(bindir, "mlflow")
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/llmops-chatbot@production",
+                             "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "mlflow models serve exited:\n" + (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+            time.sleep(0.5)
+        s = settings.model_copy(update={"serving_backend": "remote", "scoring_url": url})
+        with TestClient(create_app(s)) as client:
+            assert client.app.state.backend.loaded.wait(30)
+            assert client.get("/ready").status_code == 200
+            r = client.post("/chat", json={"question": Q})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert set(body) == FIELDS and body["sources"] and body["provider"] == "local"
+            assert body["trace_id"].startswith("tr-")
+            fb = client.post("/feedback", json={"trace_id": body["trace_id"], "rating": "down"})
+            assert fb.status_code == 200, fb.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
