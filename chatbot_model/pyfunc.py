@@ -1,0 +1,236 @@
+"""`_PyfuncChatbot`: the deployable unit, an MLflow pyfunc model that wraps `LLMService`.
+
+Thin by design: `load_context` builds an `LLMService` from the logged artifacts, `predict` converts the input
+and delegates to `LLMService.answer_many` (one batch: one embedding call, one guardrail call per side, one FAISS
+search). Logged artifacts (keys of `ARTIFACTS`):
+
+- `docs`      docs.json, the knowledge base
+- `hint`      adapter_hint.txt, the system-prompt hint
+- `settings`  model_settings.json: router (bias_towards_35, model names), retrieval and guardrail settings
+- `index`     the prebuilt FAISS index, chunk store, sentence vectors and manifest (with its fingerprint), so
+              loading does not re-embed the corpus; when it is missing or its fingerprint does not match the
+              documents, the index is rebuilt from docs.json into a temporary directory (never into the model).
+
+Settings inside the model: the logged values of `MODEL_FIELDS` always win (the index was built with them);
+`DEFAULT_FIELDS` (guardrail backend, top_k, ...) are the logged values unless `CHATBOT_<FIELD>` is set when
+serving; runtime knobs (API keys, base URLs, timeouts, tracking store) come from the environment as usual.
+No key and no network are needed to load or answer: the `local` provider answers and the guardrail backend
+pinned at log time (`embedded` unless toxic-bert was available locally) loads offline.
+
+Input (`predict`): a DataFrame with a `question` column, a dict `{"question": str | list[str]}` or a list of
+such dicts (a cell holding a list counts as that many questions). The signature declares the required string
+column `question`, so MLflow's schema enforcement (in `PyFuncModel.predict` and `mlflow models serve`) rejects
+a bare list of strings before it reaches this class with INVALID_PARAMETER_VALUE "Model is missing inputs
+['question']"; `_PyfuncChatbot.predict` itself (e.g. `model.unwrap_python_model().predict(None, [...])`) also
+takes a list of strings or one string. Output: a DataFrame, one row per question, columns
+`OUTPUT_COLUMNS`: question, answer, blocked, route, provider, model, fallback ("" when none), sources (list of
+{id, title, source, score}), latency_ms, trace_id ("" when tracing is off or failed), error ("" when ok).
+
+Bad input:
+- the wrong shape (no `question` column/key, not a string/list/dict/DataFrame, no rows) or a request whose
+  rows are ALL invalid raises `MlflowException(INVALID_PARAMETER_VALUE)` naming the column `question` and what
+  is expected (`mlflow models serve` turns it into HTTP 400 with the message);
+- in a batch with some valid rows, the valid rows are answered and each invalid row (empty, not a string,
+  too long) comes back in place with `error` set, `answer` "", `blocked` False, `route`/`provider`/`model` "".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+
+from chatbot_model.errors import ChatbotError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMN = "question"
+OUTPUT_COLUMNS = ("question", "answer", "blocked", "route", "provider", "model", "fallback", "sources",
+                  "latency_ms", "trace_id", "error")
+ARTIFACTS = {"docs": "docs.json", "hint": "adapter_hint.txt", "settings": "model_settings.json", "index": "index"}
+# fixed by the logged model (the index and the router were built with them)
+MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", "bias_towards_35", "gpt_model",
+                "claude_model")
+# the logged value is the default; CHATBOT_<FIELD> set when serving overrides it
+DEFAULT_FIELDS = ("guardrail_backend", "toxic_bert_model", "guardrail_threshold", "top_k", "max_question_chars",
+                  "max_answer_tokens")
+EXPECTED = ('a DataFrame with a string column "question", {"question": str | list[str]}, '
+            'a list of {"question": str} records or a list of strings')
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", INPUT_COLUMN, required=True)]),
+    outputs=Schema([
+        ColSpec("string", "question"), ColSpec("string", "answer"), ColSpec("boolean", "blocked"),
+        ColSpec("string", "route"), ColSpec("string", "provider"), ColSpec("string", "model"),
+        ColSpec("string", "fallback"),
+        ColSpec(Array(Object([Property("id", "string"), Property("title", "string"), Property("source", "string"),
+                              Property("score", "double")])), "sources"),
+        ColSpec("double", "latency_ms"), ColSpec("string", "trace_id"), ColSpec("string", "error"),
+    ]),
+)
+INPUT_EXAMPLE = pd.DataFrame({INPUT_COLUMN: ["What is MLflow used for?"]})
+
+
+def invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+# ---------------------------------------------------------------- settings and service from the artifacts
+def model_settings(settings, guardrail_backend: str | None = None) -> dict[str, Any]:
+    """What model_settings.json holds: `MODEL_FIELDS` and `DEFAULT_FIELDS` of `settings`."""
+    out = {name: getattr(settings, name) for name in MODEL_FIELDS + DEFAULT_FIELDS}
+    if guardrail_backend:
+        out["guardrail_backend"] = guardrail_backend
+    return out
+
+
+def settings_from_artifacts(artifacts: dict[str, str]):
+    """Settings for the logged model: logged values, env overrides for `DEFAULT_FIELDS` and runtime knobs."""
+    from chatbot_model.config import load_settings
+
+    logged = json.loads(Path(artifacts["settings"]).read_text(encoding="utf-8"))
+    overrides = {k: logged[k] for k in MODEL_FIELDS if k in logged}
+    overrides.update({k: logged[k] for k in DEFAULT_FIELDS if k in logged and f"CHATBOT_{k.upper()}" not in os.environ})
+    return load_settings(**overrides, docs_path=Path(artifacts["docs"]), hint_path=Path(artifacts["hint"]),
+                         index_dir=Path(artifacts["index"]))
+
+
+def _index_matches(index_dir: Path, expected: str) -> bool:
+    try:
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    files = ("index.faiss", "chunks.json", "sentence_vectors.npy", "sentence_offsets.npy")
+    return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
+
+
+def service_from_artifacts(artifacts: dict[str, str]):
+    """An `LLMService` over the logged docs, hint, settings and index (rebuilt in a temp dir when stale)."""
+    from chatbot_model.rag import RAGPipeline, fingerprint, load_documents
+    from chatbot_model.service import LLMService
+
+    settings = settings_from_artifacts(artifacts)
+    expected = fingerprint(load_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
+    if not _index_matches(Path(settings.index_dir), expected):
+        rebuilt = Path(tempfile.mkdtemp(prefix="llmops-chatbot-index-")) / "index"
+        log.warning("the logged index is missing or stale (want fingerprint %s): rebuilding it in %s", expected, rebuilt)
+        settings = settings.model_copy(update={"index_dir": rebuilt})
+    if settings.tracing:
+        _use_experiment(settings.experiment_name)
+    return LLMService.from_settings(settings, docs_path=settings.docs_path)
+
+
+def _use_experiment(name: str) -> None:
+    """Traces of a served model go to the `llmops-chatbot` experiment unless the process chose one already."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return
+    try:
+        from chatbot_model.config import artifact_root
+
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            mlflow.create_experiment(name, artifact_location=artifact_root(mlflow.get_tracking_uri()))
+        mlflow.set_experiment(name)
+    except Exception as exc:  # tracing is best effort: answers must not depend on the store
+        log.warning("traces will go to the default experiment (%s)", exc)
+
+
+# ---------------------------------------------------------------- input and output
+def to_questions(model_input) -> list:
+    """The raw values of the `question` column, whatever shape the caller used; the wrong shape raises."""
+    data = model_input
+    if isinstance(data, pd.DataFrame):
+        if INPUT_COLUMN not in data.columns:
+            raise invalid(f"missing column {INPUT_COLUMN!r} (got columns {[str(c) for c in data.columns]}); "
+                          f"expected {EXPECTED}")
+        values = []
+        for value in data[INPUT_COLUMN].tolist():  # {"question": [...]} arrives as one row holding a list
+            values.extend(list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value])
+    elif isinstance(data, dict):
+        if INPUT_COLUMN not in data:
+            raise invalid(f"missing key {INPUT_COLUMN!r} (got keys {sorted(map(str, data))}); expected {EXPECTED}")
+        value = data[INPUT_COLUMN]
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray, pd.Series)) else [value]
+    elif isinstance(data, str):
+        values = [data]
+    elif isinstance(data, (list, tuple, np.ndarray, pd.Series)):
+        values = []
+        for i, item in enumerate(list(data)):
+            if isinstance(item, dict):
+                if INPUT_COLUMN not in item:
+                    raise invalid(f"record #{i} has no key {INPUT_COLUMN!r}; expected {EXPECTED}")
+                values.append(item[INPUT_COLUMN])
+            else:
+                values.append(item)
+    else:
+        raise invalid(f"column {INPUT_COLUMN!r}: cannot read questions from a {type(data).__name__}; expected {EXPECTED}")
+    if not values:
+        raise invalid(f"column {INPUT_COLUMN!r} has no rows; expected at least one question")
+    return values
+
+
+def _row(result) -> dict[str, Any]:
+    return {"question": result.question, "answer": result.answer, "blocked": bool(result.blocked),
+            "route": result.route, "provider": result.provider, "model": result.model,
+            "fallback": result.fallback or "", "sources": list(result.sources),
+            "latency_ms": float(result.latency_ms), "trace_id": result.trace_id or "", "error": result.error or ""}
+
+
+def _error_row(value, message: str) -> dict[str, Any]:
+    question = value if isinstance(value, str) else ("" if value is None or value != value else str(value))
+    return {"question": question, "answer": "", "blocked": False, "route": "", "provider": "", "model": "",
+            "fallback": "", "sources": [], "latency_ms": 0.0, "trace_id": "", "error": message}
+
+
+def answer_frame(service, values: list) -> pd.DataFrame:
+    """Answer the valid rows as one batch; invalid rows come back with `error` (all invalid: raise)."""
+    from chatbot_model.service import validate_question
+
+    limit = service.settings.max_question_chars
+    rows: list[dict | None] = [None] * len(values)
+    valid: list[tuple[int, str]] = []
+    for i, value in enumerate(values):
+        try:
+            valid.append((i, validate_question(value, limit, f"column {INPUT_COLUMN!r} row {i}")))
+        except InvalidInput as exc:
+            rows[i] = _error_row(value, str(exc))
+    if not valid:
+        problems = "; ".join(r["error"] for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
+        raise invalid(f"no valid question: {problems}. Expected non-empty strings of at most {limit} characters "
+                      f"in column {INPUT_COLUMN!r}")
+    try:
+        results = service.answer_many([q for _, q in valid])
+    except InvalidInput as exc:
+        raise invalid(f"column {INPUT_COLUMN!r}: {exc}") from None
+    except ChatbotError as exc:
+        raise MlflowException(f"{type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from None
+    for (i, _), result in zip(valid, results):
+        rows[i] = _row(result)
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+# ---------------------------------------------------------------- the model
+class _PyfuncChatbot(PythonModel):
+    """The chatbot as an MLflow pyfunc model (logged from code: see `chatbot_model/model_code.py`)."""
+
+    def __init__(self, service=None):
+        self.service = service  # injectable for tests; built by load_context otherwise
+
+    def load_context(self, context) -> None:
+        if self.service is None:
+            self.service = service_from_artifacts(context.artifacts)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return answer_frame(self.service, to_questions(model_input))

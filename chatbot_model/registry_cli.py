@@ -1,0 +1,62 @@
+"""`llmops-chatbot register_model` and `promote_model` (also the MLproject entry points).
+
+Under `mlflow run`, MLFLOW_RUN_ID names the run MLflow created: both commands log into it (their parameters
+and the registered/promoted version), so each `mlflow run` is one run with what it did.
+"""
+
+from __future__ import annotations
+
+import click
+
+STAGE_CHOICES = ("Staging", "Production")  # registry.STAGES (kept literal: this module imports only click)
+
+
+def _blank(value):
+    return value if value not in (None, "", "latest") else None
+
+
+@click.command("register_model")
+@click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
+@click.option("--docs", default=None, help="Knowledge base docs.json to ship (default: CHATBOT_DOCS_PATH, artifacts/docs.json).")
+@click.option("--hint-file", default=None, help="Hint file to ship (default: CHATBOT_HINT_PATH, artifacts/adapter_hint.txt).")
+def register_model(name: str | None, docs: str | None, hint_file: str | None) -> None:
+    """Log the chatbot as an MLflow pyfunc model and register it as a new version of NAME."""
+    from chatbot_model.config import load_settings
+    from chatbot_model.registry import log_and_register
+
+    result = log_and_register(load_settings(), _blank(name), _blank(docs), _blank(hint_file))
+    click.echo(f"registered {result.name} version {result.version}")
+    click.echo(f"  version uri:  {result.version_uri}")
+    click.echo(f"  run uri:      {result.run_uri}")
+    click.echo(f"  logged model: {result.model_uri}")
+    click.echo(f"  tags:         {', '.join(f'{k}={v}' for k, v in sorted(result.tags.items()))}")
+    click.echo(f"next: llmops-chatbot promote_model --name {result.name} --stage Staging --version {result.version}")
+
+
+@click.command("promote_model")
+@click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
+@click.option("--stage", required=True, type=click.Choice(STAGE_CHOICES, case_sensitive=False),
+              help="Target stage; the alias of the same name (staging/production) moves with it.")
+@click.option("--version", default=None, help="Version to promote (default: the latest).")
+def promote_model(name: str | None, stage: str, version: str | None) -> None:
+    """Move a version of NAME to STAGE (archiving the previous holder) and set the matching alias."""
+    import os
+
+    import mlflow
+
+    from chatbot_model.config import load_settings
+    from chatbot_model.registry import promote
+
+    settings = load_settings()
+    name = _blank(name) or settings.registered_model_name
+    result = promote(name, stage, _blank(version), settings=settings)
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: record what was promoted on its run
+        with mlflow.start_run():
+            mlflow.log_params({"promoted_model": name, "promoted_version": result.version,
+                               "promoted_stage": result.stage})
+            mlflow.set_tags({"promoted_version": result.version, "archived_versions": ",".join(result.archived)})
+    state = "" if result.changed else " (already there: nothing changed)"
+    archived = f"; archived version(s) {', '.join(result.archived)}" if result.archived else ""
+    click.echo(f"{name} version {result.version} -> {result.stage}, alias @{result.alias}{archived}{state}")
+    for uri in result.uris:
+        click.echo(f"  {uri}")

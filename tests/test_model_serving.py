@@ -1,0 +1,172 @@
+"""The lifecycle as users run it: `mlflow run` of both entry points, `mlflow models serve` over HTTP,
+`mlflow models generate-dockerfile`. Real subprocesses on a temporary sqlite store; nothing lands in the
+checkout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+NAME = "llmops-chatbot"
+EXPERIMENT = "llmops-chatbot"
+QUESTION = "What is MLflow used for?"
+CHECKOUT_STATE = ("mlflow.db", "mlruns", "mlartifacts", ".chatbot")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shipped_index):
+    """A store with the experiment, and the environment every subprocess gets."""
+    root = tmp_path_factory.mktemp("project-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith(("CHATBOT_", "MLFLOW_")) or k.endswith(("_API_KEY", "_BASE_URL")))}
+    env.update(MLFLOW_TRACKING_URI=uri, CHATBOT_INDEX_DIR=str(shipped_index), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{root / 'feedback.db'}",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return {"root": root, "uri": uri, "client": client, "env": env}
+
+
+def mlflow_cli(project, *args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "mlflow"), *args], env=project["env"],
+                          cwd=project["root"], capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_run(project, entry: str, **params) -> subprocess.CompletedProcess:
+    before = {name: (ROOT / name).exists() for name in CHECKOUT_STATE}
+    args = ["run", str(ROOT), "-e", entry, "--env-manager", "local", "--experiment-name", EXPERIMENT]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    proc = mlflow_cli(project, *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert {name: (ROOT / name).exists() for name in CHECKOUT_STATE} == before, "mlflow run wrote into the checkout"
+    return proc
+
+
+def last_run(project):
+    client = project["client"]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+@pytest.fixture(scope="module")
+def production(project):
+    """`mlflow run` of register_model, then of promote_model to Production (the full stage/alias lifecycle
+    is in test_registry.py; each `mlflow run` costs ~20 s)."""
+    register = mlflow_run(project, "register_model", name=NAME)
+    run = last_run(project)
+    project["register_run"] = run
+    assert "registered llmops-chatbot version 1" in register.stdout and "models:/llmops-chatbot/1" in register.stdout
+    promote = mlflow_run(project, "promote_model", name=NAME, stage="Production")
+    assert "models:/llmops-chatbot@production" in promote.stdout
+    return project
+
+
+def test_mlflow_run_entry_points_register_and_promote(production):
+    client = production["client"]
+    register = production["register_run"]
+    assert register.info.status == "FINISHED"
+    assert register.data.params["name"] == NAME and register.data.params["registered_version"] == "1"
+    assert register.data.tags["registered_model"] == NAME and register.data.tags["index_fingerprint"]
+    versions = {str(v.version): v.current_stage for v in client.search_model_versions(f"name='{NAME}'")}
+    assert versions == {"1": "Production"}
+    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"production": "1"}
+    promote = last_run(production)
+    assert promote.info.status == "FINISHED" and promote.info.run_id != register.info.run_id
+    assert promote.data.params["stage"] == "Production" and promote.data.params["version"] == "latest"
+    assert promote.data.params["promoted_version"] == "1" and promote.data.params["promoted_stage"] == "Production"
+
+
+def post(port: int, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60, **kwargs)
+
+
+def test_mlflow_models_serve_answers_every_payload_format(production):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@production",
+         "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"],
+        env=production["env"], cwd=production["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+            time.sleep(0.5)
+
+        payloads = {
+            "dataframe_records": {"dataframe_records": [{"question": QUESTION}]},
+            "dataframe_split": {"dataframe_split": {"columns": ["question"], "data": [[QUESTION]]}},
+            "inputs": {"inputs": {"question": [QUESTION]}},
+            "inputs_records": {"inputs": [{"question": QUESTION}]},
+        }
+        for kind, body in payloads.items():
+            response = post(port, body)
+            assert response.status_code == 200, (kind, response.text)
+            (row,) = response.json()["predictions"]
+            assert row["question"] == QUESTION and row["provider"] == "local" and row["answer"], kind
+            assert row["error"] == "" and row["blocked"] is False and row["sources"], kind
+            assert set(row) >= {"route", "model", "fallback", "latency_ms", "trace_id"}, kind
+
+        mixed = post(port, {"dataframe_records": [{"question": QUESTION}, {"question": ""}]})
+        assert mixed.status_code == 200
+        assert [r["error"] for r in mixed.json()["predictions"]] == ["", "column 'question' row 1 is empty; ask something in words"]
+
+        for body, words in [({"dataframe_records": [{"text": QUESTION}]}, "Model is missing inputs ['question']"),
+                            ({"dataframe_records": [{"question": ""}]}, "column 'question' row 0 is empty"),
+                            ({"dataframe_split": {"columns": ["q"], "data": [["x"]]}}, "['question']")]:
+            response = post(port, body)
+            assert response.status_code == 400, response.text
+            assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE" and words in response.json()["message"]
+        garbage = httpx.post(f"http://127.0.0.1:{port}/invocations", content=b"{not json",
+                             headers={"Content-Type": "application/json"}, timeout=30)
+        assert garbage.status_code == 400
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.poll() is not None
+
+
+def test_generate_dockerfile_installs_the_model_requirements_and_serves(production, tmp_path):
+    out = tmp_path / "image"
+    proc = mlflow_cli(production, "models", "generate-dockerfile", "-m", f"models:/{NAME}@production", "-d", str(out),
+                      "--env-manager", "local")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert dockerfile.startswith("# Build an image that can serve mlflow models.")
+    assert "COPY model_dir /opt/ml/model" in dockerfile and "_install_pyfunc_deps('/opt/ml/model'" in dockerfile
+    assert 'ENTRYPOINT ["python", "-c", "from mlflow.models import container as C; C._serve(' in dockerfile
+    requirements = (out / "model_dir" / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"  # the CPU torch wheel
+    assert "torch==2.13.0" in requirements and any(r.startswith("mlflow==") for r in requirements)
+    assert (out / "model_dir" / "artifacts" / "index" / "index.faiss").is_file()
+    assert (out / "model_dir" / "code" / "chatbot_model" / "pyfunc.py").is_file()

