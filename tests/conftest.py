@@ -38,6 +38,13 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
             monkeypatch.delenv(var, raising=False)
     shutil.copy(empty_tracking_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # MLflow keeps the tracking URI and the active experiment in process globals: start every test clean
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")
     monkeypatch.chdir(tmp_path)
@@ -46,6 +53,7 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")
