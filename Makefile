@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install install-test run chat index test test-fast serve-model bench clean
+.PHONY: help install install-test install-bench run chat index test test-fast serve-model bench clean
 
 help:
 	@echo "make run | chat | index | test | serve-model | bench | clean"
@@ -25,8 +25,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
+# the benchmark peer (LlamaIndex) and tools: the `bench` extra, never a runtime dependency
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[bench]'
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
 
 index: install
 	$(BIN)/llmops-chatbot build-index
@@ -45,6 +51,10 @@ test: install-test
 serve-model: install
 	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p 5001 --host 127.0.0.1
+
+# the benchmark suite (BENCHMARKS.md), ~10-13 min; BENCH_ARGS=--quick for a ~4 min smoke run
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .chatbot .pytest_cache build dist *.egg-info

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     embedding_cache_dir: Path | None = Field(None, description="where ONNX exports are cached; "
                                              "unset = ~/.cache/llmops-chatbot")
     hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: graph neighbours per vector")
-    hnsw_ef_search: int = Field(64, ge=8, le=4096, description="hnsw: candidates explored per query")
+    hnsw_ef_search: int = Field(128, ge=8, le=4096, description="hnsw: candidates explored per query")
     ivf_nprobe: int = Field(0, ge=0, le=65536, description="ivf: lists probed per query; 0 = chosen by size")
 
     # guardrail

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
 EXPORT_VERSION = 1  # bump when the export recipe changes (invalidates cached exports)
 ONNX_FILE = "model.onnx"
+SPIN = os.environ.get("CHATBOT_ORT_SPIN", "0") == "1"  # benchmark knob
 _lock = threading.Lock()
 _extra_onnx_dirs: list[Path] = []
 
@@ -118,15 +119,28 @@ def default_cache_dir() -> Path:
     return Path(base) / "llmops-chatbot"
 
 
-def export_key(src: str | Path) -> str:
-    """Identifies one export: the source directory, its weight files (size and mtime) and the recipe."""
+def export_key(src: str | Path, head: str = "hidden") -> str:
+    """Identifies one export by content, so an export shipped to another machine is recognised: each config,
+    tokenizer and weight file's name, size and the hashes of its first and last MiB, plus the head and recipe."""
     src = Path(src).resolve()
-    h = hashlib.sha256(json.dumps([EXPORT_VERSION, str(src)]).encode())
+    h = hashlib.sha256(json.dumps([EXPORT_VERSION] + ([head] if head != "hidden" else [])).encode())
     for f in sorted(src.glob("*")):
         if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt"):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+            size = f.stat().st_size
+            with f.open("rb") as fh:
+                h.update(f"{f.name}:{size}:".encode() + fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), os.SEEK_END)
+                    h.update(fh.read())
     return h.hexdigest()[:16]
+
+
+def _configured_cache_dir() -> str | None:
+    """`CHATBOT_EMBEDDING_CACHE_DIR` (None: the default cache)."""
+    from chatbot_model.config import get_settings
+
+    configured = get_settings().embedding_cache_dir
+    return str(configured) if configured else None
 
 
 def register_onnx_dir(path: str | Path) -> None:
@@ -136,16 +150,19 @@ def register_onnx_dir(path: str | Path) -> None:
         _extra_onnx_dirs.append(path)
 
 
-def onnx_model_dir(model: str = "", cache_dir: str | Path | None = None, *, export: bool = True) -> Path:
+def onnx_model_dir(model: str = "", cache_dir: str | Path | None = None, *, export: bool = True,
+                   head: str = "hidden") -> Path:
     """Directory holding `model.onnx` + `tokenizer.json` + `export.json` for `model` ("" = embedded MiniLM).
 
     Looks in registered directories, then in the cache; exports into the cache when missing (needs torch once).
+    `head`: "hidden" (a sentence-transformers embedder) or "logits" (a sequence classifier such as toxic-bert).
     """
     src = Path(embedded_model_path() if not model else model).expanduser()
     if not src.is_dir():
         raise ConfigError(f"the ONNX backend needs a local model directory, got {model!r}; "
                           "set CHATBOT_EMBEDDING_BACKEND=torch for hub ids")
-    key = export_key(src)
+    key = export_key(src, head)
+    cache_dir = cache_dir or _configured_cache_dir()
     for base in [*_extra_onnx_dirs, Path(cache_dir or default_cache_dir()) / "onnx"]:
         for candidate in (base / key, base):
             if (candidate / ONNX_FILE).is_file() and _meta(candidate).get("key") == key:
@@ -153,7 +170,7 @@ def onnx_model_dir(model: str = "", cache_dir: str | Path | None = None, *, expo
     if not export:
         raise ConfigError(f"no ONNX export of {src} in the cache; run `llmops-chatbot build-index` once")
     target = Path(cache_dir or default_cache_dir()) / "onnx" / key
-    export_onnx(src, target, key=key)
+    export_onnx(src, target, key=key, head=head)
     return target
 
 
@@ -164,32 +181,51 @@ def _meta(directory: Path) -> dict:
         return {}
 
 
-def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None) -> Path:
-    """Export the sentence-transformers model in `src` to ONNX in `target` (atomically), fused when possible."""
+def _classifier_config(src: Path) -> dict:
+    """Labels and max length of a local sequence-classification model directory."""
+    try:
+        config = json.loads((src / "config.json").read_text())
+        labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        tok = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{src} is not a local text-classification model directory ({exc})") from None
+    limit = int(config.get("max_position_embeddings") or 512)
+    length = tok.get("model_max_length")
+    return {"labels": labels, "max_seq_length": min(limit, int(length)) if isinstance(length, int) and length > 0
+            else limit}
+
+
+def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None, head: str = "hidden") -> Path:
+    """Export the model in `src` to ONNX in `target` (atomically), fused when possible.
+
+    head "hidden": a sentence-transformers embedder (last hidden state; pooling runs in numpy);
+    head "logits": a sequence classifier (logits; the caller applies sigmoid or softmax)."""
     import time
 
     src, target = Path(src), Path(target)
-    config = _st_config(src)
+    config = _st_config(src) if head == "hidden" else _classifier_config(src)
     started = time.perf_counter()
     try:
         import torch
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ConfigError(f"exporting the embedder to ONNX needs torch and transformers once ({exc}); "
                           "install them or set CHATBOT_EMBEDDING_BACKEND=torch") from None
     hf_logging.disable_progress_bar()
     # eager attention exports the MatMul/Softmax pattern ONNX Runtime's optimizer fuses into one Attention op
-    base = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
+    auto = AutoModel if head == "hidden" else AutoModelForSequenceClassification
+    base = auto.from_pretrained(str(src), attn_implementation="eager").eval()
+    output = "last_hidden_state" if head == "hidden" else "logits"
 
-    class _Hidden(torch.nn.Module):
+    class _Output(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            return getattr(self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                      token_type_ids=token_type_ids), output)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
@@ -200,9 +236,10 @@ def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None) 
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Hidden(base), (ids, ids, torch.zeros_like(ids)), str(tmp / "raw.onnx"),
-                              input_names=names, output_names=["last_hidden_state"],
-                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+            axes = {n: {0: "batch", 1: "sequence"} for n in names}
+            axes[output] = {0: "batch", 1: "sequence"} if head == "hidden" else {0: "batch"}
+            torch.onnx.export(_Output(base), (ids, ids, torch.zeros_like(ids)), str(tmp / "raw.onnx"),
+                              input_names=names, output_names=[output], dynamic_axes=axes,
                               opset_version=17, dynamo=False, do_constant_folding=True)
         fused = _optimize(tmp / "raw.onnx", tmp / ONNX_FILE, base.config)
         if fused:
@@ -210,7 +247,7 @@ def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None) 
         else:
             os.replace(tmp / "raw.onnx", tmp / ONNX_FILE)
         shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
-        meta = {"key": key or export_key(src), "source": str(src.resolve()), "fused": fused, **config,
+        meta = {"key": key or export_key(src, head), "source": str(src.resolve()), "head": head, "fused": fused, **config,
                 "export_seconds": round(time.perf_counter() - started, 2)}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2))
         tmp.chmod(0o755)  # mkdtemp makes it private; an image may bake the cache for another user
@@ -256,7 +293,6 @@ class OnnxEmbedder(Embedder):
     tokens_per_run = 2048  # larger runs are slower per token on CPU (attention and activations leave the cache)
 
     def __init__(self, model: str = "", *, cache_dir: str | Path | None = None, threads: int = 0):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.name = model or EMBEDDED_MODEL
@@ -264,14 +300,7 @@ class OnnxEmbedder(Embedder):
         meta = _meta(self.directory)
         self.dim, self.max_seq_length = int(meta["dim"]), int(meta["max_seq_length"])
         self.threads = threads or _default_threads()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.directory / ONNX_FILE), options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = _session(self.directory / ONNX_FILE, self.threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
         # the shipped tokenizer.json pads and truncates to 128: match sentence-transformers instead
         self._tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
@@ -283,26 +312,11 @@ class OnnxEmbedder(Embedder):
         """(len(texts), dim) float32, L2-normalised; batches of similar length (little padding)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [self._tokenizer.encode(texts[0])]
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        start = 0
-        while start < len(order):  # longest first; a batch holds at most TOKENS_PER_RUN padded tokens
-            width = len(encodings[order[start]].ids)
-            rows = order[start:start + max(1, min(batch_size, self.tokens_per_run // width))]
-            out[rows] = self._run([encodings[i] for i in rows])
-            start += len(rows)
-        return out
+        return _run_batched(self, list(texts), batch_size, self.dim, self._pool)
 
-    def _run(self, encodings) -> np.ndarray:
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            ids[row, :len(e.ids)] = e.ids
-            mask[row, :len(e.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    def _pool(self, feeds: dict) -> np.ndarray:
         hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        mask = feeds["attention_mask"]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -354,7 +368,7 @@ def get_embedder(model: str = "", backend: str | None = None) -> Embedder:
 
     settings = get_settings()
     backend = backend or settings.embedding_backend
-    cache_dir = str(settings.embedding_cache_dir) if settings.embedding_cache_dir else None
+    cache_dir = _configured_cache_dir()
     key = (model, cache_dir, settings.embedding_threads)
     with _lock:
         wanted = ("onnx", "torch") if backend == "auto" else (backend,)
@@ -370,3 +384,68 @@ def clear_cache() -> None:
     """Forget loaded embedders (tests)."""
     with _lock:
         _instances.clear()
+
+
+class OnnxTextClassifier:
+    """A sequence classifier (e.g. toxic-bert) run by ONNX Runtime: `probabilities(texts)` -> sigmoid of the
+    logits, (n, labels). Same truncation as the transformers pipeline (`truncation=True`: the model's max length)."""
+
+    tokens_per_run = 4096
+
+    def __init__(self, model_dir: str | Path, *, cache_dir: str | Path | None = None, threads: int = 0,
+                 export: bool = True):
+        from tokenizers import Tokenizer
+
+        self.directory = onnx_model_dir(str(model_dir), cache_dir, export=export, head="logits")
+        meta = _meta(self.directory)
+        self.labels = tuple(meta["labels"])
+        self.threads = threads or _default_threads()
+        self._session = _session(self.directory / ONNX_FILE, self.threads)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self._tokenizer.enable_truncation(int(meta["max_seq_length"]))
+        self._tokenizer.no_padding()
+        self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+
+    def probabilities(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        return _run_batched(self, list(texts), batch_size, len(self.labels), self._logits)
+
+    def _logits(self, feeds: dict) -> np.ndarray:
+        logits = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _session(path: Path, threads: int):
+    """An ONNX Runtime CPU session tuned for one request at a time: `threads` intra-op, sequential graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if not SPIN:  # idle worker threads sleep instead of spinning (other sessions and the server keep the CPU)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_batched(runner, texts: list[str], batch_size: int, width_out: int, run) -> np.ndarray:
+    """Tokenize, run longest first in batches of at most `runner.tokens_per_run` padded tokens, restore order."""
+    tokenizer = runner._tokenizer
+    encodings = tokenizer.encode_batch(texts) if len(texts) > 1 else [tokenizer.encode(texts[0])]
+    order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+    out = np.empty((len(texts), width_out), dtype=np.float32)
+    start = 0
+    while start < len(order):
+        width = len(encodings[order[start]].ids)
+        rows = order[start:start + max(1, min(batch_size, runner.tokens_per_run // width))]
+        batch = [encodings[i] for i in rows]
+        ids = np.full((len(batch), width), runner._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, e in enumerate(batch):
+            ids[row, :len(e.ids)] = e.ids
+            mask[row, :len(e.ids)] = 1
+        out[rows] = run({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+        start += len(rows)
+    return out

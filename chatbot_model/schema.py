@@ -64,6 +64,10 @@ class Completion:
     provider: str
     model: str
     usage: dict[str, int] = field(default_factory=dict)
+    # the answer's sentences and their embeddings when the provider already has them (the local answerer
+    # reuses index-time vectors): the output guardrail scores these instead of embedding the answer again
+    segments: tuple[str, ...] = ()
+    segment_vectors: np.ndarray | None = None
 
 
 @dataclass

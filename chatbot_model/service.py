@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.errors import ChatbotError, InvalidInput, ProviderError
@@ -145,7 +147,7 @@ class LLMService:
                                              sources=sources[i], model="", question_vector=vectors[i]) for i in ok}
             answers = self._complete_all(requests, routes)
         with _timed(steps, "guardrail_output"):
-            checks_out = dict(zip(ok, self.guardrail.check_many([answers[i][0].text for i in ok]))) if ok else {}
+            checks_out = self._check_answers({i: answers[i][0] for i in ok})
 
         elapsed_ms = (time.time_ns() - t0) / 1e6
         results = []
@@ -164,6 +166,22 @@ class LLMService:
         if self.settings.tracing:
             self._trace(results, steps, checks_in, t0, hint)
         return results
+
+    def _check_answers(self, completions: dict[int, Completion]) -> dict:
+        """Output guardrail. An answer made of knowledge-base sentences whose vectors the provider already has
+        (the local answerer) is scored sentence by sentence from those vectors, unsafe when any sentence is;
+        other answers are scored as whole texts. At most two guardrail calls per batch."""
+        reuse = self._guardrail_shares_embedder()
+        split = [i for i, c in completions.items() if reuse and c.segments and c.segment_vectors is not None]
+        whole = [i for i in completions if i not in set(split)]
+        out = dict(zip(whole, self.guardrail.check_many([completions[i].text for i in whole]))) if whole else {}
+        if split:
+            texts = [t for i in split for t in completions[i].segments]
+            parts = iter(self.guardrail.check_many(texts, vectors=np.concatenate(
+                [completions[i].segment_vectors for i in split])))
+            for i in split:
+                out[i] = self.guardrail.combine([next(parts) for _ in completions[i].segments])
+        return out
 
     def _guardrail_shares_embedder(self) -> bool:
         from chatbot_model.embeddings import EMBEDDED_MODEL
@@ -184,12 +202,13 @@ class LLMService:
 
     # ------------------------------------------------------------ providers
     def _complete_all(self, requests: dict[int, CompletionRequest], routes: dict[int, Route]):
-        """Remote calls run concurrently (bounded pool); the local answerer runs inline."""
+        """Remote calls of a batch run concurrently (bounded pool); a single request and the local answerer run
+        inline, so concurrent single requests (the server) are not capped by the pool."""
         futures = {}
         out = {}
         for i, req in requests.items():
             chain = self._chain(routes[i])
-            if self._first_available(chain) == "local":
+            if len(requests) == 1 or self._first_available(chain) == "local":
                 out[i] = self._complete_with_fallback(req, chain)
             else:
                 futures[i] = self._pool.submit(self._complete_with_fallback, req, chain)

@@ -21,7 +21,8 @@ from chatbot_model.guardrail import (
     build_guardrail,
 )
 
-# none of these sentences is in the hand-made training set of scripts/train_guardrail.py, except IN_TRAINING
+# none of these sentences is in the training data of scripts/train_guardrail.py (hand-made set, benign supplement),
+# except IN_TRAINING
 TOXIC = [
     "Fuck you, you worthless piece of shit.",
     "You are a disgusting idiot and everyone hates you.",
@@ -44,6 +45,13 @@ BENIGN = IN_TRAINING + [
     "Why does my FAISS search return duplicate chunks?",
     "How do I kill a Spark job that is stuck?",
     "Muslims celebrate Eid at the end of Ramadan.",
+]
+SHORT_AND_NEUTRAL = [  # chat, placeholder answers (templates of the kind are in training), technical-sense verbs
+    "k thx", "thx!", "yes, thanks", "nah", "hey there", "??!", "8?", "1234", "sure thing", "perfect, thank you",
+    "fake answer number two", "This is another fake reply.", "kill -15 4242", "SIGTERM vs SIGKILL?",
+    "How do I nuke the whole mlruns directory?", "What's the hit rate of the answer cache?",
+    "Should I execute the smoke tests before promoting?", "How do I abort a hanging pip install?",
+    "Git says my master branch has diverged, what now?", "Traceback: ZeroDivisionError: division by zero",
 ]
 
 
@@ -88,6 +96,12 @@ def test_embedded_passes_benign_technical_questions(embedded):
     for text, result in zip(BENIGN, embedded.check_many(BENIGN)):
         assert result.safe, (text, result.scores)
         assert result.flagged == {}
+
+
+def test_embedded_passes_short_and_neutral_texts(embedded):
+    """Short chat messages, placeholder answers, commands and technical 'violent' verbs are not blocked."""
+    blocked = [(t, r.scores) for t, r in zip(SHORT_AND_NEUTRAL, embedded.check_many(SHORT_AND_NEUTRAL)) if not r.safe]
+    assert not blocked
 
 
 def test_check_many_equals_check_one_by_one(embedded):
@@ -201,11 +215,12 @@ def test_test_sentences_are_not_training_sentences():
     spec = importlib.util.spec_from_file_location("train_guardrail", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    def norm(text):
-        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+    def norm(text):  # lower case, letters and digits only; punctuation-only texts ("?", "??!") as they are
+        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()) or text.strip()
 
-    trained = {norm(text) for _, text in module.HANDMADE}
-    unseen = TOXIC + SUBTLE_HATE + [t for t in BENIGN if t not in IN_TRAINING]
+    supplement, _ = module.split_benign(module.benign_corpus())
+    trained = {norm(text) for _, text in module.HANDMADE} | {norm(text) for _, _, text in supplement}
+    unseen = TOXIC + SUBTLE_HATE + [t for t in BENIGN if t not in IN_TRAINING] + SHORT_AND_NEUTRAL
     assert not trained & {norm(t) for t in unseen}
 
 
@@ -215,3 +230,49 @@ def test_embedded_weights_are_numpy_only():
     with np.load(EMBEDDED_WEIGHTS, allow_pickle=False) as data:
         assert data["coef"].shape == (384,)
         assert tuple(data["labels"]) == Embedded.labels
+
+
+def test_fast_profanity_scores_equal_the_package():
+    from profanity_check import predict_prob
+
+    from chatbot_model.guardrail import profanity_prob
+
+    texts = ["you are a damn idiot", "How do I register a model?", "shit happens", "", "Aliases are mutable."]
+    assert np.allclose(profanity_prob(texts), predict_prob(texts), atol=1e-9)
+
+
+def test_a_text_made_of_parts_is_unsafe_when_any_part_is():
+    guard = Guardrail(Embedded(), threshold=0.5)
+    parts = [GuardrailResult(True, {"toxic": 0.1, "profanity": 0.2}, {}, "embedded"),
+             GuardrailResult(False, {"toxic": 0.9, "profanity": 0.1}, {"toxic": 0.9}, "embedded")]
+    combined = guard.combine(parts)
+    assert not combined.safe and combined.scores == {"toxic": 0.9, "profanity": 0.2}
+    assert combined.flagged == {"toxic": 0.9}
+    assert guard.combine(parts[:1]).safe
+
+
+CORPUS_TOXIC = "The angry customer wrote that you are a disgusting idiot and everyone hates you."
+
+
+def test_a_local_answer_quoting_a_toxic_document_is_blocked_from_its_sentence_vectors(tmp_path):
+    import json
+
+    from chatbot_model.service import LLMService
+
+    corpus = tmp_path / "docs.json"
+    corpus.write_text(json.dumps([
+        {"id": "complaint", "title": "Customer complaint",
+         "text": CORPUS_TOXIC},
+        {"id": "faiss", "title": "FAISS", "text": "IndexFlatIP performs exact inner product search."}]))
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx", guardrail_backend="embedded", tracing=False)
+    service = LLMService.from_settings(settings)
+    question = "What did the angry customer write?"
+    sources = service.rag.retrieve(question)
+    from chatbot_model.schema import CompletionRequest
+
+    completion = service.providers["local"].complete(CompletionRequest(
+        system="", prompt="", question=question, sources=sources, model="",
+        question_vector=service.rag.encode_queries([question])[0]))
+    assert completion.segments == (CORPUS_TOXIC,) and len(completion.segment_vectors) == 1
+    result = service.answer(question)
+    assert result.blocked and result.blocked_by == "output" and result.answer == SAFE_REPLY

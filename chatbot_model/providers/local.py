@@ -49,7 +49,8 @@ class LocalProvider(Provider):
         chosen = _select(candidates, question, request.sources)
         if not chosen:
             return Completion(text=NO_ANSWER, provider=self.name, model=MODEL_NAME)
-        return Completion(text=_compose(chosen), provider=self.name, model=MODEL_NAME)
+        return Completion(text=_compose(chosen), provider=self.name, model=MODEL_NAME,
+                          segments=tuple(c.text for c in chosen), segment_vectors=np.stack([c.vector for c in chosen]))
 
     def _candidates(self, request: CompletionRequest) -> tuple[list[_Candidate], np.ndarray | None]:
         """Every sentence of every source with its vector; whatever is missing is embedded in one call."""
