@@ -106,6 +106,9 @@ main.add_command(serve)
 from chatbot_model.feedback_cli import feedback, sync_feedback  # noqa: E402
 main.add_command(feedback)
 main.add_command(sync_feedback)
+from chatbot_model.lifecycle_cli import adapt, evaluate  # noqa: E402
+main.add_command(evaluate)
+main.add_command(adapt)
 
 
 if __name__ == "__main__":  # pragma: no cover

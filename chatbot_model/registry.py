@@ -8,8 +8,10 @@
 - `promote` moves a version to Staging or Production (archiving the previous holder) AND points the matching
   alias (`staging`/`production`) at it; an alias whose version left its stage is removed, so
   `models:/NAME/Production` and `models:/NAME@production` always resolve to the same version. Idempotent.
-  `gate(model_version, stage)` is the seam for promotion checks (e.g. "evaluation must pass"): it raises a
-  `ChatbotError` to refuse.
+  `gate(model_version, stage)` is the seam for promotion checks: it raises a `ChatbotError` to refuse
+  (`gate.EvaluationGate`: evaluation passed and not worse than Production). Promoting to Production also moves
+  the prompt alias `production` to the version's hint (`prompt_uri` tag, see prompts.py).
+- Every registered version records its hint's version in the MLflow prompt registry: tag and param `prompt_uri`.
 """
 
 from __future__ import annotations
@@ -220,6 +222,8 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
     import mlflow
     from mlflow import MlflowClient
 
+    from chatbot_model.adapter import read_hint
+
     name = name or settings.registered_model_name
     use_store(settings)
     active = mlflow.active_run()
@@ -227,15 +231,35 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
         info, tags = log_model(settings, docs, hint_file, registered_model_name=name, hint=hint, bias=bias)
         version = str(info.registered_model_version)
         client = MlflowClient()
+        prompt_uri = _register_hint(hint if hint is not None else read_hint(hint_file or settings.hint_path),
+                                    model_id=getattr(info, "model_id", None))
+        if prompt_uri:
+            tags["prompt_uri"] = prompt_uri
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         mlflow.set_tags({**tags, "registered_model": name, "registered_version": version})
         mlflow.log_params({"registered_model_name": name, "registered_version": version,
                            "docs_path": str(docs or settings.docs_path),
-                           "hint_source": "inline" if hint is not None else str(hint_file or settings.hint_path)})
+                           "hint_source": "inline" if hint is not None else str(hint_file or settings.hint_path),
+                           **({"prompt_uri": prompt_uri} if prompt_uri else {})})
         run_id = run.info.run_id
     log.info("registered %s version %s (run %s)", name, version, run_id)
     return RegisteredVersion(name=name, version=version, run_id=run_id, model_uri=info.model_uri, tags=tags)
+
+
+def _register_hint(hint: str, model_id: str | None = None) -> str | None:
+    """The hint's version in the prompt registry (prompts.py), linked to the logged model; None, with a
+    warning, when the store has no prompt registry."""
+    from chatbot_model.prompts import link_to_model, register_hint
+
+    try:
+        uri = register_hint(hint)
+    except Exception as exc:  # noqa: BLE001 - an old tracking server without the prompt registry
+        log.warning("the hint was not registered in the prompt registry: %s", exc)
+        return None
+    if model_id:
+        link_to_model(uri, model_id)
+    return uri
 
 
 # ---------------------------------------------------------------- promoting
@@ -296,6 +320,12 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
             client.transition_model_version_stage(name, old, "Archived")
     client.set_registered_model_alias(name, alias, str(target.version))
     _drop_stale_aliases(client, name)
+    if stage == "Production":  # the hint it ships becomes prompts:/llmops-chatbot-hint@production
+        prompt_uri = (client.get_model_version(name, str(target.version)).tags or {}).get("prompt_uri")
+        if prompt_uri:
+            from chatbot_model.prompts import promote_prompt
+
+            promote_prompt(prompt_uri)
     log.info("%s version %s -> %s (archived %s)", name, target.version, stage, holders)
     return Promotion(name=name, version=str(target.version), stage=stage, alias=alias, archived=holders,
                      changed=changed)

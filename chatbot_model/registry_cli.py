@@ -38,23 +38,49 @@ def register_model(name: str | None, docs: str | None, hint_file: str | None) ->
 @click.option("--stage", required=True, type=click.Choice(STAGE_CHOICES, case_sensitive=False),
               help="Target stage; the alias of the same name (staging/production) moves with it.")
 @click.option("--version", default=None, help="Version to promote (default: the latest).")
-def promote_model(name: str | None, stage: str, version: str | None) -> None:
-    """Move a version of NAME to STAGE (archiving the previous holder) and set the matching alias."""
+@click.option("--force", default=False, type=click.BOOL, is_flag=False, flag_value=True,
+              help="Production: promote even when the gate refuses (never evaluated, failed, worse than "
+                   "Production); recorded as promotion.forced* tags on the version.")
+@click.option("--reason", default=None, help="Why --force was needed (tag promotion.forced_reason).")
+def promote_model(name: str | None, stage: str, version: str | None, force: bool, reason: str | None) -> None:
+    """Move a version of NAME to STAGE (archiving the previous holder) and set the matching alias.
+
+    To Production only a version whose evaluation passed (`llmops-chatbot evaluate`) and that is not worse
+    than the current Production version beyond the tolerance; Staging has no gate."""
     import os
 
     import mlflow
+    from mlflow import MlflowClient
 
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import promote
+    from chatbot_model.gate import EvaluationGate, PromotionRefused
+    from chatbot_model.registry import promote, use_store
 
     settings = load_settings()
     name = _blank(name) or settings.registered_model_name
-    result = promote(name, stage, _blank(version), settings=settings)
+    use_store(settings)
+    gate = EvaluationGate(MlflowClient(), name, force=force)
+    try:
+        result = promote(name, stage, _blank(version), gate=gate, settings=settings)
+    except PromotionRefused:
+        for line in gate.lines:
+            click.echo(line)
+        raise
+    for line in gate.lines:
+        click.echo(line)
+    forced = gate.record_forced(result.version, _blank(reason))
+    if forced:
+        click.echo(f"WARNING: promotion forced over the gate: {gate.refusal}", err=True)
+        click.echo(f"  recorded on version {result.version}: promotion.forced=true, "
+                   f"promotion.forced_by={forced['promotion.forced_by']}")
+    elif force and result.stage == "Production":
+        click.echo("--force: the gate passed anyway; nothing was overridden")
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: record what was promoted on its run
         with mlflow.start_run():
             mlflow.log_params({"promoted_model": name, "promoted_version": result.version,
                                "promoted_stage": result.stage})
-            mlflow.set_tags({"promoted_version": result.version, "archived_versions": ",".join(result.archived)})
+            mlflow.set_tags({"promoted_version": result.version, "archived_versions": ",".join(result.archived),
+                             **(forced or {})})
     state = "" if result.changed else " (already there: nothing changed)"
     archived = f"; archived version(s) {', '.join(result.archived)}" if result.archived else ""
     click.echo(f"{name} version {result.version} -> {result.stage}, alias @{result.alias}{archived}{state}")

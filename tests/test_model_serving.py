@@ -70,12 +70,13 @@ def last_run(project):
 
 @pytest.fixture(scope="module")
 def production(project):
-    """`mlflow run` of register_model, then of promote_model to Production (the full stage/alias lifecycle
-    is in test_registry.py; each `mlflow run` costs ~20 s)."""
+    """`mlflow run` of register_model, evaluate, then promote_model to Production (the full stage/alias
+    lifecycle is in test_registry.py, the gate in test_lifecycle.py; each `mlflow run` costs ~20 s)."""
     register = mlflow_run(project, "register_model", name=NAME)
     run = last_run(project)
     project["register_run"] = run
     assert "registered llmops-chatbot version 1" in register.stdout and "models:/llmops-chatbot/1" in register.stdout
+    mlflow_run(project, "evaluate", model_uri=f"models:/{NAME}/1", genai="false")  # the promotion gate needs it
     promote = mlflow_run(project, "promote_model", name=NAME, stage="Production")
     assert "models:/llmops-chatbot@production" in promote.stdout
     return project

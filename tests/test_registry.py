@@ -158,6 +158,7 @@ def test_promote_model_cli(client):
     out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "Staging", "--version", "1"])
     assert "nothing changed" in out.output
 
+    client.set_model_version_tag(NAME, "2", "eval.status", "passed")  # the gate (test_lifecycle.py)
     out = runner.invoke(main, ["promote_model", "--name", NAME, "--stage", "production"])
     assert out.exit_code == 0 and "version 2 -> Production" in out.output
 

@@ -8,7 +8,9 @@ BACKEND_CHOICES = ("in-process", "remote")  # config.SERVING_BACKENDS (kept lite
 
 
 def ensure_registered_model(settings) -> str | None:
-    """Register and promote the default model when `settings.model_uri` does not resolve; returns what it did."""
+    """Register, evaluate and promote the default model when `settings.model_uri` does not resolve; returns
+    what it did. The promotion goes through the evaluation gate like any other (no --force): a default model
+    that fails its evaluation is not served, and the error says why."""
     from chatbot_model.config import configure_mlflow
     from chatbot_model.server.backends import resolve_version
 
@@ -18,11 +20,18 @@ def ensure_registered_model(settings) -> str | None:
             return None
     except Exception:  # noqa: BLE001 - missing model or alias: register one below
         pass
+    from mlflow import MlflowClient
+
+    from chatbot_model.gate import EvaluationGate
+    from chatbot_model.lifecycle import evaluate_model
     from chatbot_model.registry import log_and_register, promote
 
     registered = log_and_register(settings)
-    promotion = promote(registered.name, "Production", registered.version, settings=settings)
-    return f"registered and promoted {registered.name} version {promotion.version} to {promotion.stage}"
+    report = evaluate_model(settings, registered.version_uri)
+    gate = EvaluationGate(MlflowClient(), registered.name)
+    promotion = promote(registered.name, "Production", registered.version, gate=gate, settings=settings)
+    return (f"registered {registered.name} version {promotion.version}, evaluated it ({report.status}, run "
+            f"{report.run_id}) and promoted it to {promotion.stage}")
 
 
 @click.command("serve")
