@@ -37,7 +37,7 @@ install-bench: $(VENV)/.installed-bench
 index: install
 	$(BIN)/llmops-chatbot build-index
 
-# registers + promotes the default model when the registry has none, then serves the API and chat page
+# when the registry has no Production model: registers, evaluates and promotes one; then serves the API + chat page
 run: index
 	$(BIN)/llmops-chatbot serve --ensure-model --host 127.0.0.1 --port 8000
 

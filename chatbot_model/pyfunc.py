@@ -7,6 +7,7 @@ search). Logged artifacts (keys of `ARTIFACTS`):
 - `docs`      docs.json, the knowledge base
 - `hint`      adapter_hint.txt, the system-prompt hint
 - `settings`  model_settings.json: router (bias_towards_35, model names), retrieval and guardrail settings
+- `embedder_onnx` (optional) the embedder's ONNX export: a served model needs neither torch nor an export
 - `index`     the prebuilt FAISS index, chunk store, sentence vectors and manifest (with its fingerprint), so
               loading does not re-embed the corpus; when it is missing or its fingerprint does not match the
               documents, the index is rebuilt from docs.json into a temporary directory (never into the model).
@@ -60,6 +61,7 @@ INPUT_COLUMN = "question"
 OUTPUT_COLUMNS = ("question", "answer", "blocked", "route", "provider", "model", "fallback", "sources",
                   "latency_ms", "trace_id", "error")
 ARTIFACTS = {"docs": "docs.json", "hint": "adapter_hint.txt", "settings": "model_settings.json", "index": "index"}
+ONNX_ARTIFACT = "embedder_onnx"  # optional: the embedder's ONNX export, so serving needs no torch and no export
 # fixed by the logged model (the index and the router were built with them)
 MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", "bias_towards_35", "gpt_model",
                 "claude_model")
@@ -122,6 +124,10 @@ def service_from_artifacts(artifacts: dict[str, str]):
     from chatbot_model.service import LLMService
 
     settings = settings_from_artifacts(artifacts)
+    if ONNX_ARTIFACT in artifacts:
+        from chatbot_model.embeddings import register_onnx_dir
+
+        register_onnx_dir(artifacts[ONNX_ARTIFACT])
     expected = fingerprint(load_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
     if not _index_matches(Path(settings.index_dir), expected):
         rebuilt = Path(tempfile.mkdtemp(prefix="llmops-chatbot-index-")) / "index"

@@ -169,7 +169,7 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
     The index is built in `workdir` (seeded from `settings.index_dir` when that holds one, so an up-to-date
     index is reused, never modified)."""
     from chatbot_model.adapter import read_hint
-    from chatbot_model.pyfunc import ARTIFACTS, model_settings
+    from chatbot_model.pyfunc import ARTIFACTS, ONNX_ARTIFACT, model_settings
     from chatbot_model.rag import RAGPipeline, load_documents
 
     docs_path = Path(docs or settings.docs_path)
@@ -191,12 +191,27 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
     backend = resolve_guardrail_backend(build)
     out["settings"].write_text(json.dumps(model_settings(build, backend), indent=2, default=str), encoding="utf-8")
 
+    if onnx := _embedder_export(build):  # served models then load the fast embedder without torch or an export
+        shutil.copytree(onnx, workdir / ONNX_ARTIFACT)
+        out[ONNX_ARTIFACT] = workdir / ONNX_ARTIFACT
+
     tags = {"docs_fingerprint": _file_sha(out["docs"]), "index_fingerprint": str(manifest["fingerprint"]),
             "embedder": str(manifest.get("embedder", "")), "guardrail_backend": backend,
             "bias_towards_35": str(build.bias_towards_35), "hint_sha": _file_sha(out["hint"])}
     if commit := git_commit():
         tags["git_commit"] = commit
     return {key: str(path) for key, path in out.items()}, tags
+
+
+def _embedder_export(settings: Settings) -> Path | None:
+    """The ONNX export of the embedded embedder when the model will use it (exported now if not cached)."""
+    from chatbot_model.embeddings import get_embedder, onnx_model_dir
+
+    if settings.embedding_model or settings.embedding_backend == "torch":
+        return None
+    if settings.embedding_backend == "auto" and type(get_embedder("")).__name__ != "OnnxEmbedder":
+        return None  # onnxruntime is not usable here: the served model falls back to torch too
+    return onnx_model_dir("")
 
 
 # ---------------------------------------------------------------- logging and registering

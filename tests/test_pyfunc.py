@@ -250,7 +250,7 @@ NO_NETWORK = textwrap.dedent("""
     model = mlflow.pyfunc.load_model(sys.argv[1])
     out = model.predict(pd.DataFrame({"question": ["What is MLflow used for?"]}))
     print(json.dumps({"opened": opened, "provider": out.loc[0, "provider"], "answer": out.loc[0, "answer"],
-                      "error": out.loc[0, "error"]}))
+                      "error": out.loc[0, "error"], "torch": "torch" in sys.modules}))
 """)
 
 
@@ -258,10 +258,13 @@ NO_NETWORK = textwrap.dedent("""
 def test_loading_and_answering_needs_no_network_and_no_key(store, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.endswith("_BASE_URL")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MLFLOW_TRACKING_URI=store["uri"],
-               CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{tmp_path / 'fb.db'}", PYTHONPATH=str(ROOT))
+               CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{tmp_path / 'fb.db'}", PYTHONPATH=str(ROOT),
+               CHATBOT_EMBEDDING_CACHE_DIR=str(tmp_path / "empty-cache"))
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     proc = subprocess.run([sys.executable, "-c", NO_NETWORK, f"models:/{NAME}@production"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["opened"] == [] and result["provider"] == "local" and result["answer"] and result["error"] == ""
+    assert result["torch"] is False, "the logged ONNX export is used: no torch import, no export at load"
+    assert not (tmp_path / "empty-cache").exists()
