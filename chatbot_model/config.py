@@ -10,7 +10,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot_model.errors import ConfigError
@@ -19,9 +20,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
 GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
-ROUTE_NAMES = ("gpt", "claude")
 EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.embeddings
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.index
+NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator, one message shape
+    "guardrail_backend": ("guardrail backend", GUARDRAIL_BACKENDS),
+    "embedding_backend": ("embedding backend", EMBEDDING_BACKENDS),
+    "index_type": ("index type", INDEX_TYPES),
+    "serving_backend": ("serving backend", SERVING_BACKENDS),
+}
 
 
 def _artifact(name: str) -> Path:
@@ -103,32 +109,12 @@ class Settings(BaseSettings):
     adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
                                              "switches to the grounded hint")
 
-    @field_validator("guardrail_backend")
+    @field_validator(*NAMED_CHOICES)
     @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in GUARDRAIL_BACKENDS:
-            raise ValueError(f"unknown guardrail backend {value!r}; choose one of {list(GUARDRAIL_BACKENDS)}")
-        return value
-
-    @field_validator("embedding_backend")
-    @classmethod
-    def _known_embedding_backend(cls, value: str) -> str:
-        if value not in EMBEDDING_BACKENDS:
-            raise ValueError(f"unknown embedding backend {value!r}; choose one of {list(EMBEDDING_BACKENDS)}")
-        return value
-
-    @field_validator("index_type")
-    @classmethod
-    def _known_index_type(cls, value: str) -> str:
-        if value not in INDEX_TYPES:
-            raise ValueError(f"unknown index type {value!r}; choose one of {list(INDEX_TYPES)}")
-        return value
-
-    @field_validator("serving_backend")
-    @classmethod
-    def _known_serving_backend(cls, value: str) -> str:
-        if value not in SERVING_BACKENDS:
-            raise ValueError(f"unknown serving backend {value!r}; choose one of {list(SERVING_BACKENDS)}")
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        kind, choices = NAMED_CHOICES[info.field_name]
+        if value not in choices:
+            raise ValueError(f"unknown {kind} {value!r}; choose one of {list(choices)}")
         return value
 
     @model_validator(mode="after")
@@ -161,7 +147,7 @@ def load_settings(**overrides) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             env = f"CHATBOT_{field.upper()}" if field in Settings.model_fields else field
-            problems.append(f"{env}: {err['msg']}")
+            problems.append(f"{env}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
