@@ -254,14 +254,13 @@ class LLMService:
         state re-read; without one, it changes this process's hint and router only.
         """
         if self.adaptation is None:
-            before = {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
+            before = self._state()
             self.adapter.feedback(positive)
             self.router.feedback(positive)
-            return {"before": before,
-                    "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}}
+            return {"before": before, "after": self._state()}
         self.adaptation.refresh()
         self._adapt()
-        before = {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
+        before = self._state()
         row_id = self.feedback_store.record(
             trace_id=result.trace_id if result else None, rating="up" if positive else "down", comment=comment,
             session_id=session_id, route=result.route if result else None,
@@ -269,8 +268,10 @@ class LLMService:
             model_version=self.model_version)
         self.adaptation.refresh()
         self._adapt()
-        return {"before": before, "after": {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35},
-                "feedback_id": row_id}
+        return {"before": before, "after": self._state(), "feedback_id": row_id}
+
+    def _state(self) -> dict:
+        return {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
 
     def describe(self) -> dict:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
@@ -280,8 +281,7 @@ class LLMService:
             "embedder": self.rag.embedder_name,
             "index": self.rag.info(),
             "providers": {name: (p.available()[1] or "ready") for name, p in self.providers.items()},
-            "hint": self.adapter.hint,
-            "bias_towards_35": self.router.bias_towards_35,
+            **self._state(),
         }
 
     # ------------------------------------------------------------ tracing
