@@ -77,6 +77,11 @@ def _as_reply(item: Reply | str | int) -> Reply:
     raise TypeError(f"cannot queue {item!r}: use a Reply, a str (answer) or an int (HTTP status)")
 
 
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    # the stdlib default backlog (5) drops simultaneous connects, which the client retries a second later
+    request_queue_size = 128
+
+
 class FakeLLMServer:
     """Threaded HTTP server on 127.0.0.1 with a free port, started on construction."""
 
@@ -86,7 +91,7 @@ class FakeLLMServer:
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = LoopbackHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -8,13 +8,14 @@ import socket
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import ServiceBackend
+from tests.fake_llm_server import LoopbackHTTPServer
 
 BASE = dict(guardrail_backend="embedded", provider_max_retries=0, provider_timeout_s=10)
 
@@ -130,7 +131,7 @@ class FakeScoringServer:
                 rows = [contract_row(r["question"]) for r in body["dataframe_records"]]
                 self._send(200, {"predictions": rows})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
