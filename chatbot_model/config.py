@@ -174,6 +174,7 @@ def configure_mlflow(settings: Settings) -> str:
 
     uri = settings.tracking_uri
     os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses (mlflow run, models serve) see the same store
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: bars are only noise
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(settings.experiment_name)
     if experiment is None:

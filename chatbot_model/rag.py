@@ -275,22 +275,41 @@ class RAGPipeline:
         return self.embedder.encode(list(questions))
 
     def search(self, vectors: np.ndarray, k: int | None = None) -> list[list[Source]]:
-        """Top-k sources for each query vector: one FAISS search for the whole matrix."""
+        """The k best documents for each query vector, each as its best-matching chunk: one FAISS search for the
+        whole matrix (over-fetching chunks, so that a long document's neighbouring chunks do not crowd out others)."""
         if self.index is None:
             raise ConfigError("the index is not built; run `llmops-chatbot build-index` or call load_or_build()")
-        k = min(k or self.settings.top_k, len(self.chunks))
-        if len(vectors) == 0 or k == 0:
-            return [[] for _ in range(len(vectors))]
-        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return [[self._source(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0]
-                for row_s, row_i in zip(scores, ids)]
+        k, total = k or self.settings.top_k, len(self.chunks)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        results: list[list[Source]] = [[] for _ in range(len(vectors))]
+        pending, fetch = list(range(len(vectors))), min(k * 4, total)
+        while pending and fetch:
+            scores, ids = self.index.search(vectors[pending], fetch)
+            short = []
+            for row, row_s, row_i in zip(pending, scores, ids):
+                results[row] = self._best_per_document(row_s, row_i, k)
+                if len(results[row]) < k and fetch < total:
+                    short.append(row)  # rare: one document filled the candidates; look deeper
+            pending, fetch = short, min(fetch * 4, total)
+        return results
+
+    def _best_per_document(self, scores, ids, k: int) -> list[Source]:
+        found, seen = [], set()
+        for score, i in zip(scores, ids):
+            if i < 0 or self.chunks[i].doc_id in seen:
+                continue
+            seen.add(self.chunks[i].doc_id)
+            found.append(self._source(int(i), float(score)))
+            if len(found) == k:
+                break
+        return found
 
     def _source(self, i: int, score: float) -> Source:
         lo, hi = self.sentence_offsets[i], self.sentence_offsets[i + 1]
         return Source(chunk=self.chunks[i], score=score, sentence_vectors=self.sentence_vectors[lo:hi])
 
     def retrieve(self, question: str, k: int | None = None) -> list[Source]:
-        """Top-k sources for one question (document, chunk and cosine score)."""
+        """The top-k documents for one question (each with its best chunk and its cosine score)."""
         return self.retrieve_many([question], k)[0]
 
     def retrieve_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:

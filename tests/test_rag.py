@@ -133,3 +133,15 @@ def test_sentence_vectors_align_with_chunk_sentences(rag):
 def test_empty_question_is_rejected(rag):
     with pytest.raises(InvalidInput):
         rag.retrieve_many(["ok", "  "])
+
+
+def test_sources_are_distinct_documents_even_when_one_document_has_many_close_chunks(tmp_path):
+    long_doc = {"id": "aliases-long", "title": "Aliases in depth", "source": "long.md",
+                "text": " ".join(f"MLflow aliases detail number {i} explains loading models by alias." for i in range(40))}
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(CORPUS + [long_doc]))
+    rag = RAGPipeline(load_settings(docs_path=path, index_dir=tmp_path / "idx", chunk_size=200,
+                                    chunk_overlap=40)).load_or_build()
+    assert sum(c.doc_id == "aliases-long" for c in rag.chunks) > 5
+    ids = [s.chunk.doc_id for s in rag.retrieve("How do I load a model by its alias?", k=3)]
+    assert len(ids) == len(set(ids)) == 3 and set(ids[:2]) == {"aliases-long", "aliases"}
