@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DOCS, ROOT, main, stats_ms
+from common import DOCS, main, stats_ms
 
 NAME = "bench-chatbot"
 QUESTION = "At what score does the toxicity filter block a message?"

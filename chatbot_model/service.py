@@ -18,7 +18,7 @@ import numpy as np
 
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
-from chatbot_model.errors import ChatbotError, InvalidInput, ProviderError
+from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
 

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 
 from tests.fake_llm_server import FakeLLMServer  # noqa: E402
+from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "artifacts" / "docs.json"
@@ -38,13 +39,7 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
             monkeypatch.delenv(var, raising=False)
     shutil.copy(empty_tracking_db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # MLflow keeps the tracking URI and the active experiment in process globals: start every test clean
-    import mlflow
-    import mlflow.tracking.fluent as fluent
-
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    reset_mlflow(monkeypatch)
     monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")
     monkeypatch.chdir(tmp_path)
@@ -53,7 +48,7 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
-    mlflow.set_tracking_uri(None)
+    forget_mlflow()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from chatbot_model.chat import run_chat
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.service import LLMService
-from tests.conftest import DOCS, ROOT
+from tests.conftest import DOCS
 
 
 @pytest.fixture

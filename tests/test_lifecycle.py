@@ -28,7 +28,8 @@ from chatbot_model.feedback import FeedbackStore
 from chatbot_model.gate import EvaluationGate, PromotionRefused
 from chatbot_model.registry import log_and_register, promote
 from tests.conftest import DOCS, ROOT
-from tests.test_registry import forget_mlflow, make_versions, reset_mlflow
+from tests.mlflow_state import forget_mlflow, reset_mlflow
+from tests.test_registry import make_versions
 
 NAME = "llmops-chatbot"
 PROMPT = "llmops-chatbot-hint"

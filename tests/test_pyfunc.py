@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from chatbot_model.pyfunc import OUTPUT_COLUMNS, _PyfuncChatbot, answer_frame, service_from_artifacts, to_questions
 from chatbot_model.schema import ChatResult
 from tests.conftest import DOCS, ROOT
-from tests.test_registry import forget_mlflow, reset_mlflow
+from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
 QUESTIONS = ["What is MLflow used for?", "How do I serve a model?", "What does the FAISS index store?"]

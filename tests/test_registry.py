@@ -6,9 +6,7 @@ logged model is covered in test_pyfunc.py and test_model_serving.py.
 
 from __future__ import annotations
 
-import os
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -16,23 +14,9 @@ from mlflow import MlflowClient
 from chatbot_model.cli import main
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, NotFound
 from chatbot_model.registry import STAGES, canonical_stage, pip_requirements, promote
+from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
-
-
-def reset_mlflow(monkeypatch) -> None:
-    """MLflow keeps the active experiment in process globals and os.environ: start every test clean."""
-    import mlflow.tracking.fluent as fluent
-
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-
-
-def forget_mlflow() -> None:
-    """Drop the process-wide tracking URI (and the tracer bound to it) so later tests use their own store."""
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
