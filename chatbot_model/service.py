@@ -21,6 +21,7 @@ from chatbot_model.config import Settings
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
+from chatbot_model.tracing import record_trace  # light; sets MLflow's trace-export queue defaults early
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_CALLS = 8
@@ -288,8 +289,6 @@ class LLMService:
     def _trace(self, results: list[ChatResult], steps: dict[str, Step], checks_in, t0: int, hint: str) -> None:
         """One MLflow trace per question, spans timed by the batch step they shared. Never fails the request."""
         try:
-            from chatbot_model.tracing import record_trace
-
             for result, check in zip(results, checks_in):
                 result.trace_id = record_trace(result, steps, check, t0, hint)
         except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
