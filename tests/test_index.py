@@ -10,15 +10,7 @@ from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError
 from chatbot_model.index import FLAT_MAX, apply_search_params, build_index, choose_index_type, ivf_lists
 from chatbot_model.rag import RAGPipeline
-
-CORPUS = [
-    {"id": "aliases", "title": "Model aliases", "source": "a.md",
-     "text": "MLflow aliases are mutable named references to a model version. Load one with models:/name@alias."},
-    {"id": "faiss", "title": "FAISS indexes", "source": "b.md",
-     "text": "IndexFlatIP performs exact inner product search. HNSW is an approximate graph-based index."},
-    {"id": "guardrail", "title": "Guardrail", "source": "c.md",
-     "text": "The guardrail blocks toxic questions before any model is called. It also checks every answer."},
-]
+from tests.test_rag import CORPUS
 
 
 def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
