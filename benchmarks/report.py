@@ -23,6 +23,11 @@ def ms_rows(stats: dict) -> list[list]:
     return [[name, s["p50"], s["p95"], s["n"]] for name, s in stats.items()]
 
 
+def ratio_table(label: str, ratios: dict) -> str:
+    return table([label, "of medians", "median paired", "p95 paired"],
+                 [[k, v["ratio_of_medians"], v["median_paired_ratio"], v["p95_paired_ratio"]] for k, v in ratios.items()])
+
+
 def main() -> None:
     out = []
     if r := load("embedder"):
@@ -33,9 +38,7 @@ def main() -> None:
         out.append("### Embedder: ONNX Runtime vs PyTorch\n")
         out.append(table(["single query", "p50 ms", "p95 ms", "n"], ms_rows(r["single_query_ms"])))
         out.append("")
-        out.append(table(["ratio (paired, same process)", "of medians", "median paired", "p95 paired"],
-                         [[k, v["ratio_of_medians"], v["median_paired_ratio"], v["p95_paired_ratio"]]
-                          for k, v in r["ratios"].items()]))
+        out.append(ratio_table("ratio (paired, same process)", r["ratios"]))
         e = r["equality"]
         out.append("")
         out.append(table(["equality", "value"], [[k, v] for k, v in e.items()]))
@@ -54,9 +57,7 @@ def main() -> None:
         out.append("### 2. Peer: LlamaIndex\n")
         out.append(table(["query path", "p50 ms", "p95 ms", "n"], ms_rows(r["query_ms"])))
         out.append("")
-        rows = [[k, v["ratio_of_medians"], v["median_paired_ratio"], v["p95_paired_ratio"]]
-                for k, v in r.items() if k.startswith("ratio ")]
-        out.append(table(["ratio", "of medians", "median paired", "p95 paired"], rows))
+        out.append(ratio_table("ratio", {k: v for k, v in r.items() if k.startswith("ratio ")}))
         out.append("")
         out.append(table(["retrieval only", "p50 ms", "p95 ms", "n"], ms_rows(r["retrieval_only_ms"])))
         out.append(f"\nTop-1 document agreement ours vs LlamaIndex: {r['top1_doc_agreement']:.1%} over "

@@ -7,7 +7,6 @@ Results: benchmarks/results/<name>.json; a summary of the goals is printed at th
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -18,9 +17,7 @@ ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldsta
 
 
 def summary() -> list[str]:
-    def load(name):
-        path = HERE / "results" / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+    from report import load  # benchmarks/ is on sys.path when this runs as a script
 
     lines = []
     if r := load("embedder"):

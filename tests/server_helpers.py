@@ -4,11 +4,17 @@ service builder. The service is expensive (embedder, index), so tests share one 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import httpx
 
@@ -24,6 +30,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_models_serve(model_uri: str, env: dict, cwd, timeout: float = 180):
+    """`mlflow models serve` of `model_uri` on a free loopback port; yields its base URL once /ping answers, then
+    stops it by its process group (the mlflow pid and its uvicorn child)."""
+    bindir = Path(sys.executable).parent  # mlflow execs `uvicorn` from PATH: the venv's bin goes first
+    env = {**env, "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
+    port = free_port()
+    log = Path(cwd) / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(bindir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                                 "-p", str(port), "--host", "127.0.0.1"], env=env, cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, "mlflow models serve exited:\n" + log.read_text()[-4000:]
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping:\n" + log.read_text()[-2000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def make_settings(index_dir, store_uri: str, tmp_path, **overrides):

@@ -5,11 +5,8 @@ checkout."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,18 +14,13 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
+from tests.server_helpers import mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 NAME = "llmops-chatbot"
 EXPERIMENT = "llmops-chatbot"
 QUESTION = "What is MLflow used for?"
 CHECKOUT_STATE = ("mlflow.db", "mlruns", "mlartifacts", ".chatbot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -97,29 +89,12 @@ def test_mlflow_run_entry_points_register_and_promote(production):
     assert promote.data.params["promoted_version"] == "1" and promote.data.params["promoted_stage"] == "Production"
 
 
-def post(port: int, body, **kwargs) -> httpx.Response:
-    return httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60, **kwargs)
+def post(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/invocations", json=body, timeout=60, **kwargs)
 
 
 def test_mlflow_models_serve_answers_every_payload_format(production):
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@production",
-         "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"],
-        env=production["env"], cwd=production["root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 150
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
-            time.sleep(0.5)
-
+    with mlflow_models_serve(f"models:/{NAME}@production", production["env"], production["root"], 150) as url:
         payloads = {
             "dataframe_records": {"dataframe_records": [{"question": QUESTION}]},
             "dataframe_split": {"dataframe_split": {"columns": ["question"], "data": [[QUESTION]]}},
@@ -127,34 +102,26 @@ def test_mlflow_models_serve_answers_every_payload_format(production):
             "inputs_records": {"inputs": [{"question": QUESTION}]},
         }
         for kind, body in payloads.items():
-            response = post(port, body)
+            response = post(url, body)
             assert response.status_code == 200, (kind, response.text)
             (row,) = response.json()["predictions"]
             assert row["question"] == QUESTION and row["provider"] == "local" and row["answer"], kind
             assert row["error"] == "" and row["blocked"] is False and row["sources"], kind
             assert set(row) >= {"route", "model", "fallback", "latency_ms", "trace_id"}, kind
 
-        mixed = post(port, {"dataframe_records": [{"question": QUESTION}, {"question": ""}]})
+        mixed = post(url, {"dataframe_records": [{"question": QUESTION}, {"question": ""}]})
         assert mixed.status_code == 200
         assert [r["error"] for r in mixed.json()["predictions"]] == ["", "column 'question' row 1 is empty; ask something in words"]
 
         for body, words in [({"dataframe_records": [{"text": QUESTION}]}, "Model is missing inputs ['question']"),
                             ({"dataframe_records": [{"question": ""}]}, "column 'question' row 0 is empty"),
                             ({"dataframe_split": {"columns": ["q"], "data": [["x"]]}}, "['question']")]:
-            response = post(port, body)
+            response = post(url, body)
             assert response.status_code == 400, response.text
             assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE" and words in response.json()["message"]
-        garbage = httpx.post(f"http://127.0.0.1:{port}/invocations", content=b"{not json",
+        garbage = httpx.post(f"{url}/invocations", content=b"{not json",
                              headers={"Content-Type": "application/json"}, timeout=30)
         assert garbage.status_code == 400
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    assert proc.poll() is not None
 
 
 def test_generate_dockerfile_installs_the_model_requirements_and_serves(production, tmp_path):

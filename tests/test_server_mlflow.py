@@ -4,16 +4,12 @@ same model behind `mlflow models serve` through the remote backend. Same respons
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from chatbot_model.server import create_app
-from tests.server_helpers import free_port, make_settings
+from tests.server_helpers import make_settings, mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 Q = "How do I promote a registered MLflow model version to Production?"
@@ -73,27 +69,8 @@ def test_in_process_backend_serves_the_production_model(settings, registered):
 
 def test_remote_backend_against_mlflow_models_serve(settings, registered, tmp_path):
     store, _ = registered
-    port = free_port()
-    bindir = os.path.dirname(sys.executable)  # mlflow execs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "CHATBOT_GUARDRAIL_BACKEND": "embedded",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    mlflow_bin = os.path.join(bindir, "mlflow")
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/llmops-chatbot@production",
-                             "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "mlflow models serve exited:\n" + (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
-            time.sleep(0.5)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "CHATBOT_GUARDRAIL_BACKEND": "embedded"}
+    with mlflow_models_serve("models:/llmops-chatbot@production", env, tmp_path) as url:
         s = settings.model_copy(update={"serving_backend": "remote", "scoring_url": url})
         with TestClient(create_app(s)) as client:
             assert client.app.state.backend.loaded.wait(30)
@@ -105,7 +82,3 @@ def test_remote_backend_against_mlflow_models_serve(settings, registered, tmp_pa
             assert body["trace_id"].startswith("tr-")
             fb = client.post("/feedback", json={"trace_id": body["trace_id"], "rating": "down"})
             assert fb.status_code == 200, fb.text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
