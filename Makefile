@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install install-test install-bench run chat index test test-fast serve-model bench clean
+.PHONY: help install install-test install-bench run chat index test serve-model bench clean
 
 help:
 	@echo "make run | chat | index | test | serve-model | bench | clean"
