@@ -12,9 +12,13 @@ class ChatbotError(Exception):
 
 
 class InvalidInput(ChatbotError):
-    """The caller sent something we cannot answer (empty question, wrong type, too long)."""
+    """The caller sent something we cannot answer (empty question, wrong type, too long); `field` names it."""
 
     code = "invalid_input"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(ChatbotError):

@@ -18,6 +18,7 @@ import logging
 
 from chatbot_model.errors import ChatbotError
 from chatbot_model.evaluation import compare
+from chatbot_model.model_uri import production_version
 
 log = logging.getLogger(__name__)
 TAG_PREFIX = "eval."
@@ -41,12 +42,6 @@ def eval_metrics(tags: dict) -> dict[str, float]:
             except (TypeError, ValueError):
                 pass
     return out
-
-
-def current_production(client, name: str):
-    """The model version in Production (the `production` alias, else the stage), or None."""
-    versions = [v for v in client.search_model_versions(f"name='{name}'") if v.current_stage == "Production"]
-    return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 class EvaluationGate:
@@ -76,7 +71,7 @@ class EvaluationGate:
         uri = f"models:/{self.name}/{version}"
         status = tags.get(STATUS_TAG)
         candidate = eval_metrics(tags)
-        production = current_production(self.client, self.name)
+        production = production_version(self.client, self.name)
         prod_metrics = {}
         if production is not None and str(production.version) != version:
             self.production_version = str(production.version)

@@ -129,7 +129,7 @@ def _cached_onnx(model: str):
     if directory is None:
         return None
     try:
-        from chatbot_model.embeddings import OnnxTextClassifier
+        from chatbot_model.guardrail_onnx import OnnxTextClassifier
 
         return OnnxTextClassifier(directory, export=False)
     except (ImportError, ConfigError, OSError, KeyError, ValueError):
@@ -138,7 +138,7 @@ def _cached_onnx(model: str):
 
 def export_toxic_bert_onnx(model: str = "unitary/toxic-bert") -> Path:
     """Export toxic-bert (local dir or cached hub id) to ONNX once (needs torch); later loads use it."""
-    from chatbot_model.embeddings import onnx_model_dir
+    from chatbot_model.onnx_export import onnx_model_dir
 
     directory = _local_dir(model)
     if directory is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from chatbot_model.errors import ConfigError, NotFound
 from chatbot_model.evaluation import TOLERANCE, THRESHOLDS, Evaluation, GoldenSet, evaluate
 
 log = logging.getLogger(__name__)
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
 
 
 # ---------------------------------------------------------------- helpers
@@ -49,27 +47,6 @@ def _run(run_name: str):
     else:
         with mlflow.start_run(run_name=run_name) as run:
             yield run
-
-
-def resolve_registered(client, model_uri: str) -> tuple[str, str] | None:
-    """(name, version) of `models:/NAME/N`, `models:/NAME@alias` or `models:/NAME/Stage`; None otherwise."""
-    m = _MODEL_URI.match(model_uri or "")
-    if not m:
-        return None
-    if m["alias"]:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return m["name"], str(client.get_model_version_by_alias(m["name"], m["alias"]).version)
-        except MlflowException as exc:
-            raise NotFound(f"{model_uri}: {exc.message}; see `mlflow ui` or promote a version first") from None
-    if m["ref"].isdigit():
-        return m["name"], m["ref"]
-    holders = [v for v in client.search_model_versions(f"name='{m['name']}'")
-               if (v.current_stage or "").lower() == m["ref"].lower()]
-    if not holders:
-        raise NotFound(f"{model_uri}: no version of {m['name']} is in stage {m['ref']}")
-    return m["name"], str(max(int(v.version) for v in holders))
 
 
 # ---------------------------------------------------------------- evaluate
@@ -96,15 +73,17 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from chatbot_model.model_uri import resolve
     from chatbot_model.registry import use_store
 
     use_store(settings)
     client = MlflowClient()
-    registered = resolve_registered(client, model_uri)
+    registered = resolve(client, model_uri)
     golden = GoldenSet.load(golden_dir) if golden_dir else GoldenSet.load()
     started = time.perf_counter()
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        # the version alone: adaptation frozen at its own bias and hint, whatever the live feedback says
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"adaptation": "frozen"})
     except MlflowException as exc:
         raise NotFound(f"cannot load {model_uri}: {exc.message}; check the URI and MLFLOW_TRACKING_URI") from None
     with _run("evaluate") as run:
@@ -253,7 +232,7 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
 
     from chatbot_model.adaptation import AdaptationRule
     from chatbot_model.feedback import FeedbackStore
-    from chatbot_model.gate import current_production
+    from chatbot_model.model_uri import production_version
     from chatbot_model.registry import log_and_register, use_store
 
     name = name or settings.registered_model_name
@@ -261,13 +240,15 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
         raise ConfigError("no feedback store: set CHATBOT_FEEDBACK_DB_URL (e.g. sqlite:///.chatbot/feedback.db)")
     use_store(settings)
     client = MlflowClient()
-    parent = current_production(client, name)
+    parent = production_version(client, name)
     if parent is None:
         raise NotFound(f"{name} has no version in Production to adapt from; promote one first "
                        f"(`llmops-chatbot promote_model --name {name} --stage Production`, or "
                        "`llmops-chatbot serve --ensure-model`)")
     now = time.time() if now is None else now
-    window_start = datetime.fromtimestamp(parent.creation_timestamp / 1000.0, timezone.utc)
+    baseline = (parent.tags or {}).get("adaptation_baseline_ts")  # what the parent counts from, when serving
+    window_start = datetime.fromtimestamp(float(baseline) if baseline else parent.creation_timestamp / 1000.0,
+                                          timezone.utc)
     window_end = datetime.fromtimestamp(now, timezone.utc)
     store = FeedbackStore(settings.feedback_db_url, attach=False)
     try:
@@ -296,7 +277,9 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
                             "decayed_up": state.decayed_up, "decayed_down": state.decayed_down,
                             "negative_share": state.negative_share, "bias_towards_35": state.bias_towards_35})
         mlflow.set_tags({"kind": "adapt", **result.tags})
-        result.registered = log_and_register(settings, name, hint=state.hint, bias=state.bias_towards_35)
+        # the new version's baseline is the window's end: it has counted every rating before it
+        result.registered = log_and_register(settings, name, hint=state.hint, bias=state.bias_towards_35,
+                                             baseline_ts=now)
     for key, value in result.tags.items():
         client.set_model_version_tag(name, result.registered.version, key, value)
     return result

@@ -23,9 +23,10 @@ such dicts (a cell holding a list counts as that many questions). The signature 
 column `question`, so MLflow's schema enforcement (in `PyFuncModel.predict` and `mlflow models serve`) rejects
 a bare list of strings before it reaches this class with INVALID_PARAMETER_VALUE "Model is missing inputs
 ['question']"; `_PyfuncChatbot.predict` itself (e.g. `model.unwrap_python_model().predict(None, [...])`) also
-takes a list of strings or one string. Output: a DataFrame, one row per question, columns
-`OUTPUT_COLUMNS`: question, answer, blocked, route, provider, model, fallback ("" when none), sources (list of
-{id, title, source, score}), latency_ms, trace_id ("" when tracing is off or failed), error ("" when ok).
+takes a list of strings or one string. Output: a DataFrame, one row per question, the columns of
+`contract.AnswerRow`: answer, question, blocked, route, provider, model, fallback ("" when none), sources
+(list of {id, title, source, score}), latency_ms, trace_id ("" when tracing is off or failed), error ("" when
+ok). `answer` comes first, so `spark_udf(..., result_type="string")` yields the answers.
 
 Bad input:
 - the wrong shape (no `question` column/key, not a string/list/dict/DataFrame, no rows) or a request whose
@@ -53,13 +54,12 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
+from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
 
 log = logging.getLogger(__name__)
 
 INPUT_COLUMN = "question"
-OUTPUT_COLUMNS = ("question", "answer", "blocked", "route", "provider", "model", "fallback", "sources",
-                  "latency_ms", "trace_id", "error")
 ARTIFACTS = {"docs": "docs.json", "hint": "adapter_hint.txt", "settings": "model_settings.json", "index": "index"}
 ONNX_ARTIFACT = "embedder_onnx"  # optional: the embedder's ONNX export, so serving needs no torch and no export
 # fixed by the logged model (the index and the router were built with them)
@@ -68,20 +68,20 @@ MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", 
 # the logged value is the default; CHATBOT_<FIELD> set when serving overrides it
 DEFAULT_FIELDS = ("guardrail_backend", "toxic_bert_model", "guardrail_threshold", "top_k", "max_question_chars",
                   "max_answer_tokens")
+BASELINE_KEY = "adaptation_baseline_ts"  # model_settings.json: ratings before it are already in this version
 EXPECTED = ('a DataFrame with a string column "question", {"question": str | list[str]}, '
             'a list of {"question": str} records or a list of strings')
+_MLFLOW_TYPES = {str: "string", bool: "boolean", float: "double"}
 
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", INPUT_COLUMN, required=True)]),
-    outputs=Schema([
-        ColSpec("string", "question"), ColSpec("string", "answer"), ColSpec("boolean", "blocked"),
-        ColSpec("string", "route"), ColSpec("string", "provider"), ColSpec("string", "model"),
-        ColSpec("string", "fallback"),
-        ColSpec(Array(Object([Property("id", "string"), Property("title", "string"), Property("source", "string"),
-                              Property("score", "double")])), "sources"),
-        ColSpec("double", "latency_ms"), ColSpec("string", "trace_id"), ColSpec("string", "error"),
-    ]),
-)
+
+def _output_schema() -> Schema:
+    """The output columns of `AnswerRow`, in its order, as MLflow column specs."""
+    source = Object([Property(name, _MLFLOW_TYPES[f.annotation]) for name, f in SourceRow.model_fields.items()])
+    return Schema([ColSpec(Array(source) if name == "sources" else _MLFLOW_TYPES[f.annotation], name)
+                   for name, f in AnswerRow.model_fields.items()])
+
+
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN, required=True)]), outputs=_output_schema())
 INPUT_EXAMPLE = pd.DataFrame({INPUT_COLUMN: ["What is MLflow used for?"]})
 
 
@@ -90,9 +90,13 @@ def invalid(message: str) -> MlflowException:
 
 
 # ---------------------------------------------------------------- settings and service from the artifacts
-def model_settings(settings, guardrail_backend: str | None = None) -> dict[str, Any]:
-    """What model_settings.json holds: `MODEL_FIELDS` and `DEFAULT_FIELDS` of `settings`."""
+def model_settings(settings, guardrail_backend: str | None = None, baseline_ts: float | None = None) -> dict[str, Any]:
+    """What model_settings.json holds: `MODEL_FIELDS` and `DEFAULT_FIELDS` of `settings`, and the adaptation
+    baseline (default: now)."""
+    import time
+
     out = {name: getattr(settings, name) for name in MODEL_FIELDS + DEFAULT_FIELDS}
+    out[BASELINE_KEY] = time.time() if baseline_ts is None else float(baseline_ts)
     if guardrail_backend:
         out["guardrail_backend"] = guardrail_backend
     return out
@@ -118,14 +122,25 @@ def _index_matches(index_dir: Path, expected: str) -> bool:
     return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
 
 
-def service_from_artifacts(artifacts: dict[str, str]):
-    """An `LLMService` over the logged docs, hint, settings and index (rebuilt in a temp dir when stale)."""
+def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None = None):
+    """An `LLMService` over the logged docs, hint, settings and index (rebuilt in a temp dir when stale).
+
+    Adaptation starts from the version's own bias and hint and counts only the ratings given after its
+    baseline (`adaptation_baseline_ts` in model_settings.json: what `adapt` folded in, or the time it was
+    logged), so a version registered by `adapt` never counts a rating twice. `model_config` (given to
+    `mlflow.pyfunc.load_model(uri, model_config=...)`): `model_version` attributes this model's ratings to
+    that registered version; `adaptation: "frozen"` serves the version alone, without the feedback store
+    (the evaluation gate scores it so)."""
     from chatbot_model.rag import RAGPipeline, fingerprint, load_documents
     from chatbot_model.service import LLMService
 
+    config = dict(model_config or {})
     settings = settings_from_artifacts(artifacts)
+    baseline = json.loads(Path(artifacts["settings"]).read_text(encoding="utf-8")).get(BASELINE_KEY)
+    if config.get("adaptation") == "frozen":
+        settings = settings.model_copy(update={"feedback_db_url": ""})
     if ONNX_ARTIFACT in artifacts:
-        from chatbot_model.embeddings import register_onnx_dir
+        from chatbot_model.onnx_export import register_onnx_dir
 
         register_onnx_dir(artifacts[ONNX_ARTIFACT])
     expected = fingerprint(load_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
@@ -135,7 +150,10 @@ def service_from_artifacts(artifacts: dict[str, str]):
         settings = settings.model_copy(update={"index_dir": rebuilt})
     if settings.tracing:
         _use_experiment(settings.experiment_name)
-    return LLMService.from_settings(settings, docs_path=settings.docs_path)
+    version = config.get("model_version")
+    return LLMService.from_settings(settings, docs_path=settings.docs_path,
+                                    model_version=None if version is None else str(version),
+                                    adaptation_since_ts=None if baseline is None else float(baseline))
 
 
 def _use_experiment(name: str) -> None:
@@ -187,34 +205,19 @@ def to_questions(model_input) -> list:
     return values
 
 
-def _row(result) -> dict[str, Any]:
-    return {"question": result.question, "answer": result.answer, "blocked": bool(result.blocked),
-            "route": result.route, "provider": result.provider, "model": result.model,
-            "fallback": result.fallback or "", "sources": list(result.sources),
-            "latency_ms": float(result.latency_ms), "trace_id": result.trace_id or "", "error": result.error or ""}
-
-
-def _error_row(value, message: str) -> dict[str, Any]:
-    question = value if isinstance(value, str) else ("" if value is None or value != value else str(value))
-    return {"question": question, "answer": "", "blocked": False, "route": "", "provider": "", "model": "",
-            "fallback": "", "sources": [], "latency_ms": 0.0, "trace_id": "", "error": message}
-
-
 def answer_frame(service, values: list) -> pd.DataFrame:
     """Answer the valid rows as one batch; invalid rows come back with `error` (all invalid: raise)."""
-    from chatbot_model.service import validate_question
-
     limit = service.settings.max_question_chars
-    rows: list[dict | None] = [None] * len(values)
+    rows: list[AnswerRow | None] = [None] * len(values)
     valid: list[tuple[int, str]] = []
     for i, value in enumerate(values):
         try:
-            valid.append((i, validate_question(value, limit, f"column {INPUT_COLUMN!r} row {i}")))
+            valid.append((i, validate_question(value, limit, f"row {i}: {INPUT_COLUMN}")))
         except InvalidInput as exc:
-            rows[i] = _error_row(value, str(exc))
+            rows[i] = AnswerRow.for_error(value, str(exc))
     if not valid:
-        problems = "; ".join(r["error"] for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
-        raise invalid(f"no valid question: {problems}. Expected non-empty strings of at most {limit} characters "
+        problems = "; ".join(r.error for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
+        raise invalid(f"no valid question: {problems}. Expected non-empty text of at most {limit} characters "
                       f"in column {INPUT_COLUMN!r}")
     try:
         results = service.answer_many([q for _, q in valid])
@@ -223,8 +226,8 @@ def answer_frame(service, values: list) -> pd.DataFrame:
     except ChatbotError as exc:
         raise MlflowException(f"{type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from None
     for (i, _), result in zip(valid, results):
-        rows[i] = _row(result)
-    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        rows[i] = AnswerRow.from_result(result)
+    return pd.DataFrame([r.to_record() for r in rows], columns=list(OUTPUT_COLUMNS))
 
 
 # ---------------------------------------------------------------- the model
@@ -236,7 +239,7 @@ class _PyfuncChatbot(PythonModel):
 
     def load_context(self, context) -> None:
         if self.service is None:
-            self.service = service_from_artifacts(context.artifacts)
+            self.service = service_from_artifacts(context.artifacts, getattr(context, "model_config", None))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return answer_frame(self.service, to_questions(model_input))

@@ -159,7 +159,7 @@ class RAGPipeline:
         if self._embedder is None:
             from chatbot_model.embeddings import get_embedder
 
-            self._embedder = get_embedder(self.settings.embedding_model, self.settings.embedding_backend)
+            self._embedder = get_embedder(self.settings.embedding_model, settings=self.settings)
         return self._embedder
 
     @property

@@ -8,8 +8,9 @@
 - `promote` moves a version to Staging or Production (archiving the previous holder) AND points the matching
   alias (`staging`/`production`) at it; an alias whose version left its stage is removed, so
   `models:/NAME/Production` and `models:/NAME@production` always resolve to the same version. Idempotent.
-  `gate(model_version, stage)` is the seam for promotion checks: it raises a `ChatbotError` to refuse
-  (`gate.EvaluationGate`: evaluation passed and not worse than Production). Promoting to Production also moves
+  `gate(model_version, stage)` decides: it raises a `ChatbotError` to refuse. By default it is
+  `gate.EvaluationGate` (to Production: evaluation passed and not worse than Production); `force=True`
+  overrides a refusal and tags the version `promotion.forced*`. Promoting to Production also moves
   the prompt alias `production` to the version's hint (`prompt_uri` tag, see prompts.py).
 - Every registered version records its hint's version in the MLflow prompt registry: tag and param `prompt_uri`.
 """
@@ -80,6 +81,8 @@ class Promotion:
     alias: str
     archived: list[str] = field(default_factory=list)
     changed: bool = True
+    forced: dict[str, str] | None = None  # the promotion.forced* tags when the gate was overridden
+    gate_lines: list[str] = field(default_factory=list)  # the gate's side-by-side table
 
     @property
     def uris(self) -> list[str]:
@@ -163,13 +166,13 @@ def resolve_guardrail_backend(settings: Settings) -> str:
 
 def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None = None,
                       hint_file: str | Path | None = None, *, hint: str | None = None,
-                      bias: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
+                      bias: float | None = None, baseline_ts: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Write the model's artifacts into `workdir`; returns (artifacts for log_model, tags).
 
     The index is built in `workdir` (seeded from `settings.index_dir` when that holds one, so an up-to-date
     index is reused, never modified)."""
     from chatbot_model.adapter import read_hint
-    from chatbot_model.pyfunc import ARTIFACTS, ONNX_ARTIFACT, model_settings
+    from chatbot_model.pyfunc import ARTIFACTS, BASELINE_KEY, ONNX_ARTIFACT, model_settings
     from chatbot_model.rag import RAGPipeline, load_documents
 
     docs_path = Path(docs or settings.docs_path)
@@ -189,7 +192,8 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
                                         **({} if bias is None else {"bias_towards_35": float(bias)})})
     manifest = RAGPipeline(build).load_or_build(out["docs"]).manifest
     backend = resolve_guardrail_backend(build)
-    out["settings"].write_text(json.dumps(model_settings(build, backend), indent=2, default=str), encoding="utf-8")
+    logged = model_settings(build, backend, baseline_ts)
+    out["settings"].write_text(json.dumps(logged, indent=2, default=str), encoding="utf-8")
 
     if onnx := _embedder_export(build):  # served models then load the fast embedder without torch or an export
         shutil.copytree(onnx, workdir / ONNX_ARTIFACT)
@@ -197,7 +201,8 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
 
     tags = {"docs_fingerprint": _file_sha(out["docs"]), "index_fingerprint": str(manifest["fingerprint"]),
             "embedder": str(manifest.get("embedder", "")), "guardrail_backend": backend,
-            "bias_towards_35": str(build.bias_towards_35), "hint_sha": _file_sha(out["hint"])}
+            "bias_towards_35": str(build.bias_towards_35), "hint_sha": _file_sha(out["hint"]),
+            BASELINE_KEY: f"{logged[BASELINE_KEY]:.3f}"}
     if commit := git_commit():
         tags["git_commit"] = commit
     return {key: str(path) for key, path in out.items()}, tags
@@ -205,25 +210,27 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
 
 def _embedder_export(settings: Settings) -> Path | None:
     """The ONNX export of the embedded embedder when the model will use it (exported now if not cached)."""
-    from chatbot_model.embeddings import get_embedder, onnx_model_dir
+    from chatbot_model.embeddings import get_embedder
+    from chatbot_model.onnx_export import onnx_model_dir
 
     if settings.embedding_model or settings.embedding_backend == "torch":
         return None
-    if settings.embedding_backend == "auto" and type(get_embedder("")).__name__ != "OnnxEmbedder":
+    if settings.embedding_backend == "auto" and get_embedder("", settings=settings).backend != "onnx":
         return None  # onnxruntime is not usable here: the served model falls back to torch too
-    return onnx_model_dir("")
+    return onnx_model_dir("", settings.embedding_cache_dir)
 
 
 # ---------------------------------------------------------------- logging and registering
 def log_model(settings: Settings, docs=None, hint_file=None, *, registered_model_name: str | None = None,
-              hint: str | None = None, bias: float | None = None):
+              hint: str | None = None, bias: float | None = None, baseline_ts: float | None = None):
     """Log the model into the active run; returns (ModelInfo, tags)."""
     import mlflow
 
     from chatbot_model.pyfunc import INPUT_EXAMPLE, SIGNATURE
 
     with tempfile.TemporaryDirectory(prefix="llmops-chatbot-model-") as tmp:
-        artifacts, tags = prepare_artifacts(settings, Path(tmp), docs, hint_file, hint=hint, bias=bias)
+        artifacts, tags = prepare_artifacts(settings, Path(tmp), docs, hint_file, hint=hint, bias=bias,
+                                            baseline_ts=baseline_ts)
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME, python_model=str(MODEL_CODE), artifacts=artifacts, code_paths=[str(PACKAGE_DIR)],
             registered_model_name=registered_model_name, pip_requirements=pip_requirements(),
@@ -232,7 +239,8 @@ def log_model(settings: Settings, docs=None, hint_file=None, *, registered_model
 
 
 def log_and_register(settings: Settings, name: str | None = None, docs=None, hint_file=None, *,
-                     hint: str | None = None, bias: float | None = None) -> RegisteredVersion:
+                     hint: str | None = None, bias: float | None = None,
+                     baseline_ts: float | None = None) -> RegisteredVersion:
     """Log a new model and register it as the next version of `name`; recorded on the active run (or a new one)."""
     import mlflow
     from mlflow import MlflowClient
@@ -243,7 +251,8 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
     use_store(settings)
     active = mlflow.active_run()
     with nullcontext(active) if active else mlflow.start_run(run_name=f"register-{name}") as run:
-        info, tags = log_model(settings, docs, hint_file, registered_model_name=name, hint=hint, bias=bias)
+        info, tags = log_model(settings, docs, hint_file, registered_model_name=name, hint=hint, bias=bias,
+                               baseline_ts=baseline_ts)
         version = str(info.registered_model_version)
         client = MlflowClient()
         prompt_uri = _register_hint(hint if hint is not None else read_hint(hint_file or settings.hint_path),
@@ -302,9 +311,15 @@ def _versions(client, name: str) -> list:
 
 
 def promote(name: str, stage: str, version: str | int | None = None, *, gate: Gate | None = None,
-            client=None, settings: Settings | None = None) -> Promotion:
-    """Move `version` (default: the latest) of `name` to `stage` and point the stage's alias at it."""
+            force: bool = False, reason: str | None = None, client=None,
+            settings: Settings | None = None) -> Promotion:
+    """Move `version` (default: the latest) of `name` to `stage` and point the stage's alias at it.
+
+    The Production gate is always on: without a `gate`, `gate.EvaluationGate` decides (evaluation passed, not
+    worse than Production). `force=True` overrides its refusal and records it as `promotion.forced*` tags."""
     from mlflow import MlflowClient
+
+    from chatbot_model.gate import EvaluationGate
 
     stage = canonical_stage(stage)
     alias = STAGES[stage]
@@ -321,8 +336,11 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
         target = next((v for v in versions if int(v.version) == int(version)), None)
         if target is None:
             raise NotFound(f"{name} has no version {version}; versions: {[str(v.version) for v in versions]}")
-    if gate is not None:
-        gate(target, stage)
+    if gate is None:
+        gate = EvaluationGate(client, name, force=force)
+    elif force and isinstance(gate, EvaluationGate):
+        gate.force = True
+    gate(target, stage)
 
     aliases = client.get_registered_model(name).aliases or {}
     holders = [str(v.version) for v in versions if v.current_stage == stage and v.version != target.version]
@@ -341,9 +359,10 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
             from chatbot_model.prompts import promote_prompt
 
             promote_prompt(prompt_uri)
+    forced = gate.record_forced(str(target.version), reason) if isinstance(gate, EvaluationGate) else None
     log.info("%s version %s -> %s (archived %s)", name, target.version, stage, holders)
     return Promotion(name=name, version=str(target.version), stage=stage, alias=alias, archived=holders,
-                     changed=changed)
+                     changed=changed, forced=forced, gate_lines=list(getattr(gate, "lines", [])))
 
 
 def _drop_stale_aliases(client, name: str) -> None:

@@ -65,17 +65,20 @@ class HeuristicRouter:
             "technical": 1.0 if _TECHNICAL.search(question) else 0.0,
         }
 
-    def score(self, question: str) -> tuple[float, dict[str, float]]:
+    def score(self, question: str, bias: float | None = None) -> tuple[float, dict[str, float]]:
         feats = self.features(question)
         complexity = sum(feats.values()) / len(feats)
-        return self.weight_complexity * complexity + self.weight_bias * self.bias_towards_35, feats
+        bias = self.bias_towards_35 if bias is None else bias
+        return self.weight_complexity * complexity + self.weight_bias * bias, feats
 
-    def route(self, question: str) -> Route:
-        """The route for `question`, with the features and the bias that decided it."""
-        score, feats = self.score(question)
+    def route(self, question: str, bias: float | None = None) -> Route:
+        """The route for `question`, with the features and the bias that decided it. `bias` (this request's,
+        from the shared adaptation state) replaces the router's own without changing it."""
+        bias = self.bias_towards_35 if bias is None else float(bias)
+        score, feats = self.score(question, bias)
         name = "claude" if score >= self.threshold else "gpt"
         reasons = [f"{k}={v:.2f}" for k, v in feats.items() if v > 0] or ["simple question"]
-        reasons.append(f"bias_towards_35={self.bias_towards_35:.2f}")
+        reasons.append(f"bias_towards_35={bias:.2f}")
         reasons.append(f"score={score:.2f} {'>=' if name == 'claude' else '<'} {self.threshold}")
         return Route(name=name, score=round(score, 4), reasons=reasons)
 

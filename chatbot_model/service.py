@@ -18,6 +18,7 @@ import numpy as np
 
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
+from chatbot_model.contract import validate_question
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
@@ -25,19 +26,6 @@ from chatbot_model.tracing import record_trace  # light; sets MLflow's trace-exp
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_CALLS = 8
-
-
-def validate_question(question, max_chars: int, where: str = "question") -> str:
-    """The stripped question, or InvalidInput saying what is wrong and what is expected."""
-    if not isinstance(question, str):
-        raise InvalidInput(f"{where} must be a string, got {type(question).__name__}")
-    text = question.strip()
-    if not text:
-        raise InvalidInput(f"{where} is empty; ask something in words")
-    if len(text) > max_chars:
-        raise InvalidInput(f"{where} is {len(text)} characters long; the limit is {max_chars} "
-                           "(shorten it or raise CHATBOT_MAX_QUESTION_CHARS)")
-    return text
 
 
 def build_prompt(question: str, sources: list[Source]) -> str:
@@ -72,7 +60,7 @@ class LLMService:
 
     def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
                  adapter: ControlHintAdapter, providers: dict | None = None, feedback_store=None,
-                 model_version: str | None = None):
+                 model_version: str | None = None, adaptation_since_ts: float | None = None):
         from chatbot_model.providers import PROVIDERS, build_provider
 
         self.settings = settings
@@ -90,12 +78,13 @@ class LLMService:
 
             self.adaptation = SharedAdaptation.from_settings(
                 feedback_store, settings, base_bias=router.bias_towards_35, default_hint=adapter.default_hint,
-                model_version=model_version)
+                since_ts=adaptation_since_ts)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, docs_path=None, hint: str | None = None,
                       bias: float | None = None, progress: bool = False, providers: dict | None = None,
-                      feedback_store=None, model_version: str | None = None) -> "LLMService":
+                      feedback_store=None, model_version: str | None = None,
+                      adaptation_since_ts: float | None = None) -> "LLMService":
         """Build every component from settings; the index is loaded, or built when stale.
 
         The feedback store is `CHATBOT_FEEDBACK_DB_URL` unless one is passed (an empty URL: none, in-memory
@@ -111,7 +100,8 @@ class LLMService:
         if feedback_store is None and settings.feedback_db_url:
             feedback_store = FeedbackStore(settings.feedback_db_url)
         return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
-                   providers=providers, feedback_store=feedback_store, model_version=model_version)
+                   providers=providers, feedback_store=feedback_store, model_version=model_version,
+                   adaptation_since_ts=adaptation_since_ts)
 
     # ------------------------------------------------------------ requests
     def answer(self, question: str) -> ChatResult:
@@ -139,10 +129,9 @@ class LLMService:
         with _timed(steps, "retrieval"):
             found = self.rag.search(vectors[ok]) if ok else []
         sources = dict(zip(ok, found))
-        self._adapt()
+        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
         with _timed(steps, "routing"):
-            routes = {i: self.router.route(qs[i]) for i in ok}
-        hint = self.adapter.hint
+            routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
         with _timed(steps, "llm"):
             requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], sources[i]), question=qs[i],
                                              sources=sources[i], model="", question_vector=vectors[i]) for i in ok}
@@ -242,41 +231,42 @@ class LLMService:
         raise ProviderError("every provider failed: " + "; ".join(reasons))
 
     # ------------------------------------------------------------ feedback
-    def _adapt(self) -> None:
-        """Take bias and hint from the shared adaptation state (cached; re-read every adaptation_refresh_s)."""
+    def current_state(self) -> tuple[float, str]:
+        """(bias_towards_35, hint) to use now: the shared adaptation state (cached; re-read every
+        adaptation_refresh_s) with a feedback store, else this process's router and adapter."""
         if self.adaptation is not None:
-            self.router.bias_towards_35, self.adapter.hint = self.adaptation.current()
+            return self.adaptation.current()
+        return self.router.bias_towards_35, self.adapter.hint
 
     def feedback(self, positive: bool, *, result: ChatResult | None = None, session_id: str | None = None,
                  comment: str | None = None) -> dict:
         """Apply one rating; returns before/after for display.
 
-        With a feedback store the rating is stored (and attached to the trace of `result`) and the shared
-        state re-read; without one, it changes this process's hint and router only.
+        With a feedback store the rating is stored (attributed to the model version that answered and
+        attached to the trace of `result`) and the shared state re-read; without one, it changes this
+        process's hint and router only.
         """
         if self.adaptation is None:
             before = self._state()
             self.adapter.feedback(positive)
             self.router.feedback(positive)
             return {"before": before, "after": self._state()}
-        self.adaptation.refresh()
-        self._adapt()
-        before = self._state()
+        before = self._state(self.adaptation.refresh())
         row_id = self.feedback_store.record(
             trace_id=result.trace_id if result else None, rating="up" if positive else "down", comment=comment,
             session_id=session_id, route=result.route if result else None,
             provider=result.provider if result else None, model=result.model if result else None,
             model_version=self.model_version)
-        self.adaptation.refresh()
-        self._adapt()
-        return {"before": before, "after": self._state(), "feedback_id": row_id}
+        return {"before": before, "after": self._state(self.adaptation.refresh()), "feedback_id": row_id}
 
-    def _state(self) -> dict:
-        return {"hint": self.adapter.hint, "bias_towards_35": self.router.bias_towards_35}
+    def _state(self, state=None) -> dict:
+        if state is not None:
+            return {"hint": state.hint, "bias_towards_35": state.bias_towards_35}
+        bias, hint = self.current_state()
+        return {"hint": hint, "bias_towards_35": bias}
 
     def describe(self) -> dict:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
-        self._adapt()
         return {
             "guardrail": self.guardrail.backend,
             "embedder": self.rag.embedder_name,

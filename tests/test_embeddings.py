@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from chatbot_model import embeddings
+from chatbot_model import embeddings, onnx_export
 from chatbot_model.config import load_settings
 from chatbot_model.embeddings import EMBEDDED_MODEL, Embedder, OnnxEmbedder, get_embedder
 from chatbot_model.errors import ConfigError
@@ -47,7 +47,7 @@ def test_onnx_batches_keep_the_input_order_and_equal_single_calls(onnx_embedder)
 def test_onnx_keeps_the_embedder_identity(onnx_embedder):
     assert onnx_embedder.name == EMBEDDED_MODEL and onnx_embedder.dim == 384 and onnx_embedder.backend == "onnx"
     meta = json.loads((onnx_embedder.directory / "export.json").read_text())
-    assert meta["key"] == embeddings.export_key(embeddings.embedded_model_path())
+    assert meta["key"] == onnx_export.export_key(embeddings.embedded_model_path())
     assert meta["max_seq_length"] == 256  # not the 128 of the shipped tokenizer.json
 
 
@@ -85,9 +85,9 @@ def test_models_the_export_cannot_reproduce_fall_back_to_torch(tmp_path):
     (model / "sentence_bert_config.json").write_text("{}")
     assert not embeddings._onnx_possible(str(model))  # auto -> torch
     with pytest.raises(ConfigError, match="mean Pooling"):
-        embeddings.onnx_model_dir(str(model), tmp_path / "cache")
+        onnx_export.onnx_model_dir(str(model), tmp_path / "cache")
     with pytest.raises(ConfigError, match="local model directory"):
-        embeddings.onnx_model_dir("some-org/some-hub-model", tmp_path / "cache")
+        onnx_export.onnx_model_dir("some-org/some-hub-model", tmp_path / "cache")
 
 
 def test_a_registered_directory_is_used_before_exporting(onnx_embedder, tmp_path):
@@ -95,13 +95,13 @@ def test_a_registered_directory_is_used_before_exporting(onnx_embedder, tmp_path
 
     shipped = tmp_path / "shipped"
     shutil.copytree(onnx_embedder.directory, shipped)
-    embeddings.register_onnx_dir(shipped)
+    onnx_export.register_onnx_dir(shipped)
     try:
-        assert embeddings.onnx_model_dir("", tmp_path / "empty-cache", export=False) == shipped
+        assert onnx_export.onnx_model_dir("", tmp_path / "empty-cache", export=False) == shipped
     finally:
-        embeddings._extra_onnx_dirs.remove(shipped)
+        onnx_export._extra_onnx_dirs.remove(shipped)
     with pytest.raises(ConfigError, match="no ONNX export"):
-        embeddings.onnx_model_dir("", tmp_path / "empty-cache", export=False)
+        onnx_export.onnx_model_dir("", tmp_path / "empty-cache", export=False)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def registered(tmp_path_factory, shipped_index):
         reset_mlflow(mp)
         version = log_and_register(load_settings(docs_path=DOCS), NAME)
         promote(NAME, "Staging", version.version)
-        promote(NAME, "Production", version.version)
+        promote(NAME, "Production", version.version, force=True, reason="test fixture")
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
         forget_mlflow()
     return {"uri": uri, "root": root, "version": version, "model": model}
@@ -129,10 +129,10 @@ def test_a_list_of_strings(store):
 @pytest.mark.parametrize("payload, words", [
     (pd.DataFrame({"q": QUESTIONS}), ["question"]),
     ({"text": "hello"}, ["question"]),
-    (pd.DataFrame({"question": ["", "   "]}), ["column 'question' row 0 is empty", "non-empty strings"]),
+    (pd.DataFrame({"question": ["", "   "]}), ["row 0: question is empty", "non-empty text"]),
     (pd.DataFrame({"question": [1, 2]}), ["question"]),
     ([{"question": 3}], ["question"]),
-    (pd.DataFrame({"question": ["x" * 5000]}), ["column 'question' row 0 is 5000 characters", "4000"]),
+    (pd.DataFrame({"question": ["x" * 5000]}), ["row 0: question is 5000 characters", "4000"]),
 ])
 def test_bad_input_is_an_invalid_parameter_naming_the_column(store, payload, words):
     with pytest.raises(MlflowException) as exc:
@@ -146,8 +146,8 @@ def test_a_mixed_batch_answers_the_valid_rows_and_flags_the_others(store):
     out = store["model"].predict(pd.DataFrame({"question": [QUESTIONS[0], "", QUESTIONS[1], None]}))
     assert len(out) == 4
     assert out.loc[[0, 2], "error"].tolist() == ["", ""] and out.loc[[0, 2], "answer"].str.len().gt(0).all()
-    assert out.loc[1, "error"] == "column 'question' row 1 is empty; ask something in words"
-    assert "row 3 must be a string" in out.loc[3, "error"]
+    assert out.loc[1, "error"] == "row 1: question is empty; ask something in words"
+    assert out.loc[3, "error"] == "row 3: question must be text (a string), got nothing"
     assert out.loc[[1, 3], "answer"].tolist() == ["", ""] and not out.loc[[1, 3], "blocked"].any()
     assert out.loc[[1, 3], "sources"].tolist() == [[], []]
 

@@ -47,12 +47,12 @@ def test_promote_moves_stage_and_alias_and_archives_the_previous_holder(client):
     promote(NAME, "staging")  # default: the latest version; stage names are case-insensitive
     assert state(client) == ({"1": "Archived", "2": "None", "3": "Staging"}, {"staging": "3"})
 
-    to_prod = promote(NAME, "Production", 3)
+    to_prod = promote(NAME, "Production", 3, force=True)
     # the staging alias followed version 3 out of Staging: @staging and /Staging stay consistent (both gone)
     assert state(client) == ({"1": "Archived", "2": "None", "3": "Production"}, {"production": "3"})
     assert to_prod.uris == [f"models:/{NAME}/Production", f"models:/{NAME}@production", f"models:/{NAME}/3"]
 
-    rollback = promote(NAME, "Production", "2")
+    rollback = promote(NAME, "Production", "2", force=True)
     assert rollback.archived == ["3"]
     assert state(client) == ({"1": "Archived", "2": "Production", "3": "Archived"}, {"production": "2"})
     assert client.get_model_version_by_alias(NAME, "production").version in (2, "2")
@@ -60,8 +60,8 @@ def test_promote_moves_stage_and_alias_and_archives_the_previous_holder(client):
 
 def test_promote_is_idempotent(client):
     make_versions(client, 2)
-    assert promote(NAME, "Production", "2").changed
-    again = promote(NAME, "Production", "2")
+    assert promote(NAME, "Production", "2", force=True).changed
+    again = promote(NAME, "Production", "2", force=True)
     assert not again.changed and again.archived == []
     assert state(client) == ({"1": "None", "2": "Production"}, {"production": "2"})
 
@@ -164,3 +164,47 @@ def test_registry_cli_module_imports_only_click():
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = {a.name for n in top for a in n.names}
     assert names <= {"annotations", "click"}
+
+
+def test_the_production_gate_lives_in_the_registry_api(client):
+    from chatbot_model.gate import PromotionRefused
+
+    make_versions(client, 2)
+    with pytest.raises(PromotionRefused, match=r"version 2 was never evaluated; run `llmops-chatbot evaluate"):
+        promote(NAME, "Production")
+    assert state(client) == ({"1": "None", "2": "None"}, {})  # nothing moved
+    promote(NAME, "Staging", "1")  # Staging has no gate
+
+    forced = promote(NAME, "Production", "2", force=True, reason="hotfix")
+    assert forced.forced["promotion.forced"] == "true"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion.forced_reason"] == "hotfix" and "never evaluated" in tags["promotion.gate_refusal"]
+
+    client.set_model_version_tag(NAME, "1", "eval.status", "passed")
+    passed = promote(NAME, "Production", "1")
+    assert passed.forced is None and "promotion.forced" not in client.get_model_version(NAME, "1").tags
+
+
+def test_model_uris_resolve_alias_first_then_stage_and_latest(client):
+    from chatbot_model.model_uri import production_version, resolve
+
+    make_versions(client, 3)
+    assert production_version(client, NAME) is None
+    with pytest.raises(NotFound, match="no version of llmops-chatbot has the alias 'production' or is in stage"):
+        resolve(client, f"models:/{NAME}/Production")
+    assert resolve(client, f"models:/{NAME}/latest") == (NAME, "3")
+    assert resolve(client, f"models:/{NAME}/2") == (NAME, "2")
+    assert resolve(client, "runs:/abc/model") is None
+
+    # moved in the UI by alias only: the alias wins over the stage
+    promote(NAME, "Production", "1", force=True)
+    client.set_registered_model_alias(NAME, "production", "2")
+    assert resolve(client, f"models:/{NAME}/Production") == (NAME, "2")
+    assert resolve(client, f"models:/{NAME}@production") == (NAME, "2")
+    assert str(production_version(client, NAME).version) == "2"
+
+    # moved by stage only (no alias): the stage is the fallback
+    client.delete_registered_model_alias(NAME, "production")
+    assert str(production_version(client, NAME).version) == "1"
+    with pytest.raises(NotFound, match="has no alias 'champion'"):
+        resolve(client, f"models:/{NAME}@champion")

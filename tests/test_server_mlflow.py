@@ -13,7 +13,8 @@ from tests.server_helpers import make_settings, mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 Q = "How do I promote a registered MLflow model version to Production?"
-FIELDS = {"answer", "sources", "route", "provider", "model", "blocked", "fallback", "trace_id", "latency_ms"}
+FIELDS = {"answer", "question", "sources", "route", "provider", "model", "blocked", "fallback", "trace_id",
+          "latency_ms", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,8 @@ def registered(shipped_index, tmp_path_factory):
     try:
         settings = make_settings(shipped_index, store, tmp)
         version = log_and_register(settings)
-        promote(version.name, "Production", version.version, settings=settings)
+        promote(version.name, "Production", version.version, settings=settings, force=True,
+                reason="test fixture: a served model, not a candidate")
     finally:
         if old is not None:
             os.environ["MLFLOW_TRACKING_URI"] = old

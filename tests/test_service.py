@@ -143,8 +143,10 @@ def test_remote_calls_of_a_batch_run_concurrently(make_service, with_keys, fake_
 @pytest.mark.parametrize("bad, message", [
     ("", "question is empty"),
     ("   \n", "question is empty"),
-    (42, "question must be a string, got int"),
-    (None, "question must be a string, got NoneType"),
+    (42, r"question must be text \(a string\), got int"),
+    (None, r"question must be text \(a string\), got nothing"),
+    ("\u200b\u200b \ufeff", "question is empty"),  # invisible characters only
+    ("\x00\x07", "question is empty"),  # control characters only
     ("x" * 4001, "4001 characters long; the limit is 4000"),
 ])
 def test_bad_questions_get_clear_errors(make_service, bad, message):

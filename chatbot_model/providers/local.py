@@ -72,7 +72,7 @@ class LocalProvider(Provider):
         if texts:
             from chatbot_model.embeddings import get_embedder
 
-            encoded = get_embedder(self.settings.embedding_model).encode(texts)
+            encoded = get_embedder(self.settings.embedding_model, settings=self.settings).encode(texts)
             if question is None:
                 question, encoded = encoded[0], encoded[1:]
             candidates += [_Candidate(no, pos, text, vec) for (no, pos, text), vec in zip(pending, encoded)]

@@ -1,48 +1,32 @@
-"""Where answers come from. One small base class, one registry dict (STYLE.md 1, 2).
+"""Where answers come from. One small base class, one registry dict.
 
 - `in-process`: `mlflow.pyfunc.load_model(CHATBOT_MODEL_URI)` in this process.
 - `remote`: POST `{CHATBOT_SCORING_URL}/invocations` of an `mlflow models serve` endpoint.
 - `service`: an `LLMService` without MLflow packaging (tests, development); same rows.
 
-Every backend returns rows in the pyfunc contract: question, answer, blocked, route, provider, model,
-fallback ("" when none), sources [{id, title, source, score}], latency_ms, trace_id, error ("" when ok).
+Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc's output columns).
 `predict` is blocking; the routes run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from chatbot_model.config import Settings
+from chatbot_model.contract import AnswerRow
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, unknown_name
 from chatbot_model.server.errors import BackendFailed, BackendTimeout, BackendUnavailable, ModelNotLoaded
 
 log = logging.getLogger(__name__)
-ROW_DEFAULTS: dict[str, Any] = {"answer": "", "blocked": False, "route": "", "provider": "", "model": "",
-                                "fallback": "", "sources": [], "latency_ms": 0.0, "trace_id": "", "error": ""}
 
 
 def normalise_row(row: dict, question: str) -> dict:
-    """A contract row: missing fields defaulted, None -> "" for text fields, numpy scalars -> Python."""
-    out = {"question": question, **ROW_DEFAULTS}
-    for key, default in ROW_DEFAULTS.items():
-        value = row.get(key, default)
-        if value is None or (isinstance(value, float) and value != value):  # None or NaN
-            value = default
-        if hasattr(value, "tolist"):  # numpy arrays and scalars
-            value = value.tolist()
-        out[key] = value
-    out["blocked"] = bool(out["blocked"])
-    out["latency_ms"] = float(out["latency_ms"])
-    for key in ("answer", "route", "provider", "model", "fallback", "trace_id", "error"):
-        out[key] = str(out[key])
-    out["sources"] = [dict(s) for s in (out["sources"] or [])]
-    return out
+    """A contract row (`contract.AnswerRow`) as plain values; `question` fills a row that lacks one."""
+    return AnswerRow.model_validate({"question": question, **row}).to_record()
 
 
 class Backend(ABC):
@@ -147,25 +131,6 @@ class ServiceBackend(Backend):
                 **(_describe(self.service) if self.service is not None else {})}
 
 
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
-
-
-def resolve_version(model_uri: str) -> str | None:
-    """The registry version a `models:/NAME@alias`, `models:/NAME/N` or `models:/NAME/Stage` URI points at."""
-    m = _MODEL_URI.match(model_uri or "")
-    if not m:
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    if m["alias"]:
-        return str(client.get_model_version_by_alias(m["name"], m["alias"]).version)
-    if m["ref"].isdigit():
-        return m["ref"]
-    versions = client.get_latest_versions(m["name"], stages=[m["ref"]])
-    return str(versions[0].version) if versions else None
-
-
 class InProcessBackend(Backend):
     """The registered pyfunc model, loaded into this process."""
 
@@ -182,12 +147,14 @@ class InProcessBackend(Backend):
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         uri = self.settings.model_uri
         try:
+            from chatbot_model.model_uri import resolve_version
+
             self.version = resolve_version(uri)
         except Exception as exc:  # noqa: BLE001 - a missing model is explained below
             raise ModelNotLoaded(f"{uri} not found in {self.settings.tracking_uri} ({exc}); register and promote "
                                  "one (`make run` does) or set CHATBOT_MODEL_URI") from None
-        if self.model is None:
-            self.model = mlflow.pyfunc.load_model(uri)
+        if self.model is None:  # ratings of its answers are attributed to the version it resolved to
+            self.model = mlflow.pyfunc.load_model(uri, model_config={"model_version": self.version})
 
     def _predict(self, questions: list[str]) -> list[dict]:
         import pandas as pd

@@ -12,7 +12,7 @@ def ensure_registered_model(settings) -> str | None:
     what it did. The promotion goes through the evaluation gate like any other (no --force): a default model
     that fails its evaluation is not served, and the error says why."""
     from chatbot_model.config import configure_mlflow
-    from chatbot_model.server.backends import resolve_version
+    from chatbot_model.model_uri import resolve_version
 
     configure_mlflow(settings)
     try:

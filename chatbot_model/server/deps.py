@@ -1,4 +1,4 @@
-"""Dependencies as `Annotated` aliases (STYLE.md 10): tests swap them with `app.dependency_overrides`."""
+"""Dependencies as `Annotated` aliases: tests swap them with `app.dependency_overrides`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,17 @@ from chatbot_model.server.state import Metrics, TraceMemory
 _bearer = HTTPBearer(auto_error=False, description="CHATBOT_API_KEY, when the server sets one")
 
 
-def app_settings(request: Request) -> Settings:
-    from chatbot_model.server.main import settings_of
+def settings_of(app) -> Settings:
+    """The app's settings: given to `create_app`, else loaded (and validated) from the environment once."""
+    settings = getattr(app.state, "settings", None)
+    if settings is None:
+        from chatbot_model.config import load_settings
 
+        settings = app.state.settings = load_settings()
+    return settings
+
+
+def app_settings(request: Request) -> Settings:
     return settings_of(request.app)
 
 

@@ -102,7 +102,8 @@ async def _on_domain_error(request: Request, exc: ChatbotError) -> JSONResponse:
     status = next((s for cls, s in DOMAIN_STATUS.items() if isinstance(exc, cls)), 500)
     if status >= 500:
         log.warning("%s on %s: %s", exc.code, request.url.path, exc)
-    return error_response(status, exc.code, str(exc))
+    field = getattr(exc, "field", None)
+    return error_response(status, exc.code, str(exc), **({"fields": [field]} if field else {}))
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from chatbot_model.config import Settings
 from chatbot_model.server.backends import Backend, build_backend
+from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import install_error_handlers
 from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from chatbot_model.server.routes import chat, feedback, health, metrics, page
@@ -25,16 +26,6 @@ from chatbot_model.server.state import Metrics, TraceMemory
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-
-
-def settings_of(app: FastAPI) -> Settings:
-    """The app's settings: given to `create_app`, else loaded (and validated) from the environment once."""
-    settings = getattr(app.state, "settings", None)
-    if settings is None:
-        from chatbot_model.config import get_settings
-
-        settings = app.state.settings = get_settings()
-    return settings
 
 
 def start_loading(backend: Backend) -> threading.Thread:

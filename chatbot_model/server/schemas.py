@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from chatbot_model.contract import AnswerRow
+
 MAX_ID_CHARS = 200
 MAX_COMMENT_CHARS = 2000
 
@@ -29,14 +31,10 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={
         "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"}]})
 
-    question: str = Field(..., min_length=1, description="the question; the server's limit is "
-                          "CHATBOT_MAX_QUESTION_CHARS characters")
+    question: str = Field(..., min_length=1, description="the question: text of at most "
+                          "CHATBOT_MAX_QUESTION_CHARS characters once surrounding and invisible whitespace is "
+                          "stripped (control characters become spaces)")
     session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns")
-
-    @field_validator("question")
-    @classmethod
-    def _question(cls, value: str) -> str:
-        return _clean_text(value, "question", required=True)
 
     @field_validator("session_id")
     @classmethod
@@ -44,23 +42,8 @@ class ChatRequest(BaseModel):
         return _clean_text(value, "session_id", required=False)
 
 
-class SourceOut(BaseModel):
-    id: str
-    title: str
-    source: str = ""
-    score: float
-
-
-class ChatResponse(BaseModel):
-    answer: str
-    sources: list[SourceOut]
-    route: str = Field(..., description="route the router chose (gpt, claude) or `blocked`")
-    provider: str = Field(..., description="provider that actually answered")
-    model: str
-    blocked: bool
-    fallback: str = Field("", description="why the answering provider is not the route's; empty when it is")
-    trace_id: str = Field("", description="MLflow trace id; send it to /feedback")
-    latency_ms: float
+class ChatResponse(AnswerRow):
+    """The answer row of the one contract (`contract.AnswerRow`)."""
 
 
 class FeedbackRequest(BaseModel):

@@ -8,7 +8,7 @@ import logging
 import anyio
 from fastapi import APIRouter
 
-from chatbot_model.errors import InvalidInput
+from chatbot_model.contract import validate_question
 from chatbot_model.server.deps import Authorized, BackendDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import BackendFailed, BackendTimeout
 from chatbot_model.server.schemas import ChatRequest, ChatResponse, responses
@@ -22,12 +22,10 @@ router = APIRouter(tags=["chat"])
 async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, traces: TracesDep,
                metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
     """Answer `question` from the knowledge base; the reply says which route, provider and model answered."""
-    if len(body.question) > settings.max_question_chars:
-        raise InvalidInput(f"question: {len(body.question)} characters; the limit is {settings.max_question_chars} "
-                           "(shorten it, or raise CHATBOT_MAX_QUESTION_CHARS on the server)")
+    question = validate_question(body.question, settings.max_question_chars)
     try:
         with anyio.fail_after(settings.backend_timeout_s):
-            rows = await anyio.to_thread.run_sync(functools.partial(backend.predict, [body.question]),
+            rows = await anyio.to_thread.run_sync(functools.partial(backend.predict, [question]),
                                                   abandon_on_cancel=True)
     except TimeoutError:
         raise BackendTimeout(f"no answer within {settings.backend_timeout_s:g}s; try again, or raise "
@@ -41,4 +39,4 @@ async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, tr
                                 model_version=getattr(backend, "version", None)))
     log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"],
              row["provider"], row["blocked"], row["latency_ms"])
-    return ChatResponse(**{k: row[k] for k in ChatResponse.model_fields})
+    return ChatResponse.model_validate(row)

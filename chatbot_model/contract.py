@@ -1,0 +1,112 @@
+"""The one data contract: what a question must be, and the row every answer comes back as.
+
+`validate_question` is the only place a question is checked (the service, the pyfunc rows, the HTTP route and
+the CLI all call it). `AnswerRow` is the only definition of an answer row: the pyfunc's output columns and
+signature, the serving backends' rows and the HTTP API's `/chat` response are built from it.
+
+`answer` is the first column: `mlflow.pyfunc.spark_udf(..., result_type="string")` returns the first output
+column, so a string UDF yields the answers (the struct result type, the default, returns every column).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chatbot_model.errors import InvalidInput
+
+# zero-width and other invisible format characters: a question made only of them is empty
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
+# control characters other than tab and newline carry no meaning in a question: they become spaces
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def validate_question(value: Any, max_chars: int, where: str = "question", field: str = "question") -> str:
+    """The cleaned question, or InvalidInput naming `where`, the problem and what is expected.
+
+    Text only (not a number, not missing); valid Unicode (no lone surrogates); control characters become
+    spaces, invisible characters are dropped, surrounding whitespace is stripped; then non-empty and at most
+    `max_chars` characters."""
+    if not isinstance(value, str):
+        got = "nothing" if value is None or (isinstance(value, float) and math.isnan(value)) else type(value).__name__
+        raise InvalidInput(f"{where} must be text (a string), got {got}", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where} is not valid Unicode text (it holds a lone surrogate)", field=field) from None
+    text = _INVISIBLE.sub("", _CONTROL.sub(" ", value)).strip()
+    if not text:
+        raise InvalidInput(f"{where} is empty; ask something in words", field=field)
+    if len(text) > max_chars:
+        raise InvalidInput(f"{where} is {len(text)} characters long; the limit is {max_chars} "
+                           "(shorten it, or raise CHATBOT_MAX_QUESTION_CHARS)", field=field)
+    return text
+
+
+class SourceRow(BaseModel):
+    """A knowledge-base document an answer drew on, with its retrieval score (cosine, higher is closer)."""
+
+    id: str
+    title: str
+    source: str = ""
+    score: float
+
+
+class AnswerRow(BaseModel):
+    """One answered question. Text fields are "" (never None) when empty, so every consumer reads one shape."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    answer: str = Field("", description="the answer, or the guardrail's safe reply when blocked")
+    question: str = Field("", description="the question as answered (cleaned)")
+    blocked: bool = Field(False, description="true when the guardrail refused the question or the answer")
+    route: str = Field("", description="route the router chose (gpt, claude) or `blocked`")
+    provider: str = Field("", description="provider that actually answered")
+    model: str = Field("", description="model that actually answered")
+    fallback: str = Field("", description="why the answering provider is not the route's; empty when it is")
+    sources: list[SourceRow] = Field(default_factory=list, description="documents the answer cites, best first")
+    latency_ms: float = Field(0.0, description="time the model spent on the question (its batch)")
+    trace_id: str = Field("", description="MLflow trace id (empty when tracing is off); send it to /feedback")
+    error: str = Field("", description="why this row was not answered (bad input); empty when it was")
+
+    @field_validator("answer", "question", "route", "provider", "model", "fallback", "trace_id", "error",
+                     mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return str(value)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> list:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return []
+        return [dict(s) for s in (value.tolist() if hasattr(value, "tolist") else value)]
+
+    @field_validator("blocked", "latency_ms", mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        if hasattr(value, "item"):  # numpy scalars
+            value = value.item()
+        return 0.0 if isinstance(value, float) and math.isnan(value) else value
+
+    @classmethod
+    def from_result(cls, result) -> "AnswerRow":
+        """The row of a `schema.ChatResult`."""
+        return cls.model_validate(result.to_dict())
+
+    @classmethod
+    def for_error(cls, value: Any, message: str) -> "AnswerRow":
+        """The row of an input that was not answered: the question as given (text or ""), `error` set."""
+        return cls(question=value if isinstance(value, str) else "", error=message)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain Python values, in column order."""
+        return self.model_dump()
+
+
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(AnswerRow.model_fields)
