@@ -18,6 +18,7 @@ The adaptation state derived from these rows (router bias and hint) lives in `ad
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import socket
 import threading
@@ -30,7 +31,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy import (Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
                         event, func, select, update)
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
@@ -108,6 +109,20 @@ def _naive_utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
 
 
+def _oneline(exc: Exception) -> str:
+    """The driver's message of a SQLAlchemy error, on one line."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def _with_driver(url: URL) -> URL:
+    """`postgresql://` with the PostgreSQL driver that is installed (SQLAlchemy's default differs by version)."""
+    if url.drivername == "postgresql":
+        for driver in ("psycopg", "psycopg2"):
+            if importlib.util.find_spec(driver) is not None:
+                return url.set(drivername=f"postgresql+{driver}")
+    return url
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
@@ -164,10 +179,12 @@ class FeedbackStore:
             if not db or db == ":memory:":
                 kwargs["poolclass"] = StaticPool
         try:
-            engine = create_engine(self._url, **kwargs)
+            engine = create_engine(_with_driver(self._url), **kwargs)
         except Exception as exc:  # a missing driver, a bad option
+            extra = (" (pip install 'llmops-chatbot[postgres]')"
+                     if self._url.get_backend_name() == "postgresql" else "")
             raise ConfigError(f"cannot open the feedback store {self!r}: {exc}; check CHATBOT_FEEDBACK_DB_URL "
-                              "and that its database driver is installed") from None
+                              f"and that its database driver is installed{extra}") from None
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -180,7 +197,7 @@ class FeedbackStore:
             migrations.upgrade(engine)  # safe when several processes start at once (see migrations)
         except (OperationalError, ProgrammingError) as exc:
             engine.dispose()
-            raise ConfigError(f"cannot migrate the feedback schema in {self!r}: {exc.orig}; check "
+            raise ConfigError(f"cannot open or migrate the feedback database {self!r}: {_oneline(exc)}; check "
                               "CHATBOT_FEEDBACK_DB_URL and that the database is reachable and writable") from None
         except BaseException:
             engine.dispose()

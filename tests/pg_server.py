@@ -63,16 +63,16 @@ class PostgresServer:
         return self
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"  # the driver as users name it: none
 
     def create_database(self) -> str:
         """A new empty database; its SQLAlchemy URL."""
-        from sqlalchemy import create_engine
+        from chatbot_model.feedback import FeedbackStore
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        engine = FeedbackStore(self.url()).make_engine()  # the installed driver
         try:
-            with engine.connect() as conn:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         finally:
             engine.dispose()

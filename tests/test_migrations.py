@@ -15,7 +15,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, inspect
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, inspect
 
 from chatbot_model import migrations
 from chatbot_model.adaptation import AdaptationRule
@@ -71,9 +71,13 @@ def url(request, tmp_path):
     return request.getfixturevalue("postgres").create_database()
 
 
+def engine_of(url: str):
+    return FeedbackStore(url).make_engine()  # no migration; `postgresql://` with the installed driver
+
+
 def schema(url: str) -> dict:
     """Columns (name, type, nullable, pk) and indexes (name -> columns, unique) of the feedback table."""
-    engine = create_engine(url)
+    engine = engine_of(url)
     try:
         insp = inspect(engine)
         columns = [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns("feedback")]
@@ -85,7 +89,7 @@ def schema(url: str) -> dict:
 
 
 def revision(url: str) -> list:
-    engine = create_engine(url)
+    engine = engine_of(url)
     try:
         with engine.connect() as conn:
             return [r for (r,) in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
@@ -95,8 +99,7 @@ def revision(url: str) -> list:
 
 def make_legacy(url: str) -> None:
     """A database as the code before migrations left it: create_all, one rating."""
-    store = FeedbackStore(url)
-    engine = store.make_engine()  # the same engine options, no migration
+    engine = engine_of(url)
     try:
         LEGACY.create_all(engine)
         with engine.begin() as conn:
@@ -109,7 +112,7 @@ def test_revision_0001_is_the_schema_that_shipped(url, request):
     legacy = url.replace("feedback.db", "legacy.db") if url.startswith("sqlite") else \
         request.getfixturevalue("postgres").create_database()
     make_legacy(legacy)
-    engine = FeedbackStore(url).make_engine()
+    engine = engine_of(url)
     try:
         assert migrations.upgrade(engine, migrations.BASELINE) == "0001"
     finally:
