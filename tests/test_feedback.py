@@ -387,7 +387,7 @@ def test_two_processes_agree_after_a_rating_within_the_refresh_interval(store):
     assert shared.current() == (0.3, DEFAULT_HINT)
     other = run_python("""
         import json, os
-        from chatbot_model.adaptation import AdaptationRule, SharedAdaptation, decayed_counts
+        from chatbot_model.adaptation import AdaptationRule, SharedAdaptation
         from chatbot_model.adapter import DEFAULT_HINT
         from chatbot_model.feedback import FeedbackStore
         store = FeedbackStore(os.environ["CHATBOT_FEEDBACK_DB_URL"])
