@@ -10,8 +10,14 @@ The rule, in full (settings in brackets, defaults after `=`):
   hint                  the grounded hint when the negative share >= s, else the default hint
                                                                [CHATBOT_ADAPTATION_GROUNDED_SHARE s = 0.3]
 Ratings of blocked answers are left out (the router and the hint took no part), and so are ratings older
-than ten half-lives (weight < 0.1%). When a model version is given, only its ratings count (a version
-registered by `adapt` already carries what the earlier feedback taught).
+than ten half-lives (weight < 0.1%) and ratings given after `now`. When a model version is given, only the
+ratings given to that version count: its base bias and hint (from its own artifacts) already carry what its
+parent learned, so a version registered by `adapt` does not count its parent's ratings again. Without a
+version (none known) every rating counts. `since_ts` moves the start of the window later (a baseline).
+
+One implementation serves everyone: the store returns the (time, rating) rows of the window and
+`decayed_counts` weighs them exactly; the live services (`SharedAdaptation`), `feedback stats` and
+`lifecycle.adapt` all go through `AdaptationRule.window` and `AdaptationRule.weigh`.
 
 What follows from it:
 - Bounded: the bias stays in [base, min(1, base + k)]; thumbs up only offset thumbs down, they never push
@@ -39,6 +45,26 @@ from chatbot_model.adapter import GROUNDED_HINT
 
 log = logging.getLogger(__name__)
 PRIOR = 2.0
+HORIZON_HALF_LIVES = 10.0  # older ratings weigh < 0.1%: left out
+
+
+def decayed_counts(rows, now: float, half_life_s: float) -> tuple[float, float]:
+    """(U, D) of `rows`, (created_ts, rating) pairs: each weighs 0.5 ** (age / half_life), exactly.
+
+    Rows older than `HORIZON_HALF_LIVES` half-lives or given after `now` weigh nothing.
+    """
+    up = down = 0.0
+    horizon = HORIZON_HALF_LIVES * half_life_s
+    for created_ts, rating in rows:
+        age = now - created_ts
+        if age < 0 or age > horizon:
+            continue
+        weight = 0.5 ** (age / half_life_s)
+        if rating == "up":
+            up += weight
+        else:
+            down += weight
+    return up, down
 
 
 @dataclass(frozen=True)
@@ -90,11 +116,24 @@ class AdaptationRule:
                                grounded=grounded, decayed_up=round(up, 6), decayed_down=round(down, 6),
                                negative_share=round(share, 6), computed_at=time.time() if now is None else now)
 
-    def compute(self, store, *, now: float | None = None, model_version: str | None = None) -> AdaptationState:
-        """The state of `store` at `now` (default: the current time)."""
+    def window(self, store, *, now: float, model_version: str | None = None,
+               since_ts: float | None = None) -> list[tuple[float, str]]:
+        """The (created_ts, rating) rows that count at `now`: ten half-lives back (or from `since_ts` when
+        later), not blocked, given to `model_version` (None: to any version)."""
+        start = now - HORIZON_HALF_LIVES * self.half_life_s
+        if since_ts is not None:
+            start = max(start, float(since_ts))
+        return store.rating_times(since_ts=start, until_ts=now, model_version=model_version)
+
+    def weigh(self, rows, now: float) -> AdaptationState:
+        """The state for the rows of `window` at `now`."""
+        return self.apply(*decayed_counts(rows, now, self.half_life_s), now)
+
+    def compute(self, store, *, now: float | None = None, model_version: str | None = None,
+                since_ts: float | None = None) -> AdaptationState:
+        """The state of `store` at `now` (default: the current time); see `window` for what counts."""
         now = time.time() if now is None else now
-        up, down = store.decayed_counts(now=now, half_life_s=self.half_life_s, model_version=model_version)
-        return self.apply(up, down, now)
+        return self.weigh(self.window(store, now=now, model_version=model_version, since_ts=since_ts), now)
 
 
 class SharedAdaptation:
@@ -104,23 +143,27 @@ class SharedAdaptation:
     base one) and logs a warning, so a feedback-store outage never fails an answer.
     """
 
-    def __init__(self, store, rule: AdaptationRule, *, refresh_s: float = 5.0, model_version: str | None = None):
+    def __init__(self, store, rule: AdaptationRule, *, refresh_s: float = 5.0, model_version: str | None = None,
+                 since_ts: float | None = None, clock=time.time, monotonic=time.monotonic):
         self.store = store
         self.rule = rule
         self.refresh_s = refresh_s
-        self.model_version = model_version
+        self.model_version = model_version  # count only the ratings given to this version (None: all)
+        self.since_ts = since_ts            # and only those given from then on (None: the rule's horizon)
+        self.clock = clock                  # epoch seconds of `now`; tests inject one ...
+        self.monotonic = monotonic          # ... and this one, which times the refresh interval
         self._state: AdaptationState | None = None
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, store, settings, *, base_bias: float | None = None, default_hint: str | None = None,
-                      model_version: str | None = None) -> "SharedAdaptation":
+                      model_version: str | None = None, since_ts: float | None = None) -> "SharedAdaptation":
         return cls(store, AdaptationRule.from_settings(settings, base_bias=base_bias, default_hint=default_hint),
-                   refresh_s=settings.adaptation_refresh_s, model_version=model_version)
+                   refresh_s=settings.adaptation_refresh_s, model_version=model_version, since_ts=since_ts)
 
     def state(self) -> AdaptationState:
-        if self._state is None or time.monotonic() - self._loaded_at >= self.refresh_s:
+        if self._state is None or self.monotonic() - self._loaded_at >= self.refresh_s:
             return self.refresh()
         return self._state
 
@@ -133,12 +176,13 @@ class SharedAdaptation:
         """Re-read the store now."""
         with self._lock:
             try:
-                self._state = self.rule.compute(self.store, model_version=self.model_version)
+                self._state = self.rule.compute(self.store, now=self.clock(), model_version=self.model_version,
+                                                since_ts=self.since_ts)
             except Exception as exc:
                 log.warning("could not read the adaptation state from %r (keeping the last one): %s", self.store, exc)
                 if self._state is None:
-                    self._state = self.rule.apply(0.0, 0.0)
-            self._loaded_at = time.monotonic()
+                    self._state = self.rule.apply(0.0, 0.0, self.clock())
+            self._loaded_at = self.monotonic()
             return self._state
 
     def invalidate(self) -> None:

@@ -109,6 +109,8 @@ main.add_command(sync_feedback)
 from chatbot_model.lifecycle_cli import adapt, evaluate  # noqa: E402
 main.add_command(evaluate)
 main.add_command(adapt)
+from chatbot_model.db_cli import db  # noqa: E402
+main.add_command(db)
 
 
 if __name__ == "__main__":  # pragma: no cover

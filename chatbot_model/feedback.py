@@ -1,8 +1,9 @@
 """The feedback store: one row per human rating, durable and shared, attached to its MLflow trace.
 
 Any SQLAlchemy URL works (`CHATBOT_FEEDBACK_DB_URL`; PostgreSQL in production); the default is a SQLite file.
-The schema is created on first use. SQLite runs in WAL mode with a busy timeout, so several processes can
-write at once and none loses a row.
+The schema is brought to the newest migration on first use (`chatbot_model.migrations`, Alembic; also
+`llmops-chatbot db upgrade`). SQLite runs in WAL mode with a busy timeout, so several processes can write at
+once and none loses a row.
 
 Attaching to MLflow (`mlflow.log_feedback`, name `user_rating`, value True/False, source HUMAN with the session
 id as source id, the comment as rationale, `{"feedback_id": row id}` as metadata) happens after the row is
@@ -17,18 +18,20 @@ The adaptation state derived from these rows (router bias and hint) lives in `ad
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, cast, create_engine,
-                        event, func, literal_column, select, update)
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import (Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, create_engine,
+                        event, func, select, update)
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
@@ -40,6 +43,7 @@ RATINGS = ("up", "down")
 ASSESSMENT_NAME = "user_rating"
 MAX_COMMENT_CHARS = 4000
 
+# the schema at the newest migration (chatbot_model/migrations; a test keeps the two equal)
 metadata = MetaData()
 feedback_table = Table(
     "feedback", metadata,
@@ -51,7 +55,7 @@ feedback_table = Table(
     Column("route", String(32)),
     Column("provider", String(32)),
     Column("model", String(128)),
-    Column("model_version", String(64), index=True),
+    Column("model_version", String(64)),                      # the version that answered
     Column("rating", String(4), nullable=False),
     Column("comment", Text),
     Column("synced_at", DateTime, index=True),                 # NULL = not attached to the trace yet
@@ -60,6 +64,7 @@ feedback_table = Table(
     Column("sync_error", Text),
     Column("claimed_at", Float),                               # epoch; a sync in progress (lease)
     Column("attempted_at", Float),                             # epoch of the last attach attempt
+    Index("ix_feedback_version_created", "model_version", "created_ts"),
 )
 
 
@@ -104,6 +109,20 @@ def _naive_utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
 
 
+def _oneline(exc: Exception) -> str:
+    """The driver's message of a SQLAlchemy error, on one line."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def _with_driver(url: URL) -> URL:
+    """`postgresql://` with the PostgreSQL driver that is installed (SQLAlchemy's default differs by version)."""
+    if url.drivername == "postgresql":
+        for driver in ("psycopg", "psycopg2"):
+            if importlib.util.find_spec(driver) is not None:
+                return url.set(drivername=f"postgresql+{driver}")
+    return url
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
@@ -120,7 +139,7 @@ class FeedbackStore:
     auto_retry_limit = 10    # rows `record` retries per call
     connect_timeout_s = 2.0  # reachability probe of an http(s) tracking server
 
-    def __init__(self, url: str, *, attach: bool = True):
+    def __init__(self, url: str, *, attach: bool = True, clock: Callable[[], float] = time.time):
         if not url:
             raise ConfigError("the feedback store needs a SQLAlchemy URL; set CHATBOT_FEEDBACK_DB_URL "
                               "(e.g. sqlite:///.chatbot/feedback.db or postgresql://user@host/db)")
@@ -131,6 +150,7 @@ class FeedbackStore:
                               "sqlite:///.chatbot/feedback.db or postgresql://user@host/db") from None
         self.url = url
         self.attach = attach
+        self.clock = clock  # epoch seconds; tests inject one
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -140,14 +160,15 @@ class FeedbackStore:
     # ------------------------------------------------------------ schema
     @property
     def engine(self) -> Engine:
-        """The engine, with the schema created on first use."""
+        """The engine, with the schema migrated to the newest revision on first use."""
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
                     self._engine = self._connect()
         return self._engine
 
-    def _connect(self) -> Engine:
+    def make_engine(self) -> Engine:
+        """A new engine for the URL (SQLite: its directory created, WAL, busy timeout); the schema untouched."""
         sqlite = self._url.get_backend_name() == "sqlite"
         kwargs = {}
         if sqlite:
@@ -158,20 +179,29 @@ class FeedbackStore:
             if not db or db == ":memory:":
                 kwargs["poolclass"] = StaticPool
         try:
-            engine = create_engine(self._url, **kwargs)
+            engine = create_engine(_with_driver(self._url), **kwargs)
         except Exception as exc:  # a missing driver, a bad option
+            extra = (" (pip install 'llmops-chatbot[postgres]')"
+                     if self._url.get_backend_name() == "postgresql" else "")
             raise ConfigError(f"cannot open the feedback store {self!r}: {exc}; check CHATBOT_FEEDBACK_DB_URL "
-                              "and that its database driver is installed") from None
+                              f"and that its database driver is installed{extra}") from None
         if sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
-        for attempt in range(5):  # several processes may create the schema at once
-            try:
-                metadata.create_all(engine)
-                break
-            except (OperationalError, ProgrammingError) as exc:
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise ConfigError(f"cannot create the feedback schema in {self!r}: {exc.orig}") from None
-                time.sleep(0.05 * (attempt + 1))
+        return engine
+
+    def _connect(self) -> Engine:
+        from chatbot_model import migrations
+
+        engine = self.make_engine()
+        try:
+            migrations.upgrade(engine)  # safe when several processes start at once (see migrations)
+        except (OperationalError, ProgrammingError) as exc:
+            engine.dispose()
+            raise ConfigError(f"cannot open or migrate the feedback database {self!r}: {_oneline(exc)}; check "
+                              "CHATBOT_FEEDBACK_DB_URL and that the database is reachable and writable") from None
+        except BaseException:
+            engine.dispose()
+            raise
         return engine
 
     # ------------------------------------------------------------ writing
@@ -185,7 +215,7 @@ class FeedbackStore:
             raise InvalidInput(f"trace_id must be a non-empty string (the trace id of the answer), got {trace_id!r}")
         if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
             raise InvalidInput(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
-        now = time.time()
+        now = self.clock()
         with self.engine.begin() as conn:
             row_id = conn.execute(feedback_table.insert().values(
                 created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
@@ -200,7 +230,7 @@ class FeedbackStore:
 
     def _retry_older(self, exclude: int) -> None:
         """The automatic retry: a few unsynced rows not tried for `retry_after_s`."""
-        cutoff = time.time() - self.retry_after_s
+        cutoff = self.clock() - self.retry_after_s
         t = feedback_table
         with self.engine.connect() as conn:
             ids = conn.execute(select(t.c.id).where(
@@ -228,7 +258,7 @@ class FeedbackStore:
     def _claim(self, row_id: int) -> dict | None:
         """Atomically take a row for attaching; None when it is synced or another process holds it."""
         t = feedback_table
-        now = time.time()
+        now = self.clock()
         with self.engine.begin() as conn:
             taken = conn.execute(update(t).where(
                 t.c.id == row_id, t.c.synced_at.is_(None),
@@ -242,7 +272,7 @@ class FeedbackStore:
         t = feedback_table
         values = {"claimed_at": None, "sync_error": error}
         if error is None:
-            values.update(synced_at=_naive_utc(time.time()), assessment_id=assessment_id)
+            values.update(synced_at=_naive_utc(self.clock()), assessment_id=assessment_id)
         with self.engine.begin() as conn:
             conn.execute(update(t).where(t.c.id == row_id).values(**values))
 
@@ -328,34 +358,25 @@ class FeedbackStore:
                 t.c.synced_at.is_(None), t.c.trace_id.is_not(None))).scalar_one()
         return out
 
-    def decayed_counts(self, *, now: float, half_life_s: float, model_version: str | None = None,
-                       horizon_half_lives: float = 10.0) -> tuple[float, float]:
-        """(decayed ups, decayed downs): each rating weighs 0.5 ** (age / half_life).
+    def rating_times(self, *, since_ts: float | None = None, until_ts: float | None = None,
+                     model_version: str | None = None) -> list[tuple[float, str]]:
+        """(created_ts, rating) of the ratings the adaptation counts, oldest first.
 
-        Aggregated in SQL by time bucket (1/24 of a half-life; a bucket weighs as if all its ratings were
-        given at their mean time, off by < 0.1%), so the read stays small however many ratings there are;
-        ratings older than `horizon_half_lives` half-lives (weight < 0.1%) and ratings of blocked answers
-        (the router and the hint took no part) are left out.
+        Ratings of blocked answers are left out (the router and the hint took no part); `since_ts` and
+        `until_ts` (epoch seconds, both inclusive) bound the window; `model_version` keeps the ratings given to
+        that version only (None: every rating).
         """
         t = feedback_table
-        # the bucket width as a literal: GROUP BY and SELECT must be the same expression (PostgreSQL)
-        index = cast(t.c.created_ts / literal_column(repr(float(half_life_s) / 24.0)), Integer)
-        query = (select(t.c.rating, func.avg(t.c.created_ts), func.count())
-                 .where(t.c.created_ts >= now - horizon_half_lives * half_life_s,
-                        (t.c.route.is_(None)) | (t.c.route != "blocked"))
-                 .group_by(t.c.rating, index))
+        query = (select(t.c.created_ts, t.c.rating).where((t.c.route.is_(None)) | (t.c.route != "blocked"))
+                 .order_by(t.c.created_ts, t.c.id))
+        if since_ts is not None:
+            query = query.where(t.c.created_ts >= float(since_ts))
+        if until_ts is not None:
+            query = query.where(t.c.created_ts <= float(until_ts))
         if model_version is not None:
             query = query.where(t.c.model_version == str(model_version))
-        up = down = 0.0
         with self.engine.connect() as conn:
-            for rating, mean_ts, n in conn.execute(query):
-                age = max(0.0, now - float(mean_ts))
-                weight = n * 0.5 ** (age / half_life_s)
-                if rating == "up":
-                    up += weight
-                else:
-                    down += weight
-        return up, down
+            return [(float(ts), rating) for ts, rating in conn.execute(query)]
 
     def dispose(self) -> None:
         if self._engine is not None:

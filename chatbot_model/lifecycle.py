@@ -191,21 +191,6 @@ class AdaptResult:
                 "adapt.negative_share": f"{self.state.negative_share:.4f}"}
 
 
-def decayed_counts(rows, now: float, half_life_s: float, horizon_half_lives: float = 10.0) -> tuple[float, float]:
-    """(decayed ups, decayed downs) of `rows` as `FeedbackStore.decayed_counts` weighs them (0.5 ** age/half-life)."""
-    up = down = 0.0
-    for row in rows:
-        age = max(0.0, now - row.created_at.timestamp())
-        if age > horizon_half_lives * half_life_s:
-            continue
-        weight = 0.5 ** (age / half_life_s)
-        if row.positive:
-            up += weight
-        else:
-            down += weight
-    return up, down
-
-
 def _parent_hint(client, name: str, version, settings: Settings) -> str:
     """The hint the parent version ships: its prompt version, else its adapter_hint.txt artifact."""
     import mlflow
@@ -250,20 +235,19 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
     window_start = datetime.fromtimestamp(float(baseline) if baseline else parent.creation_timestamp / 1000.0,
                                           timezone.utc)
     window_end = datetime.fromtimestamp(now, timezone.utc)
-    store = FeedbackStore(settings.feedback_db_url, attach=False)
-    try:
-        rows = [r for r in store.ratings(since=window_start)
-                if r.route != "blocked" and r.created_at <= window_end]
-    finally:
-        store.dispose()
     parent_tags = dict(parent.tags or {})
     parent_bias = float(parent_tags.get("bias_towards_35", settings.bias_towards_35))
     parent_hint = _parent_hint(client, name, parent, settings)
     rule = AdaptationRule.from_settings(settings, base_bias=parent_bias, default_hint=parent_hint)
-    state = rule.apply(*decayed_counts(rows, now, rule.half_life_s), now)
+    store = FeedbackStore(settings.feedback_db_url, attach=False)
+    try:  # the rows and weights a live service computes (adaptation.py): one rule, one implementation
+        rows = rule.window(store, now=now, since_ts=window_start.timestamp())
+    finally:
+        store.dispose()
+    state = rule.weigh(rows, now)
     result = AdaptResult(name=name, parent_version=str(parent.version), window_start=window_start,
-                         window_end=window_end, ratings=len(rows), up=sum(r.positive for r in rows),
-                         down=sum(not r.positive for r in rows), parent_hint=parent_hint, parent_bias=parent_bias,
+                         window_end=window_end, ratings=len(rows), up=sum(r == "up" for _, r in rows),
+                         down=sum(r != "up" for _, r in rows), parent_hint=parent_hint, parent_bias=parent_bias,
                          state=state)
     if not rows and not always:
         log.info("no feedback since %s: nothing to adapt", window_start.isoformat())

@@ -12,19 +12,31 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.entities import AssessmentSourceType
 
-from chatbot_model.adaptation import AdaptationRule, SharedAdaptation
+from chatbot_model.adaptation import AdaptationRule, SharedAdaptation, decayed_counts
 from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.errors import InvalidInput
+from chatbot_model import feedback as feedback_module
 from chatbot_model.feedback import ASSESSMENT_NAME, FeedbackStore
 
 DAY = 24 * 3600.0
+
+
+class Clock:
+    """An injected clock: returns `now`, which the test moves."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -109,16 +121,19 @@ def test_four_processes_write_800_ratings_and_none_is_lost(settings):
     assert len(store.ratings(model_version="2")) == 200
 
 
-def test_ratings_filter_by_time(store):
+def test_ratings_filter_by_time(settings):
+    clock = Clock(1_800_000_000.0)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
     store.record(trace_id=None, rating="up")
-    middle = mlflow.utils.time.get_current_time_millis() / 1000
-    time.sleep(0.02)
+    clock.now += 0.5
+    middle = clock.now
     store.record(trace_id=None, rating="down")
     from datetime import datetime, timezone
 
     assert [r.rating for r in store.ratings(since=datetime.fromtimestamp(middle, timezone.utc))] == ["down"]
     naive = datetime.fromtimestamp(middle, timezone.utc).replace(tzinfo=None)
     assert [r.rating for r in store.ratings(since=naive)] == ["down"]
+    assert [r.created_at.timestamp() for r in store.ratings()] == [middle - 0.5, middle]
 
 
 # ------------------------------------------------------------------ attaching to MLflow traces
@@ -162,15 +177,18 @@ def test_the_next_rating_retries_the_unsynced_ones(store):
     assert store.stats()["unsynced"] == 0 and len(user_ratings(late.trace_id)) == 1
 
 
-def test_tracking_store_down_the_rating_is_kept_and_attached_once_when_it_is_back(store, settings):
+def test_tracking_store_down_the_rating_is_kept_and_attached_once_when_it_is_back(store, settings, monkeypatch):
     span = make_trace()
     mlflow.set_tracking_uri(f"http://127.0.0.1:{closed_port()}")
-    try:
-        t0 = time.monotonic()
-        row_id = store.record(trace_id=span.trace_id, rating="down", session_id="s", comment="wrong")
-        assert time.monotonic() - t0 < 5
-    finally:
-        mlflow.set_tracking_uri(settings.tracking_uri)
+    calls = []
+    with monkeypatch.context() as patch:  # the quick probe fails: MLflow's client (minutes of retries) is never called
+        patch.setattr(feedback_module, "_attach", lambda row: calls.append(row))
+        patch.setattr(feedback_module, "_flush_traces", lambda: calls.append("flush"))
+        try:
+            row_id = store.record(trace_id=span.trace_id, rating="down", session_id="s", comment="wrong")
+        finally:
+            mlflow.set_tracking_uri(settings.tracking_uri)
+    assert calls == []
     (row,) = store.ratings()
     assert row.id == row_id and row.synced_at is None and "unreachable" in row.sync_error
 
@@ -297,11 +315,58 @@ def test_the_hint_needs_enough_negatives_and_comes_back_after_positives(store):
 
 def test_blocked_answers_and_other_model_versions_do_not_count(store):
     store.record(trace_id=None, rating="down", route="blocked")
+    store.record(trace_id=None, rating="down", route="blocked", model_version="1")
     assert RULE.compute(store).bias_towards_35 == 0.3
+    assert RULE.compute(store, model_version="1").bias_towards_35 == 0.3
     store.record(trace_id=None, rating="down", route="gpt", model_version="1")
     assert RULE.compute(store, model_version="2").bias_towards_35 == 0.3
     assert RULE.compute(store, model_version="1").bias_towards_35 == pytest.approx(0.4, abs=1e-3)
     assert RULE.compute(store).bias_towards_35 == pytest.approx(0.4, abs=1e-3)
+
+
+def test_each_rating_weighs_exactly_half_per_half_life_and_the_window_is_bounded(settings):
+    clock = Clock(1_800_000_000.0)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
+    for age_h in (0.0, 0.7, 12.0, 36.5, 239.0, 241.0):  # hours before `now`; 241 h is past ten half-lives
+        clock.now = 1_800_000_000.0 - age_h * 3600
+        store.record(trace_id=None, rating="down")
+    clock.now = 1_800_000_000.0 + 60  # after `now`: not given yet
+    store.record(trace_id=None, rating="up")
+    now = 1_800_000_000.0
+    rows = RULE.window(store, now=now)
+    assert [round(now - ts) for ts, _ in rows] == [239 * 3600, 131400, 43200, 2520, 0]
+    assert decayed_counts(rows, now, DAY) == (0.0, pytest.approx(sum(0.5 ** (h / 24) for h in
+                                                                    (0.0, 0.7, 12.0, 36.5, 239.0)), rel=1e-12))
+    state = RULE.compute(store, now=now)
+    assert state.decayed_down == round(decayed_counts(rows, now, DAY)[1], 6) and state.decayed_up == 0.0
+    assert state == RULE.weigh(rows, now)
+
+
+def test_each_version_counts_only_the_ratings_given_to_it_after_its_baseline(settings):
+    """Version 2's base already carries version 1's ratings: they are not counted again (issue: 0.60, not 0.45)."""
+    clock = Clock(1_800_000_000.0)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
+    for _ in range(2):
+        store.record(trace_id=None, rating="down", route="gpt", model_version="1")
+    now = clock.now
+    v1 = RULE.compute(store, now=now, model_version="1")
+    assert (v1.bias_towards_35, v1.hint) == (pytest.approx(0.45), GROUNDED_HINT)
+    # `adapt` registers version 2 with what version 1 learned as its base; version 2 serves from it
+    v2_rule = replace(RULE, base_bias=v1.bias_towards_35, default_hint=v1.hint)
+    v2 = SharedAdaptation(store, v2_rule, model_version="2", clock=clock)
+    assert v2.current() == (pytest.approx(0.45), GROUNDED_HINT)
+    assert v2_rule.compute(store, now=now).bias_towards_35 == pytest.approx(0.6)  # counted twice: the old bug
+    # ratings given to version 2 (an hour later) move version 2 only
+    clock.now = later = now + 3600
+    for _ in range(2):
+        store.record(trace_id=None, rating="down", route="claude", model_version="2")
+    v2.invalidate()
+    assert v2.current() == (pytest.approx(0.6), GROUNDED_HINT)
+    assert (v2.state().decayed_up, v2.state().decayed_down) == (0.0, 2.0)
+    assert RULE.compute(store, now=later, model_version="1") == RULE.apply(0.0, 2 * 0.5 ** (1 / 24), later)
+    # a baseline: with no version known, only the ratings from `since_ts` on count
+    assert RULE.window(store, now=later, since_ts=later) == [(later, "down")] * 2
+    assert len(RULE.window(store, now=later)) == 4  # no version, no baseline: every rating (as before)
 
 
 def test_shared_state_is_cached_and_survives_a_store_outage(store, tmp_path):
@@ -317,10 +382,9 @@ def test_shared_state_is_cached_and_survives_a_store_outage(store, tmp_path):
 
 
 def test_two_processes_agree_after_a_rating_within_the_refresh_interval(store):
-    refresh_s = 3.0
-    shared = SharedAdaptation(store, RULE, refresh_s=refresh_s)
+    ticks = Clock(0.0)  # this process's refresh timer, moved by hand
+    shared = SharedAdaptation(store, RULE, refresh_s=3.0, monotonic=ticks)
     assert shared.current() == (0.3, DEFAULT_HINT)
-    loaded = time.monotonic()
     other = run_python("""
         import json, os
         from chatbot_model.adaptation import AdaptationRule, SharedAdaptation
@@ -340,10 +404,10 @@ def test_two_processes_agree_after_a_rating_within_the_refresh_interval(store):
     assert other.returncode == 0, err
     seen = json.loads(out)
     assert seen["before"] == [0.3, DEFAULT_HINT] and seen["after"][1] == GROUNDED_HINT
-    if time.monotonic() - loaded < refresh_s:
-        assert shared.current() == (0.3, DEFAULT_HINT)  # still this process's cached state
-    time.sleep(max(0.0, refresh_s - (time.monotonic() - loaded)) + 0.05)
-    bias, hint = shared.current()
+    ticks.now = 2.99
+    assert shared.current() == (0.3, DEFAULT_HINT)  # within the interval: this process's cached state
+    ticks.now = 3.0
+    bias, hint = shared.current()  # the interval is over: re-read, and the two processes agree
     assert hint == seen["after"][1] and bias == pytest.approx(seen["after"][0], abs=1e-4)
 
 

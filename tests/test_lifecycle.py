@@ -26,6 +26,7 @@ from chatbot_model.cli import main
 from chatbot_model.config import load_settings
 from chatbot_model.feedback import FeedbackStore
 from chatbot_model.gate import EvaluationGate, PromotionRefused
+from chatbot_model.lifecycle import adapt
 from chatbot_model.registry import log_and_register, promote
 from tests.conftest import DOCS, ROOT
 from tests.mlflow_state import forget_mlflow, reset_mlflow
@@ -276,3 +277,32 @@ def test_lifecycle_cli_module_imports_only_click():
     tree = ast.parse(Path(module.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert {a.name for n in top for a in n.names} <= {"annotations", "click"}
+
+
+def test_adapt_learns_the_state_the_live_service_of_its_parent_serves(settings, client):
+    """One decay rule, one implementation: for the same rows and clock, adapt's state is the served state."""
+    log_and_register(settings)
+    evaluated(client, 1)
+    promote(NAME, "Production", "1")
+    registered = client.get_model_version(NAME, "1").creation_timestamp / 1000
+    hour = (registered // 3600 + 1) * 3600  # whole hours: two ratings within one hour, as a busy service has
+    clock = [hour]
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=lambda: clock[0])
+    ratings = [(0.1, "down", "gpt"), (0.9, "down", "gpt"), (3.2, "up", "claude"), (7.9, "down", "claude"),
+               (30.1, "down", "gpt"), (31.0, "down", "blocked"), (41.0, "down", "gpt")]  # hours after `hour`
+    for hours, rating, route in ratings:
+        clock[0] = hour + hours * 3600
+        store.record(trace_id=None, rating=rating, route=route, model_version="1")
+    now = hour + 40 * 3600  # the last rating comes after `now`: not given yet
+
+    live = mlflow.pyfunc.load_model(f"models:/{NAME}/1").unwrap_python_model().service.adaptation
+    live.clock = lambda: now
+    live.invalidate()
+    result = adapt(settings, NAME, now=now)
+    assert result.state == live.state()
+    counted = [(h, r) for h, r, route in ratings if route != "blocked" and h <= 40]
+    assert (result.ratings, result.up, result.down) == (5, 1, 4)
+    assert result.state.decayed_down == round(sum(0.5 ** ((40 - h) / 24) for h, r in counted if r == "down"), 6)
+    assert result.state.decayed_up == round(0.5 ** ((40 - 3.2) / 24), 6)
+    assert float(tags(client, result.registered.version)["bias_towards_35"]) == pytest.approx(
+        result.state.bias_towards_35)
