@@ -8,10 +8,14 @@
   reciprocal_rank, fact_coverage, not_blocked; no LLM judge, offline) in the same run: the MLflow UI's
   evaluation view, one trace per question with its assessments. On a SQLite store it runs with one worker
   (MLFLOW_GENAI_EVAL_MAX_WORKERS=1): the default ten exhaust SQLite's connection pool.
-- `adapt(settings, name)` reads the ratings given since the Production version was registered, applies the
-  adaptation rule (`adaptation.AdaptationRule`, base = the Production version's bias and hint) and registers a
-  new version with the learned `adapter_hint.txt` and `bias_towards_35`, tagged with the feedback window
-  (`adapt.*`). It never promotes. No rating in the window: nothing is registered (unless `always`).
+- `adapt(settings, name)` reads the ratings given since the Production version's adaptation baseline (its
+  `adaptation_baseline_ts` tag, else its registration), applies the adaptation rule
+  (`adaptation.AdaptationRule`, base = the Production version's bias and hint) and registers a new version
+  with the learned `adapter_hint.txt` and `bias_towards_35`, tagged with the feedback window (`adapt.*`); the
+  new version's baseline is the window's end, so when it serves it counts only later ratings (none twice).
+  It never promotes. No rating in the window: nothing is registered (unless `always`).
+- The evaluated model is loaded with `model_config={"adaptation": "frozen"}`: the gate scores the version
+  alone, at its own bias and hint, not "version + today's feedback".
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", 
 # the logged value is the default; CHATBOT_<FIELD> set when serving overrides it
 DEFAULT_FIELDS = ("guardrail_backend", "toxic_bert_model", "guardrail_threshold", "top_k", "max_question_chars",
                   "max_answer_tokens")
+# what `load_model(uri, model_config=...)` (or MLFLOW_PYFUNC_INFERENCE_CONFIG) may set: see service_from_artifacts
+MODEL_CONFIG = {"model_version": "", "adaptation": "live"}
 BASELINE_KEY = "adaptation_baseline_ts"  # model_settings.json: ratings before it are already in this version
 EXPECTED = ('a DataFrame with a string column "question", {"question": str | list[str]}, '
             'a list of {"question": str} records or a list of strings')
@@ -152,7 +154,7 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
         _use_experiment(settings.experiment_name)
     version = config.get("model_version")
     return LLMService.from_settings(settings, docs_path=settings.docs_path,
-                                    model_version=None if version is None else str(version),
+                                    model_version=str(version) if version not in (None, "") else None,
                                     adaptation_since_ts=None if baseline is None else float(baseline))
 
 

@@ -226,7 +226,7 @@ def log_model(settings: Settings, docs=None, hint_file=None, *, registered_model
     """Log the model into the active run; returns (ModelInfo, tags)."""
     import mlflow
 
-    from chatbot_model.pyfunc import INPUT_EXAMPLE, SIGNATURE
+    from chatbot_model.pyfunc import INPUT_EXAMPLE, MODEL_CONFIG, SIGNATURE
 
     with tempfile.TemporaryDirectory(prefix="llmops-chatbot-model-") as tmp:
         artifacts, tags = prepare_artifacts(settings, Path(tmp), docs, hint_file, hint=hint, bias=bias,
@@ -234,7 +234,8 @@ def log_model(settings: Settings, docs=None, hint_file=None, *, registered_model
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME, python_model=str(MODEL_CODE), artifacts=artifacts, code_paths=[str(PACKAGE_DIR)],
             registered_model_name=registered_model_name, pip_requirements=pip_requirements(),
-            signature=SIGNATURE, input_example=INPUT_EXAMPLE, tags=tags, metadata={"chatbot": tags})
+            signature=SIGNATURE, input_example=INPUT_EXAMPLE, tags=tags, metadata={"chatbot": tags},
+            model_config=MODEL_CONFIG)
     return info, tags
 
 

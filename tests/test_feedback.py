@@ -468,4 +468,5 @@ def test_the_chat_loop_writes_through_the_store_and_every_service_sees_it(settin
     svc.adaptation.invalidate()
     # down, up, down: balance (2 - 1) / (3 + 2) = 0.2 -> bias 0.3 + 0.3 * 0.2; share 2 / 5 -> grounded
     assert svc.answer("What is an MLflow alias?").route_reasons[-2] == "bias_towards_35=0.36"
-    assert svc.adapter.hint == GROUNDED_HINT
+    assert svc.current_state()[1] == GROUNDED_HINT
+    assert svc.adapter.hint == DEFAULT_HINT and svc.router.bias_towards_35 == 0.3  # per request, never written

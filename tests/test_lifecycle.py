@@ -130,8 +130,8 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
     assert cli("promote_model", "--name", NAME, "--stage", "Production").exit_code == 0
     assert mlflow.genai.load_prompt(f"prompts:/{PROMPT}@production").template == DEFAULT_HINT
 
-    # ratings from the chat loop (on the Production model) and from the server's POST /feedback
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
+    # ratings from the chat loop (on the Production model, loaded as version 1) and from the server's POST /feedback
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@production", model_config={"model_version": "1"})
     run_chat(model.unwrap_python_model().service, settings,
              io.StringIO("How do I promote a model version to Production?\nn\nq\n"))
     assert "feedback: hint" in capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
         r = http.post("/feedback", json={"trace_id": answer["trace_id"], "rating": "down", "comment": "vague"})
         assert r.status_code == 200, r.text
     rows = FeedbackStore(settings.feedback_db_url).ratings()
-    assert [(r.rating, r.model_version) for r in rows] == [("down", None), ("down", "1")]
+    assert [(r.rating, r.model_version) for r in rows] == [("down", "1"), ("down", "1")]  # the version that answered
 
     # another process sees the new state
     stats = subprocess.run([sys.executable, "-m", "chatbot_model.cli", "feedback", "stats"], capture_output=True,
@@ -165,6 +165,14 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
         f"models:/{NAME}/2/artifacts/model_settings.json", dst_path=str(tmp_path / "v2"))).read_text())
     assert logged["bias_towards_35"] == pytest.approx(0.45, abs=1e-3)
     assert stages(client) == {"1": "Production", "2": "None"}
+
+    # version 2 serves what it learned, and does not count the two ratings it folded in a second time
+    v2_service = mlflow.pyfunc.load_model(f"models:/{NAME}/2").unwrap_python_model().service
+    assert v2_service.current_state() == (pytest.approx(0.45, abs=1e-3), GROUNDED_HINT)
+    assert v2_service.describe()["bias_towards_35"] == pytest.approx(0.45, abs=1e-3)
+    v1_service = model.unwrap_python_model().service  # version 1 still counts them: that is what it serves
+    v1_service.adaptation.invalidate()
+    assert v1_service.current_state() == (pytest.approx(0.45, abs=1e-3), GROUNDED_HINT)
 
     # the gate: not evaluated -> refused; evaluated (with the mlflow.genai view) -> promoted
     out = cli("promote_model", "--name", NAME, "--stage", "Production", "--version", "2")

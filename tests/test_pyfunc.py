@@ -90,7 +90,7 @@ def test_logged_model_has_artifacts_code_requirements_signature_and_tags(store):
 
 
 @pytest.mark.parametrize("uri", [f"models:/{NAME}/Production", f"models:/{NAME}@production", f"models:/{NAME}/1",
-                                 "run"])
+                                 f"models:/{NAME}/latest", "run"])
 def test_loads_by_stage_alias_version_and_run_uri(store, uri):
     uri = store["version"].run_uri if uri == "run" else uri
     out = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"question": QUESTIONS[:1]}))
@@ -268,3 +268,20 @@ def test_loading_and_answering_needs_no_network_and_no_key(store, tmp_path):
     assert result["opened"] == [] and result["provider"] == "local" and result["answer"] and result["error"] == ""
     assert result["torch"] is False, "the logged ONNX export is used: no torch import, no export at load"
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_model_config_attributes_ratings_to_the_version_and_can_freeze_adaptation(store):
+    """`model_version` tags this model's ratings with the version that answered; `adaptation: frozen` serves the
+    version alone (the evaluation gate loads it so): no feedback store, its own bias and hint."""
+    from chatbot_model.adapter import DEFAULT_HINT
+
+    uri = f"models:/{NAME}/1"
+    served = mlflow.pyfunc.load_model(uri, model_config={"model_version": "1"}).unwrap_python_model().service
+    result = served.answer(QUESTIONS[0])
+    effect = served.feedback(False, result=result)
+    (row,) = [r for r in served.feedback_store.ratings() if r.id == effect["feedback_id"]]
+    assert row.model_version == "1" and row.trace_id == result.trace_id
+
+    frozen = mlflow.pyfunc.load_model(uri, model_config={"adaptation": "frozen"}).unwrap_python_model().service
+    assert frozen.adaptation is None and frozen.feedback_store is None
+    assert frozen.current_state() == (0.3, DEFAULT_HINT)  # the logged ones, whatever the feedback says
