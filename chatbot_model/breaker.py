@@ -127,7 +127,9 @@ class CircuitBreaker:
                 self._recent.popleft()
             already_open = self._open_until is not None and now < self._open_until
             if len(self._recent) >= self.failures and not already_open:
-                self._open(now + self.cooldown_s, f"{len(self._recent)} failures, last {reason}")
+                n = len(self._recent)
+                self._open(now + self.cooldown_s, f"{n} failure{'s' if n > 1 else ''} in {self.window_s:g}s, "
+                           f"last {reason}")
                 return True
             return False
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 
-from chatbot_model.breaker import CircuitBreaker
+from chatbot_model.breaker import CircuitBreaker, key_fingerprint
 from chatbot_model.config import Settings
 from chatbot_model.deadline import SYSTEM_CLOCK, Clock, Deadline
 from chatbot_model.errors import ChatbotError, ProviderError
@@ -71,7 +71,7 @@ class Provider(ABC):
         self.settings = settings
         self.clock = clock or SYSTEM_CLOCK
         self._client = None
-        self._client_pid: int | None = None
+        self._client_for: tuple[int, str] | None = None  # (pid, key fingerprint) it was made for
         self._injected = False
         self._client_lock = threading.Lock()
         if client is not None:
@@ -80,14 +80,19 @@ class Provider(ABC):
         self.breaker = CircuitBreaker(self.name, failures=settings.breaker_failures, window_s=settings.breaker_window_s,
                                       cooldown_s=settings.breaker_cooldown_s, clock=self.clock) if self.remote else None
 
-    # the client, made on first use unless injected (and made again in a forked process)
+    # the client, made on first use unless injected (and made again in a forked process or for a new key)
     @property
     def client(self) -> Any:
-        if self._client is None or (not self._injected and self._client_pid != os.getpid()):
+        if self._stale_client():
             with self._client_lock:
-                if self._client is None or (not self._injected and self._client_pid != os.getpid()):
-                    self._client, self._client_pid = self._make_client(), os.getpid()
+                if self._stale_client():
+                    self._client, self._client_for = self._make_client(), (os.getpid(), key_fingerprint(self.api_key()))
         return self._client
+
+    def _stale_client(self) -> bool:
+        if self._injected:
+            return False
+        return self._client is None or self._client_for != (os.getpid(), key_fingerprint(self.api_key()))
 
     @client.setter
     def client(self, value: Any) -> None:
@@ -176,6 +181,7 @@ class Provider(ABC):
             limit, cut_by_budget = min(limit, left), left < limit
         try:
             if self.remote:
+                self.client  # made (SDK imported) outside the time limit of the call
                 completion = runner.run(lambda: self._complete_once(request), limit)
             else:
                 completion = self._complete_once(request)
