@@ -44,13 +44,15 @@ class Deadline:
     """When remote provider calls of one request must be over (a monotonic time of `clock`)."""
 
     expires: float
-    budget_s: float
+    budget_s: float  # the whole request budget
+    remote_s: float  # its part for remote calls (budget minus the local reserve)
     clock: Clock = SYSTEM_CLOCK
 
     @classmethod
     def start(cls, budget_s: float, local_reserve_s: float = 0.0, clock: Clock = SYSTEM_CLOCK) -> "Deadline":
         """A deadline `budget_s - local_reserve_s` from now."""
-        return cls(clock.monotonic() + max(0.0, budget_s - local_reserve_s), budget_s, clock)
+        remote = max(0.0, budget_s - local_reserve_s)
+        return cls(clock.monotonic() + remote, budget_s, remote, clock)
 
     def remaining(self) -> float:
         """Seconds left for remote calls and the waits between them (never negative)."""

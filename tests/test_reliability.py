@@ -156,6 +156,23 @@ def test_the_whole_chain_hanging_still_gets_the_local_answer(make_service, fake_
     settle(lambda: fake_llm.open_connections == 0, "open connections")
 
 
+def test_a_provider_that_hangs_past_the_budget_still_opens_its_circuit(make_service, fake_llm):
+    # the budget (1.5 s for remote calls) is shorter than the call limit (30 s): each hang is cut by the budget,
+    # having had all of it, and counts; the leftovers a fallback gets would not
+    service = make_service(fake_llm, None, request_budget_s=2.0, local_reserve_s=0.5, provider_timeout_s=30,
+                           breaker_failures=2)
+    fake_llm.queue(Reply.hang(), Reply.hang())
+    for _ in range(2):
+        result = service.answer(QUESTION)
+        assert result.provider == "local"
+        assert result.fallback == "openai: timeout; anthropic: no time left (request budget 2s)"
+    result = service.answer(QUESTION)  # open: openai is skipped at once and anthropic has the whole budget
+    assert result.provider == "anthropic" and result.fallback.startswith("openai: circuit open until ")
+    assert "2 failures in 60s, last timeout" in result.fallback
+    assert len(fake_llm.requests_to(OPENAI_PATH)) == 2
+    settle(lambda: fake_llm.open_connections == 0, "open connections")
+
+
 # Retry-After ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("as_date", [False, True])

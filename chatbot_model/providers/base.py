@@ -170,7 +170,7 @@ class Provider(ABC):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _attempt(self, request: CompletionRequest, deadline: Deadline | None) -> Completion:
-        limit, cut_by_budget = self.settings.provider_timeout_s, False
+        limit, cut_by_budget, fair = self.settings.provider_timeout_s, False, self.settings.provider_timeout_s
         if deadline is not None:
             left = deadline.remaining()
             if left < MIN_ATTEMPT_S:
@@ -178,7 +178,7 @@ class Provider(ABC):
                 budget = f"request budget {deadline.budget_s:g}s"
                 raise provider_error(f"{self.name}: no time left in the {budget}", f"no time left ({budget})",
                                      skipped=True)
-            limit, cut_by_budget = min(limit, left), left < limit
+            limit, cut_by_budget, fair = min(limit, left), left < limit, min(limit, deadline.remote_s)
         try:
             if self.remote:
                 self.client  # made (SDK imported) outside the time limit of the call
@@ -191,7 +191,9 @@ class Provider(ABC):
             err = provider_error(f"{self.name}: {exc}", str(exc))
             err.__cause__ = exc
         except TimeoutError as exc:  # the total time limit of the attempt
-            err = self._timeout(limit, cut_by_budget)
+            # a call cut short by the budget counts against the provider only when it had a fair chance (at
+            # least half of its limit): a hang counts, the leftovers of a fallback do not
+            err = self._timeout(limit, cut_by_budget, counts=limit >= fair / 2)
             err.__cause__ = exc
         except Exception as exc:  # noqa: BLE001 - every SDK/HTTP failure becomes a ProviderError
             err = self._translate(exc, request)
@@ -200,10 +202,10 @@ class Provider(ABC):
             if self.breaker:
                 self.breaker.success()
             return completion
-        self._judge(err, cut_by_budget)
+        self._judge(err)
         raise err
 
-    def _judge(self, err: ProviderError, cut_by_budget: bool) -> None:
+    def _judge(self, err: ProviderError) -> None:
         """Tell the breaker what an attempt's failure says about the provider."""
         if self.breaker is None:
             return
@@ -211,8 +213,8 @@ class Provider(ABC):
             self.breaker.disable(reason_of(err), self.api_key())
         elif getattr(err, "counts", False):
             self.breaker.failure(reason_of(err))
-        elif getattr(err, "reason", "") == "timeout" and cut_by_budget:
-            self.breaker.release()  # cut short by the request budget: not held against the provider
+        elif getattr(err, "reason", "") == "timeout":
+            self.breaker.release()  # cut short by the request budget: no verdict
         else:
             self.breaker.success()  # it replied (a 4xx of our own making): alive
 
@@ -247,10 +249,10 @@ class Provider(ABC):
                     state.upcoming_sleep)
 
     # error translation (duck-typed: the openai and anthropic SDKs share these shapes, and so do httpx errors)
-    def _timeout(self, limit: float, cut_by_budget: bool) -> ProviderError:
+    def _timeout(self, limit: float, cut_by_budget: bool, counts: bool = True) -> ProviderError:
         if cut_by_budget:
-            return provider_error(f"{self.name}: timed out, cut off after {limit:.2f}s at the end of the request budget "
-                                  "(CHATBOT_REQUEST_BUDGET_S)", "timeout", retryable=True)
+            return provider_error(f"{self.name}: timed out, cut off after {limit:.2f}s at the end of the request "
+                                  "budget (CHATBOT_REQUEST_BUDGET_S)", "timeout", retryable=True, counts=counts)
         return provider_error(f"{self.name}: timed out, no complete reply within {limit:g}s — the server is slow or "
                               "unreachable; raise CHATBOT_PROVIDER_TIMEOUT_S or try later", "timeout",
                               retryable=True, counts=True)
@@ -261,7 +263,7 @@ class Provider(ABC):
         if isinstance(status, int) and status >= 400:
             return self._http_error(status, exc, request)
         if isinstance(exc, TimeoutError) or "Timeout" in kind:
-            return self._timeout(self.settings.provider_timeout_s, False)
+            return self._timeout(self.settings.provider_timeout_s, False)  # the SDK's per-read timeout
         if isinstance(exc, ConnectionError) or "Connection" in kind:
             where = f"check {self.base_url_env_var} and the network" if self.base_url_env_var else "check the network"
             return provider_error(f"{self.name}: cannot connect ({_short(exc)}) — {where}", "connection failed",
