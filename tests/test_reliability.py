@@ -233,6 +233,7 @@ def test_a_500_storm_opens_the_circuit_then_a_probe_closes_it(fake_llm, clock):
     assert provider.status().startswith("circuit open until ")
 
     clock.advance(30)  # cooldown over: one probe, which fails and opens the circuit again
+    assert provider.status() == "ready (circuit half-open: the next request probes)"
     fake_llm.queue(500)
     err = failure(lambda: ask(provider))
     assert len(fake_llm.requests) == 4 and provider.breaker.state("sk-test") == "open"

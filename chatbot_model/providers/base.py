@@ -124,6 +124,8 @@ class Provider(ABC):
     def status(self) -> str:
         """One line for /health: "ready", or why calls are refused."""
         ok, why = self.available()
+        if ok and self.breaker is not None and self.breaker.state(self.api_key()) == "half-open":
+            return "ready (circuit half-open: the next request probes)"
         return "ready" if ok else why
 
     # answering
