@@ -173,6 +173,20 @@ def test_a_provider_that_hangs_past_the_budget_still_opens_its_circuit(make_serv
     settle(lambda: fake_llm.open_connections == 0, "open connections")
 
 
+def test_cancelling_the_request_cancels_the_upstream_call(make_service, fake_llm):
+    # a server whose client hung up cancels the request's deadline: the hung call ends at once (its limits are
+    # a minute away), no other provider is called, and the connection is closed
+    service = make_service(fake_llm, None, request_budget_s=50, provider_timeout_s=45)
+    deadline = Deadline.start(50, 1)
+    fake_llm.queue(Reply.hang())
+    fake_llm.on_request = lambda _: threading.Timer(0.2, deadline.cancel).start()
+    request = CompletionRequest(system="", prompt="", question=QUESTION, sources=[], model="")
+    completion, fallback = service._complete_with_fallback(request, ["openai", "anthropic", "local"], deadline)
+    assert completion.provider == "local" and fallback == "openai: cancelled; anthropic: cancelled"
+    assert len(fake_llm.requests) == 1
+    settle(lambda: fake_llm.open_connections == 0, "the cancelled call's connection")
+
+
 # Retry-After ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("as_date", [False, True])

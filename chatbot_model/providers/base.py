@@ -175,6 +175,10 @@ class Provider(ABC):
         limit, cut_by_budget, fair = self.settings.provider_timeout_s, False, self.settings.provider_timeout_s
         if deadline is not None:
             left = deadline.remaining()
+            if deadline.cancelled.is_set():
+                self.breaker.release()
+                raise provider_error(f"{self.name}: not called, the request was cancelled", "cancelled",
+                                     skipped=True)
             if left < MIN_ATTEMPT_S:
                 self.breaker.release()
                 budget = f"request budget {deadline.budget_s:g}s"
@@ -184,7 +188,7 @@ class Provider(ABC):
         try:
             if self.remote:
                 self.client  # made (SDK imported) outside the time limit of the call
-                completion = runner.run(lambda: self._complete_once(request), limit)
+                completion = runner.run(lambda: self._complete_once(request), limit, deadline)
             else:
                 completion = self._complete_once(request)
         except ProviderError as exc:
@@ -192,10 +196,13 @@ class Provider(ABC):
         except ChatbotError as exc:  # e.g. a ConfigError of the embedder: keep its how-to-fix message
             err = provider_error(f"{self.name}: {exc}", str(exc))
             err.__cause__ = exc
-        except TimeoutError as exc:  # the total time limit of the attempt
-            # a call cut short by the budget counts against the provider only when it had a fair chance (at
-            # least half of its limit): a hang counts, the leftovers of a fallback do not
-            err = self._timeout(limit, cut_by_budget, counts=limit >= fair / 2)
+        except TimeoutError as exc:  # the total time limit of the attempt, or the request was cancelled
+            if deadline is not None and deadline.cancelled.is_set():
+                err = provider_error(f"{self.name}: call cancelled with the request", "cancelled")
+            else:
+                # a call cut short by the budget counts against the provider only when it had a fair chance
+                # (at least half of its limit): a hang counts, the leftovers of a fallback do not
+                err = self._timeout(limit, cut_by_budget, counts=limit >= fair / 2)
             err.__cause__ = exc
         except Exception as exc:  # noqa: BLE001 - every SDK/HTTP failure becomes a ProviderError
             err = self._translate(exc, request)
@@ -215,8 +222,8 @@ class Provider(ABC):
             self.breaker.disable(reason_of(err), self.api_key())
         elif getattr(err, "counts", False):
             self.breaker.failure(reason_of(err))
-        elif getattr(err, "reason", "") == "timeout":
-            self.breaker.release()  # cut short by the request budget: no verdict
+        elif getattr(err, "reason", "") in ("timeout", "cancelled"):
+            self.breaker.release()  # cut short by the request budget or cancelled: no verdict
         else:
             self.breaker.success()  # it replied (a 4xx of our own making): alive
 

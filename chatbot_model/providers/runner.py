@@ -40,17 +40,21 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def run(make: Callable[[], Awaitable[Any]], limit_s: float) -> Any:
-    """Run `make()` on the provider loop, cancelled after `limit_s` seconds in total (TimeoutError)."""
+def run(make: Callable[[], Awaitable[Any]], limit_s: float, deadline: Any = None) -> Any:
+    """Run `make()` on the provider loop, cancelled after `limit_s` seconds in total (TimeoutError), or when
+    `deadline` (a `Deadline`) is cancelled (TimeoutError too)."""
 
     async def bounded() -> Any:
         async with asyncio.timeout(limit_s):
             return await make()
 
     future = asyncio.run_coroutine_threadsafe(bounded(), loop())
+    forget = deadline.on_cancel(future.cancel) if deadline is not None else None
     try:
         return future.result(limit_s + GRACE_S)
     except CancelledError:
-        raise TimeoutError(f"cancelled after {limit_s:g}s") from None
+        raise TimeoutError("cancelled") from None
     finally:
         future.cancel()  # a no-op when done; else (loop slow, caller interrupted) the task is cancelled
+        if forget is not None:
+            forget()
