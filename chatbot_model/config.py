@@ -75,8 +75,22 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(4000, ge=1, description="longest question accepted")
 
     # providers
-    provider_timeout_s: float = Field(30.0, gt=0, description="timeout of one provider call")
+    provider_timeout_s: float = Field(30.0, gt=0, description="total time limit of one provider call attempt "
+                                      "(the whole reply, not per read); the request budget caps it")
     provider_max_retries: int = Field(2, ge=0, le=10, description="retries of a retryable provider error")
+    request_budget_s: float = Field(20.0, gt=0, description="time for every provider call of one request or batch: "
+                                    "retries, Retry-After waits and fallbacks share it, and the local answerer "
+                                    "still answers within it; keep it below CHATBOT_BACKEND_TIMEOUT_S")
+    local_reserve_s: float = Field(1.0, ge=0, description="part of the request budget kept for the local "
+                                   "answerer; remote providers get the rest")
+    retry_after_max_s: float = Field(10.0, ge=0, description="longest Retry-After honoured before a retry; a "
+                                     "longer one (or one beyond the budget) skips the provider until then")
+    breaker_failures: int = Field(5, ge=1, description="circuit breaker: failures (timeouts, 5xx, 429, broken "
+                                  "connections) within breaker_window_s that open a provider's circuit")
+    breaker_window_s: float = Field(60.0, gt=0, description="circuit breaker: seconds over which failures count")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="circuit breaker: seconds a provider is skipped once "
+                                      "open; then one probe request decides (401/403 disable it until the key "
+                                      "changes)")
     max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
@@ -121,6 +135,13 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        if self.request_budget_s >= self.backend_timeout_s:
+            raise ValueError(f"request_budget_s ({self.request_budget_s:g}) must be below backend_timeout_s "
+                             f"({self.backend_timeout_s:g}) so the answer (the local one at worst) arrives before the "
+                             "backend gives up; lower CHATBOT_REQUEST_BUDGET_S")
+        if self.local_reserve_s >= self.request_budget_s:
+            raise ValueError(f"local_reserve_s ({self.local_reserve_s:g}) must be below request_budget_s "
+                             f"({self.request_budget_s:g}); lower CHATBOT_LOCAL_RESERVE_S")
         if self.serving_backend == "remote" and not self.scoring_url:
             raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         return self

@@ -19,6 +19,7 @@ import numpy as np
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import validate_question
+from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
@@ -71,6 +72,7 @@ class LLMService:
         self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
         self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+        self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
         # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
         self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
         if feedback_store is not None:
@@ -108,8 +110,11 @@ class LLMService:
         """One question, one result (a batch of one)."""
         return self.answer_many([question])[0]
 
-    def answer_many(self, questions: list[str]) -> list[ChatResult]:
-        """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then."""
+    def answer_many(self, questions: list[str], deadline: Deadline | None = None) -> list[ChatResult]:
+        """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
+
+        `deadline` bounds the provider calls of the whole batch (default: CHATBOT_REQUEST_BUDGET_S from when
+        they start); `deadline.cancel()` from another thread ends the remote calls at once (local answers)."""
         if not isinstance(questions, (list, tuple)):
             raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
         many = len(questions) > 1
@@ -135,7 +140,7 @@ class LLMService:
         with _timed(steps, "llm"):
             requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], sources[i]), question=qs[i],
                                              sources=sources[i], model="", question_vector=vectors[i]) for i in ok}
-            answers = self._complete_all(requests, routes)
+            answers = self._complete_all(requests, routes, deadline)
         with _timed(steps, "guardrail_output"):
             checks_out = self._check_answers({i: answers[i][0] for i in ok})
 
@@ -191,43 +196,50 @@ class LLMService:
         return base
 
     # ------------------------------------------------------------ providers
-    def _complete_all(self, requests: dict[int, CompletionRequest], routes: dict[int, Route]):
+    def _complete_all(self, requests: dict[int, CompletionRequest], routes: dict[int, Route],
+                      deadline: Deadline | None = None):
         """Remote calls of a batch run concurrently (bounded pool); a single request and the local answerer run
-        inline, so concurrent single requests (the server) are not capped by the pool."""
+        inline, so concurrent single requests (the server) are not capped by the pool. Every question of the
+        batch shares one deadline (CHATBOT_REQUEST_BUDGET_S from now unless given)."""
+        deadline = deadline or Deadline.start(self.settings.request_budget_s, self.settings.local_reserve_s,
+                                              self.clock)
         futures = {}
         out = {}
         for i, req in requests.items():
             chain = self._chain(routes[i])
             if len(requests) == 1 or self._first_available(chain) == "local":
-                out[i] = self._complete_with_fallback(req, chain)
+                out[i] = self._complete_with_fallback(req, chain, deadline)
             else:
-                futures[i] = self._pool.submit(self._complete_with_fallback, req, chain)
+                futures[i] = self._pool.submit(self._complete_with_fallback, req, chain, deadline)
         for i, fut in futures.items():
             out[i] = fut.result()
         return out
 
     def _chain(self, route: Route) -> list[str]:
-        other = next(p for r, p in ROUTES.items() if r != route.name)
-        return [route.provider, other, "local"]
+        """The route's provider, then the other routes' providers in ROUTES order, then local (no repeats)."""
+        return list(dict.fromkeys([route.provider, *ROUTES.values(), "local"]))
 
     def _first_available(self, chain: list[str]) -> str:
         return next((name for name in chain if self.providers[name].available()[0]), "local")
 
-    def _complete_with_fallback(self, request: CompletionRequest, chain: list[str]) -> tuple[Completion, str | None]:
-        """Try the route's provider, then the other route, then local; say why when it is not the first."""
+    def _complete_with_fallback(self, request: CompletionRequest, chain: list[str],
+                                deadline: Deadline | None = None) -> tuple[Completion, str | None]:
+        """Try each provider of the chain in turn within the deadline; say why when it is not the first.
+
+        The reason shown is a short category per provider ("openai: server error (500) x3"); the upstream
+        detail is logged, never returned."""
+        from chatbot_model.providers.base import reason_of
+
         reasons = []
         for name in chain:
             provider = self.providers[name]
-            ok, why = provider.available()
-            if not ok:
-                reasons.append(f"{name}: {why}")
-                continue
             request.model = self._models.get(name, "")
             try:
-                return provider.complete(request), ("; ".join(reasons) or None)
+                return provider.complete(request, deadline=deadline), ("; ".join(reasons) or None)
             except ProviderError as exc:
-                log.warning("provider %s failed: %s", name, exc)
-                reasons.append(f"{name}: {exc}")
+                log.log(logging.INFO if getattr(exc, "skipped", False) else logging.WARNING,
+                        "provider %s not used: %s", name, exc)
+                reasons.append(f"{name}: {reason_of(exc)}")
         raise ProviderError("every provider failed: " + "; ".join(reasons))
 
     # ------------------------------------------------------------ feedback
@@ -271,7 +283,7 @@ class LLMService:
             "guardrail": self.guardrail.backend,
             "embedder": self.rag.embedder_name,
             "index": self.rag.info(),
-            "providers": {name: (p.available()[1] or "ready") for name, p in self.providers.items()},
+            "providers": {name: p.status() for name, p in self.providers.items()},
             **self._state(),
         }
 

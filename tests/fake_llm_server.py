@@ -6,20 +6,32 @@
     server.queue(Reply.error(429), "hello")        # programmed replies, first in first out
     server.requests[-1].body["model"]              # every request received, in order
     server.delay = 0.2                             # a fixed delay before every reply
+    server.on_request = callback                   # called with each RecordedRequest as it arrives
+    server.open_connections                        # connections being served right now
 
 With an empty queue the server answers "fake-openai answer from MODEL" / "fake-anthropic answer from MODEL".
 A queued `str` is a text reply and a queued `int` an HTTP error with that status.
+
+Faults: `Reply.hang()` (never replies), `Reply.trickle(interval)` (a valid reply, one byte per `interval`
+seconds), `Reply.reset()` (the connection is reset after the request is read), `Reply.error(429,
+retry_after=5)` (also as an HTTP date with `retry_after_date=True`). Waiting handlers notice when the client
+hangs up and end, so a test can check that abandoned calls free their connections.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import select
+import socket
+import struct
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from email.utils import formatdate
+from typing import Any, Callable, Iterator
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
@@ -38,14 +50,33 @@ class Reply:
     delay: float = 0.0  # seconds to wait before replying (on top of `server.delay`)
     garbage: bytes | None = None  # a raw body sent instead of JSON
     content_type: str = "application/json"
+    retry_after_date: bool = False  # send `retry-after` as an HTTP date (and no `retry-after-ms`)
+    trickle_s: float | None = None  # seconds between the bytes of the body
+    reset_connection: bool = False  # reset the connection instead of replying
 
     @classmethod
     def answer(cls, text: str, *, delay: float = 0.0) -> "Reply":
         return cls(text=text, delay=delay)
 
     @classmethod
-    def error(cls, status: int, *, retry_after: float | None = None, delay: float = 0.0) -> "Reply":
-        return cls(status=status, retry_after=retry_after, delay=delay)
+    def error(cls, status: int, *, retry_after: float | None = None, retry_after_date: bool = False,
+              delay: float = 0.0) -> "Reply":
+        return cls(status=status, retry_after=retry_after, retry_after_date=retry_after_date, delay=delay)
+
+    @classmethod
+    def hang(cls) -> "Reply":
+        """Read the request, then never answer (until the client hangs up or the server closes)."""
+        return cls(delay=math.inf)
+
+    @classmethod
+    def trickle(cls, interval: float = 1.0, text: str | None = None) -> "Reply":
+        """A normal reply whose body arrives one byte every `interval` seconds: no single read times out."""
+        return cls(text=text, trickle_s=interval)
+
+    @classmethod
+    def reset(cls) -> "Reply":
+        """Reset the connection (TCP RST) once the request is read."""
+        return cls(reset_connection=True)
 
     @classmethod
     def slow(cls, seconds: float, text: str | None = None) -> "Reply":
@@ -88,6 +119,8 @@ class FakeLLMServer:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.delay: float = 0.0
+        self.on_request: Callable[[RecordedRequest], None] | None = None
+        self.open_connections = 0
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -134,11 +167,14 @@ class FakeLLMServer:
     def _record_and_pop(self, request: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
-            return self._replies.popleft() if self._replies else Reply()
+            reply = self._replies.popleft() if self._replies else Reply()
+        if self.on_request is not None:
+            self.on_request(request)
+        return reply
 
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._closing.wait(seconds)
+    def _connections(self, change: int) -> None:
+        with self._lock:
+            self.open_connections += change
 
 
 def _openai_body(reply: Reply, body: dict) -> dict:
@@ -189,8 +225,12 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     server.requests.append(RecordedRequest(path, headers, body))
                 return self._send(404, json.dumps(_error_body(path, 404)).encode())
             reply = server._record_and_pop(RecordedRequest(path, headers, body))
-            server._sleep(server.delay + reply.delay)
-            if server._closing.is_set():
+            if not self._wait(server.delay + reply.delay):
+                return
+            if reply.reset_connection:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
                 return
             if not _authorised(path, headers):
                 return self._send(401, json.dumps(_error_body(path, 401)).encode())
@@ -198,15 +238,47 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(reply.status, reply.garbage, content_type=reply.content_type)
             if reply.status >= 400:
                 extra = {}
-                if reply.retry_after is not None:
+                if reply.retry_after is not None and reply.retry_after_date:
+                    extra = {"retry-after": formatdate(time.time() + reply.retry_after, usegmt=True)}
+                elif reply.retry_after is not None:
                     extra = {"retry-after": f"{reply.retry_after:g}",
                              "retry-after-ms": str(int(reply.retry_after * 1000))}
                 return self._send(reply.status, json.dumps(_error_body(path, reply.status)).encode(), extra)
             fields = body if isinstance(body, dict) else {}
             payload = _anthropic_body(reply, fields) if path == ANTHROPIC_PATH else _openai_body(reply, fields)
-            self._send(200, json.dumps(payload).encode())
+            self._send(200, json.dumps(payload).encode(), trickle=reply.trickle_s)
 
-        def _send(self, status: int, data: bytes, extra: dict | None = None, content_type: str = "application/json"):
+        def setup(self):
+            server._connections(+1)
+            super().setup()
+
+        def finish(self):
+            try:
+                super().finish()
+            except (OSError, ValueError):  # a reset or abandoned connection
+                pass
+            finally:
+                server._connections(-1)
+
+        def _wait(self, seconds: float) -> bool:
+            """Wait `seconds`; False as soon as the client hangs up or the server closes."""
+            end = time.monotonic() + seconds
+            while not server._closing.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return True
+                readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                if readable:
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            return False  # EOF: the client closed the connection
+                    except OSError:
+                        return False
+                    time.sleep(0.05)  # unexpected extra bytes: keep waiting without spinning
+            return False
+
+        def _send(self, status: int, data: bytes, extra: dict | None = None, content_type: str = "application/json",
+                  trickle: float | None = None):
             try:
                 self.send_response(status)
                 self.send_header("content-type", content_type)
@@ -214,7 +286,13 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 for name, value in (extra or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if trickle is None:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    if not self._wait(trickle):
+                        return
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                 pass
 

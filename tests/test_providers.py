@@ -135,7 +135,7 @@ def test_timeout_becomes_a_provider_error(server, name):
     server.queue(Reply.slow(2.0))
     with pytest.raises(ProviderError) as info:
         remote(name, server, retries=0, timeout=0.3).complete(request_for(name))
-    assert info.value.retryable and "timed out" in str(info.value)
+    assert info.value.retryable and "timed out" in str(info.value) and info.value.reason == "timeout"
     assert len(server.requests) == 1
 
 
@@ -217,7 +217,7 @@ def test_client_is_made_lazily_and_can_be_injected(server):
     provider.complete(request_for("openai"))
     assert provider._client is not None and provider.client.max_retries == 0
 
-    injected = openai.OpenAI(api_key="sk-injected", base_url=server.openai_base_url, max_retries=0)
+    injected = openai.AsyncOpenAI(api_key="sk-injected", base_url=server.openai_base_url, max_retries=0)
     provider = build_provider("openai", load_settings(), client=injected)  # no key in the settings
     assert provider.available() == (True, "")
     assert provider.complete(request_for("openai")).text.startswith("fake-openai")

@@ -1,11 +1,12 @@
-"""Anthropic Messages API through the `anthropic` SDK; `ANTHROPIC_BASE_URL` points it at another server."""
+"""Anthropic Messages API through the `anthropic` SDK's async client; `ANTHROPIC_BASE_URL` points it at another
+server."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from chatbot_model.errors import ProviderError
-from chatbot_model.providers.base import Provider, token_usage
+from chatbot_model.errors import ConfigError
+from chatbot_model.providers.base import Provider, provider_error, token_usage
 from chatbot_model.schema import Completion, CompletionRequest
 
 
@@ -20,16 +21,24 @@ class AnthropicProvider(Provider):
         try:
             import anthropic
         except ImportError as exc:
-            raise ProviderError("anthropic: the anthropic SDK is not installed — pip install anthropic") from exc
-        return anthropic.Anthropic(
+            raise provider_error("anthropic: the anthropic SDK is not installed — pip install anthropic",
+                                 "SDK not installed") from exc
+        return anthropic.AsyncAnthropic(
             api_key=self.api_key(),  # explicit: the SDK then ignores profiles and other env credentials
             base_url=self.settings.anthropic_base_url or None,
-            timeout=self.settings.provider_timeout_s,
+            timeout=self.settings.provider_timeout_s,  # per read; complete() bounds the whole call
             max_retries=0,  # complete() retries
         )
 
-    def _complete_once(self, request: CompletionRequest) -> Completion:
-        response = self.client.messages.create(
+    def _check_client(self, client: Any) -> None:
+        import anthropic
+
+        if not isinstance(client, anthropic.AsyncAnthropic):
+            raise ConfigError(f"the anthropic provider needs an anthropic.AsyncAnthropic client (its calls are "
+                              f"cancelled at the deadline), got {type(client).__name__}")
+
+    async def _complete_once(self, request: CompletionRequest) -> Completion:
+        response = await self.client.messages.create(
             model=request.model,
             system=request.system,
             messages=[{"role": "user", "content": request.prompt}],
@@ -37,11 +46,13 @@ class AnthropicProvider(Provider):
         )
         blocks = getattr(response, "content", None)
         if not isinstance(blocks, list):
-            raise ProviderError(f"anthropic: unreadable reply (no content in {type(response).__name__}) — is "
-                                "ANTHROPIC_BASE_URL an Anthropic-compatible server?")
+            raise provider_error(f"anthropic: unreadable reply (no content in {type(response).__name__}) — is "
+                                 "ANTHROPIC_BASE_URL an Anthropic-compatible server?", "unreadable reply",
+                                 counts=True)
         text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text" and isinstance(b.text, str))
         if not text.strip():
-            raise ProviderError("anthropic: empty reply — the model returned no text; try again or another model")
+            raise provider_error("anthropic: empty reply — the model returned no text; try again or another model",
+                                 "empty reply")
         usage = getattr(response, "usage", None)
         return Completion(
             text=text.strip(),

@@ -1,12 +1,12 @@
-"""OpenAI Chat Completions through the `openai` SDK; `OPENAI_BASE_URL` points it at any compatible server
-(vLLM, Ollama, LiteLLM)."""
+"""OpenAI Chat Completions through the `openai` SDK's async client; `OPENAI_BASE_URL` points it at any
+compatible server (vLLM, Ollama, LiteLLM)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from chatbot_model.errors import ProviderError
-from chatbot_model.providers.base import Provider, token_usage
+from chatbot_model.errors import ConfigError
+from chatbot_model.providers.base import Provider, provider_error, token_usage
 from chatbot_model.schema import Completion, CompletionRequest
 
 
@@ -21,16 +21,24 @@ class OpenAIProvider(Provider):
         try:
             import openai
         except ImportError as exc:
-            raise ProviderError("openai: the openai SDK is not installed — pip install openai") from exc
-        return openai.OpenAI(
+            raise provider_error("openai: the openai SDK is not installed — pip install openai",
+                                 "SDK not installed") from exc
+        return openai.AsyncOpenAI(
             api_key=self.api_key(),
             base_url=self.settings.openai_base_url or None,
-            timeout=self.settings.provider_timeout_s,
+            timeout=self.settings.provider_timeout_s,  # per read; complete() bounds the whole call
             max_retries=0,  # complete() retries
         )
 
-    def _complete_once(self, request: CompletionRequest) -> Completion:
-        response = self.client.chat.completions.create(
+    def _check_client(self, client: Any) -> None:
+        import openai
+
+        if not isinstance(client, openai.AsyncOpenAI):
+            raise ConfigError(f"the openai provider needs an openai.AsyncOpenAI client (its calls are cancelled at "
+                              f"the deadline), got {type(client).__name__}")
+
+    async def _complete_once(self, request: CompletionRequest) -> Completion:
+        response = await self.client.chat.completions.create(
             model=request.model,
             messages=[{"role": "system", "content": request.system},
                       {"role": "user", "content": request.prompt}],
@@ -39,10 +47,12 @@ class OpenAIProvider(Provider):
         try:
             text = response.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
-            raise ProviderError(f"openai: unreadable reply (no choices in {type(response).__name__}) — is "
-                                "OPENAI_BASE_URL an OpenAI-compatible server?") from None
+            raise provider_error(f"openai: unreadable reply (no choices in {type(response).__name__}) — is "
+                                 "OPENAI_BASE_URL an OpenAI-compatible server?", "unreadable reply",
+                                 counts=True) from None
         if not isinstance(text, str) or not text.strip():
-            raise ProviderError("openai: empty reply — the model returned no text; try again or another model")
+            raise provider_error("openai: empty reply — the model returned no text; try again or another model",
+                                 "empty reply")
         usage = getattr(response, "usage", None)
         return Completion(
             text=text.strip(),
@@ -50,4 +60,3 @@ class OpenAIProvider(Provider):
             model=getattr(response, "model", None) or request.model,
             usage=token_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)),
         )
-

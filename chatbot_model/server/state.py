@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from chatbot_model.breaker import BreakerCollector
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -67,6 +69,7 @@ class Metrics:
         self.fallbacks = Counter("chatbot_chat_fallback_total", "answers given by a fallback provider", registry=r)
         self.feedback = Counter("chatbot_feedback_total", "feedback recorded by rating", ["rating"], registry=r)
         self.model_ready = Gauge("chatbot_model_ready", "1 when the backend can answer", registry=r)
+        r.register(BreakerCollector())  # chatbot_provider_breaker_{opens,probes,skips}_total by provider
 
     def observe_answer(self, row: dict) -> None:
         self.routes.labels(row["route"] or "unknown").inc()
