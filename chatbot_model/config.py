@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(4000, ge=1, description="longest question accepted")
 
     # providers
-    provider_timeout_s: float = Field(30.0, gt=0, description="total time limit of one provider call attempt "
+    provider_timeout_s: float = Field(15.0, gt=0, description="total time limit of one provider call attempt "
                                       "(the whole reply, not per read); the request budget caps it")
     provider_max_retries: int = Field(2, ge=0, le=10, description="retries of a retryable provider error")
     request_budget_s: float = Field(20.0, gt=0, description="time for every provider call of one request or batch: "
