@@ -44,7 +44,10 @@ def _run(run_name: str):
     if active is not None:
         yield active
     elif os.environ.get("MLFLOW_RUN_ID"):
+        from chatbot_model.registry import name_step_run
+
         with mlflow.start_run() as run:
+            name_step_run(run_name)  # `mlflow run` named it at random
             yield run
     else:
         with mlflow.start_run(run_name=run_name) as run:
