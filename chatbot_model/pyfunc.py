@@ -194,8 +194,12 @@ def _row(result) -> dict[str, Any]:
             "latency_ms": float(result.latency_ms), "trace_id": result.trace_id or "", "error": result.error or ""}
 
 
+def _is_null(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
 def _error_row(value, message: str) -> dict[str, Any]:
-    question = value if isinstance(value, str) else ("" if value is None or value != value else str(value))
+    question = value if isinstance(value, str) else ("" if _is_null(value) else str(value))
     return {"question": question, "answer": "", "blocked": False, "route": "", "provider": "", "model": "",
             "fallback": "", "sources": [], "latency_ms": 0.0, "trace_id": "", "error": message}
 
@@ -208,6 +212,11 @@ def answer_frame(service, values: list) -> pd.DataFrame:
     rows: list[dict | None] = [None] * len(values)
     valid: list[tuple[int, str]] = []
     for i, value in enumerate(values):
+        if not isinstance(value, str):  # None/NaN, numbers, lists: MLflow's schema check lets them through
+            kind = "null" if _is_null(value) else type(value).__name__
+            rows[i] = _error_row(value, f"row {i}: {INPUT_COLUMN} must be text (got {kind}); send each question "
+                                        "as a string")
+            continue
         try:
             valid.append((i, validate_question(value, limit, f"column {INPUT_COLUMN!r} row {i}")))
         except InvalidInput as exc:
