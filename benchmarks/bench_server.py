@@ -132,8 +132,13 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.fake_llm_server import FakeLLMServer
 
+        # register, evaluate and promote with the local answerer first: the fake's answers would fail the gate
+        for cmd in (["register-model"], ["evaluate", "--model-uri", "models:/llmops-chatbot/1", "--genai", "false"],
+                    ["promote-model", "--stage", "Production", "--version", "1"]):
+            subprocess.run([str(BIN / "llmops-chatbot"), *cmd], env=env, check=True, stdout=subprocess.DEVNULL)
         fake = FakeLLMServer()
         fake.delay = args.slow_provider
+        env = dict(env)
         env.update(OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=fake.openai_base_url, ANTHROPIC_API_KEY="sk-bench",
                    ANTHROPIC_BASE_URL=fake.anthropic_base_url)
         print(f"provider: fake OpenAI/Anthropic server answering after {args.slow_provider:g} s")
