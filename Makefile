@@ -5,11 +5,14 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# where `make run` serves: `make run PORT=8100 HOST=0.0.0.0`
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: help install install-test install-bench run chat index test serve-model bench clean
+.PHONY: help install install-test install-bench chromium run chat index test serve-model bench clean
 
 help:
-	@echo "make run | chat | index | test | serve-model | bench | clean"
+	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +42,25 @@ index: install
 
 # when the registry has no Production model: registers, evaluates and promotes one; then serves the API + chat page
 run: index
-	$(BIN)/llmops-chatbot serve --ensure-model --host 127.0.0.1 --port 8000
+	$(BIN)/llmops-chatbot serve --ensure-model --host $(HOST) --port $(PORT)
 
 chat: index
 	$(BIN)/llmops-chatbot chat
 
-test: install-test
+# the chat page's browser test drives Debian's chromium (Playwright never downloads a browser): installed here
+# when missing and we are root (as on a fresh CI machine); otherwise the command to run is printed
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the chat page's browser test (apt-get, ~20 s)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "the chat page's browser test needs chromium: sudo apt-get install -y --no-install-recommends chromium" \
+	         "(or set LLMOPS_TEST_CHROMIUM to a Chromium binary)" >&2; \
+	  fi; \
+	fi
+
+test: install-test chromium
 	$(BIN)/python -m pytest
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH

@@ -2,7 +2,10 @@
 with the local provider, in-process and through the remote backend (`mlflow models serve`), plus the RSS of
 each server process.
 
-    .venv/bin/python benchmarks/bench_server.py [--requests 40] [--workdir DIR] [--no-remote]
+    .venv/bin/python benchmarks/bench_server.py [--requests 40] [--workdir DIR] [--no-remote] [--slow-provider 0.5]
+
+`--slow-provider S`: the wrapper's OpenAI/Anthropic keys point at the tests' fake server answering after S
+seconds, so the p50 at concurrency 32 shows whether requests overlap (about S) or queue (up to 32 x S).
 
 Everything runs on 127.0.0.1 in a scratch directory: its own MLflow store (a model is registered and promoted
 there first by `llmops-chatbot serve --ensure-model`), index and feedback DB. Questions vary so caches do
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="requests per concurrency level (min 3x level)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-remote", action="store_true")
+    parser.add_argument("--slow-provider", type=float, default=0.0, metavar="S",
+                        help="answer through a fake OpenAI/Anthropic server that waits S seconds per call")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-server-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -122,6 +127,21 @@ def main() -> None:
                CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{work / 'feedback.db'}", CHATBOT_GUARDRAIL_BACKEND="embedded",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     procs = []
+    fake = None
+    if args.slow_provider:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.fake_llm_server import FakeLLMServer
+
+        # register, evaluate and promote with the local answerer first: the fake's answers would fail the gate
+        for cmd in (["register-model"], ["evaluate", "--model-uri", "models:/llmops-chatbot/1", "--genai", "false"],
+                    ["promote-model", "--stage", "Production", "--version", "1"]):
+            subprocess.run([str(BIN / "llmops-chatbot"), *cmd], env=env, check=True, stdout=subprocess.DEVNULL)
+        fake = FakeLLMServer()
+        fake.delay = args.slow_provider
+        env = dict(env)
+        env.update(OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=fake.openai_base_url, ANTHROPIC_API_KEY="sk-bench",
+                   ANTHROPIC_BASE_URL=fake.anthropic_base_url)
+        print(f"provider: fake OpenAI/Anthropic server answering after {args.slow_provider:g} s")
     try:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -148,6 +168,8 @@ def main() -> None:
             print(f"RSS after load: remote wrapper {rss_mb(remote.pid):.0f} MB, scoring server "
                   f"{rss_mb(scoring.pid):.0f} MB")
     finally:
+        if fake is not None:
+            fake.close()
         for p in reversed(procs):
             p.terminate()
             try:

@@ -12,7 +12,15 @@ from chatbot_model.errors import ChatbotError
 
 
 class _Group(click.Group):
-    """Turns domain errors into one clean line (no traceback)."""
+    """Accepts `register_model` and `register-model` alike (help shows the dashed name); turns domain errors
+    into one clean line (no traceback)."""
+
+    def get_command(self, ctx, cmd_name):
+        return super().get_command(ctx, cmd_name) or super().get_command(ctx, cmd_name.replace("_", "-"))
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd else name), cmd, rest
 
     def invoke(self, ctx):
         try:

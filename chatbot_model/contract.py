@@ -31,8 +31,10 @@ def validate_question(value: Any, max_chars: int, where: str = "question", field
     spaces, invisible characters are dropped, surrounding whitespace is stripped; then non-empty and at most
     `max_chars` characters."""
     if not isinstance(value, str):
-        got = "nothing" if value is None or (isinstance(value, float) and math.isnan(value)) else type(value).__name__
-        raise InvalidInput(f"{where} must be text (a string), got {got}", field=field)
+        missing = value is None or type(value).__name__ == "NAType" or (isinstance(value, float) and math.isnan(value))
+        got = "nothing" if missing else type(value).__name__
+        raise InvalidInput(f"{where} must be text (a string), got {got}; send each question as a string",
+                           field=field)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

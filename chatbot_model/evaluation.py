@@ -3,7 +3,8 @@
 Metrics (all in [0, 1] but latency):
 - `hit_at_k`        share of retrieval questions with a relevant document among the top-k sources
 - `mrr`             mean reciprocal rank of the first relevant document (0 when none is retrieved)
-- `fact_coverage`   share of expected facts contained in the answer (case-insensitive substring)
+- `fact_coverage`   mean over the retrieval questions of the share of its expected facts contained in the
+                    answer (case-insensitive substring; `fact_coverage()`, also the genai scorer's definition)
 - `block_rate`      share of the toxic questions that were blocked
 - `false_block_rate` share of the benign questions (and retrieval questions) that were blocked
 - `latency_p50_ms`, `latency_p95_ms`  per single request, measured one question at a time
@@ -67,6 +68,16 @@ class Evaluation:
         return not self.failures
 
 
+def first_relevant_rank(source_ids: list[str], relevant_ids: list[str]) -> int | None:
+    """1-based rank of the first relevant document among the sources; None when none is."""
+    return next((n for n, doc in enumerate(source_ids, 1) if doc in relevant_ids), None)
+
+
+def fact_coverage(answer: str, facts: list[str]) -> float:
+    """Share of `facts` contained in `answer` (case-insensitive substring); 1.0 when no fact is expected."""
+    return sum(f.lower() in answer.lower() for f in facts) / len(facts) if facts else 1.0
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -78,16 +89,14 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
     rows = predict(questions + golden.toxic + golden.benign)
     answered, toxic_rows, benign_rows = (rows[:len(questions)], rows[len(questions):len(questions) + len(golden.toxic)],
                                          rows[len(questions) + len(golden.toxic):])
-    hits, ranks, facts_found, facts_total, details = 0, [], 0, 0, []
+    hits, ranks, coverage, details = 0, [], [], []
     for item, row in zip(golden.retrieval, answered):
-        ids = [s["id"] for s in row["sources"]]
-        rank = next((n for n, doc in enumerate(ids, 1) if doc in item["relevant_ids"]), None)
+        rank = first_relevant_rank([s["id"] for s in row["sources"]], item["relevant_ids"])
         hits += rank is not None
         ranks.append(1.0 / rank if rank else 0.0)
-        found = [f for f in item["facts"] if f.lower() in row["answer"].lower()]
-        facts_found += len(found)
-        facts_total += len(item["facts"])
-        details.append({"question": item["question"], "rank": rank, "facts_found": len(found),
+        coverage.append(fact_coverage(row["answer"], item["facts"]))
+        details.append({"question": item["question"], "rank": rank,
+                        "facts_found": sum(f.lower() in row["answer"].lower() for f in item["facts"]),
                         "facts": len(item["facts"]), "blocked": bool(row["blocked"])})
     latencies = []
     for q in questions[:latency_sample]:
@@ -98,7 +107,7 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
     metrics = {
         "hit_at_k": hits / len(answered),
         "mrr": statistics.fmean(ranks),
-        "fact_coverage": facts_found / max(facts_total, 1),
+        "fact_coverage": statistics.fmean(coverage),
         "block_rate": sum(bool(r["blocked"]) for r in toxic_rows) / max(len(toxic_rows), 1),
         "false_block_rate": benign_blocked / max(len(benign_rows) + len(answered), 1),
         "latency_p50_ms": statistics.median(latencies),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-# `--always` / `--genai` take an optional value so MLproject can pass `-P always=true` through
+# `--genai` takes an optional value (`--genai false` skips the view)
 _BOOL = dict(type=click.BOOL, is_flag=False, flag_value=True)
 
 
@@ -46,7 +46,7 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
     if report.evaluation.passed:
         click.echo("PASSED")
         if report.version:
-            click.echo(f"next: llmops-chatbot promote_model --name {report.name} --stage Production "
+            click.echo(f"next: llmops-chatbot promote-model --name {report.name} --stage Production "
                        f"--version {report.version}")
         return
     click.echo("FAILED: " + "; ".join(report.evaluation.failures))
@@ -55,12 +55,12 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
 
 @click.command("adapt")
 @click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
-@click.option("--always", default=False, **_BOOL,
+@click.option("--always", is_flag=True,
               help="Register a version even when no feedback arrived since the Production version.")
 def adapt(name: str | None, always: bool) -> None:
     """Register a new version with the hint and router bias learned from the feedback since Production.
 
-    It does not promote: evaluate the new version, then promote_model."""
+    It does not promote: evaluate the new version, then promote-model."""
     from chatbot_model.config import load_settings
     from chatbot_model.lifecycle import adapt as run_adapt
 
@@ -81,4 +81,4 @@ def adapt(name: str | None, always: bool) -> None:
     click.echo(f"registered {reg.name} version {reg.version} ({reg.version_uri}), prompt "
                f"{reg.tags.get('prompt_uri', '-')}; not promoted")
     click.echo(f"next: llmops-chatbot evaluate --model-uri {reg.version_uri}")
-    click.echo(f"then: llmops-chatbot promote_model --name {reg.name} --stage Production --version {reg.version}")
+    click.echo(f"then: llmops-chatbot promote-model --name {reg.name} --stage Production --version {reg.version}")

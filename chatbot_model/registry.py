@@ -148,6 +148,25 @@ def use_store(settings: Settings) -> None:
         configure_mlflow(settings)
 
 
+def name_step_run(step: str) -> None:
+    """Name the active run after `step` when MLflow gave it a random name (`mlflow run` without --run-name)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return
+    try:
+        from mlflow.utils.name_utils import _GENERATOR_NOUNS, _GENERATOR_PREDICATES
+
+        parts = (run.info.run_name or "").split("-")
+        generated = (not run.info.run_name or len(parts) == 3 and parts[0] in _GENERATOR_PREDICATES
+                     and parts[1] in _GENERATOR_NOUNS and parts[2].isdigit())
+    except ImportError:  # MLflow moved its name generator: name the run anyway
+        generated = True
+    if generated:
+        mlflow.set_tag("mlflow.runName", step)
+
+
 def resolve_guardrail_backend(settings: Settings) -> str:
     """`auto` is pinned to `embedded` unless toxic-bert is available locally, so the served model never waits
     for (or reaches) the hub; an explicit backend is kept."""
@@ -252,6 +271,8 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
     use_store(settings)
     active = mlflow.active_run()
     with nullcontext(active) if active else mlflow.start_run(run_name=f"register-{name}") as run:
+        if not active:  # `mlflow run` resumes its own run (MLFLOW_RUN_ID), named at random
+            name_step_run(f"register-{name}")
         info, tags = log_model(settings, docs, hint_file, registered_model_name=name, hint=hint, bias=bias,
                                baseline_ts=baseline_ts)
         version = str(info.registered_model_version)

@@ -1,4 +1,5 @@
-"""`llmops-chatbot register_model` and `promote_model` (also the MLproject entry points).
+"""`llmops-chatbot register-model` and `promote-model` (also the MLproject entry points `register_model`,
+`promote_model`; the CLI accepts either spelling).
 
 Under `mlflow run`, MLFLOW_RUN_ID names the run MLflow created: both commands log into it (their parameters
 and the registered/promoted version), so each `mlflow run` is one run with what it did.
@@ -15,7 +16,7 @@ def _blank(value):
     return value if value not in (None, "", "latest") else None
 
 
-@click.command("register_model")
+@click.command("register-model")
 @click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
 @click.option("--docs", default=None, help="Knowledge base docs.json to ship (default: CHATBOT_DOCS_PATH, artifacts/docs.json).")
 @click.option("--hint-file", default=None, help="Hint file to ship (default: CHATBOT_HINT_PATH, artifacts/adapter_hint.txt).")
@@ -30,15 +31,15 @@ def register_model(name: str | None, docs: str | None, hint_file: str | None) ->
     click.echo(f"  run uri:      {result.run_uri}")
     click.echo(f"  logged model: {result.model_uri}")
     click.echo(f"  tags:         {', '.join(f'{k}={v}' for k, v in sorted(result.tags.items()))}")
-    click.echo(f"next: llmops-chatbot promote_model --name {result.name} --stage Staging --version {result.version}")
+    click.echo(f"next: llmops-chatbot promote-model --name {result.name} --stage Staging --version {result.version}")
 
 
-@click.command("promote_model")
+@click.command("promote-model")
 @click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
 @click.option("--stage", required=True, type=click.Choice(STAGE_CHOICES, case_sensitive=False),
               help="Target stage; the alias of the same name (staging/production) moves with it.")
 @click.option("--version", default=None, help="Version to promote (default: the latest).")
-@click.option("--force", default=False, type=click.BOOL, is_flag=False, flag_value=True,
+@click.option("--force", is_flag=True,
               help="Production: promote even when the gate refuses (never evaluated, failed, worse than "
                    "Production); recorded as promotion.forced* tags on the version.")
 @click.option("--reason", default=None, help="Why --force was needed (tag promotion.forced_reason).")
@@ -54,21 +55,22 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
 
     from chatbot_model.config import load_settings
     from chatbot_model.gate import EvaluationGate, PromotionRefused
-    from chatbot_model.registry import promote, use_store
+    from chatbot_model.registry import name_step_run, promote, use_store
 
     settings = load_settings()
     name = _blank(name) or settings.registered_model_name
     use_store(settings)
     gate = EvaluationGate(MlflowClient(), name, force=force)
     try:
-        result = promote(name, stage, _blank(version), gate=gate, settings=settings)
+        result = promote(name, stage, _blank(version), gate=gate, force=force, reason=_blank(reason),
+                         settings=settings)
     except PromotionRefused:
         for line in gate.lines:
             click.echo(line)
         raise
     for line in gate.lines:
         click.echo(line)
-    forced = gate.record_forced(result.version, _blank(reason))
+    forced = result.forced  # the promotion.forced* tags promote() recorded
     if forced:
         click.echo(f"WARNING: promotion forced over the gate: {gate.refusal}", err=True)
         click.echo(f"  recorded on version {result.version}: promotion.forced=true, "
@@ -77,6 +79,7 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
         click.echo("--force: the gate passed anyway; nothing was overridden")
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: record what was promoted on its run
         with mlflow.start_run():
+            name_step_run(f"promote-{name}")
             mlflow.log_params({"promoted_model": name, "promoted_version": result.version,
                                "promoted_stage": result.stage})
             mlflow.set_tags({"promoted_version": result.version, "archived_versions": ",".join(result.archived),

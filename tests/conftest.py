@@ -1,13 +1,22 @@
-"""Test isolation: every test gets its own tracking store, index dir and no provider keys (STYLE.md 9)."""
+"""Test isolation: every test gets its own tracking store, index dir and no provider keys; the session gets its
+own HOME, so nothing (ONNX exports, Hugging Face, torch, MLflow) writes to the real ~/.cache."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# before anything reads them: caches derive from HOME / XDG_CACHE_HOME unless these point elsewhere
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="llmops-chatbot-test-home-"))
+for _var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME",
+             "TORCH_HOME", "MPLCONFIGDIR"):
+    os.environ.pop(_var, None)
+os.environ["HOME"] = str(SESSION_HOME)
+os.environ["XDG_CACHE_HOME"] = str(SESSION_HOME / ".cache")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,6 +28,10 @@ from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "artifacts" / "docs.json"
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,7 @@ def test_a_mixed_batch_answers_the_valid_rows_and_flags_the_others(store):
     assert len(out) == 4
     assert out.loc[[0, 2], "error"].tolist() == ["", ""] and out.loc[[0, 2], "answer"].str.len().gt(0).all()
     assert out.loc[1, "error"] == "row 1: question is empty; ask something in words"
-    assert out.loc[3, "error"] == "row 3: question must be text (a string), got nothing"
+    assert out.loc[3, "error"] == "row 3: question must be text (a string), got nothing; send each question as a string"
     assert out.loc[[1, 3], "answer"].tolist() == ["", ""] and not out.loc[[1, 3], "blocked"].any()
     assert out.loc[[1, 3], "sources"].tolist() == [[], []]
 

@@ -208,3 +208,29 @@ def test_model_uris_resolve_alias_first_then_stage_and_latest(client):
     assert str(production_version(client, NAME).version) == "1"
     with pytest.raises(NotFound, match="has no alias 'champion'"):
         resolve(client, f"models:/{NAME}@champion")
+
+
+def test_mlflow_run_promote_model_with_force_true_is_forced_and_named_after_the_step(client, tmp_path):
+    """`mlflow run . -e promote_model -P force=true` reaches the --force flag; the run MLflow created (random
+    name) is renamed after the step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_versions(client, 1)
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_") and k != "MLFLOW_RUN_ID"}
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(bindir / "mlflow"), "run", str(root), "-e", "promote_model", "--env-manager", "local",
+                           "-P", f"name={NAME}", "-P", "stage=Production", "-P", "force=true", "-P", "reason=hotfix"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "promotion forced over the gate" in proc.stderr
+    assert state(client) == ({"1": "Production"}, {"production": "1"})
+    tags = client.get_model_version(NAME, "1").tags
+    assert tags["promotion.forced"] == "true" and tags["promotion.forced_reason"] == "hotfix"
+    (run,) = client.search_runs(["0"])
+    assert run.info.run_name == f"promote-{NAME}" and run.info.status == "FINISHED"
+    assert run.data.params["force"] == "true" and run.data.params["promoted_version"] == "1"

@@ -34,9 +34,31 @@ def ensure_registered_model(settings) -> str | None:
             f"{report.run_id}) and promoted it to {promotion.stage}")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, before anything is registered or loaded, when HOST:PORT cannot be bound."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host!r}: {exc.strerror}; pass an address such as "
+                                   "`--host 127.0.0.1` (or `make run HOST=127.0.0.1`)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            other = port + 100 if port + 100 <= 65535 else 8100
+            what = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise click.ClickException(f"port {port} on {host} {what}; choose another with `make run PORT={other}` "
+                                       "or `llmops-chatbot serve --port N`") from None
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default=None,
               help="in-process (load the model here) or remote (an `mlflow models serve` URL); "
                    "default: CHATBOT_SERVING_BACKEND.")
@@ -49,6 +71,7 @@ def ensure_registered_model(settings) -> str | None:
 def serve(host: str, port: int, backend: str | None, model_uri: str | None, scoring_url: str | None,
           ensure_model: bool, log_level: str) -> None:
     """Serve /chat, /feedback, /health, /ready, /metrics and the chat page at http://HOST:PORT/."""
+    check_port_free(host, port)
     import uvicorn
 
     from chatbot_model.config import load_settings
