@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install install-test install-bench chromium run chat index test serve-model bench clean
+.PHONY: help install install-test install-bench system-test-deps run chat index test serve-model bench clean
 
 help:
 	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
@@ -47,20 +47,23 @@ run: index
 chat: index
 	$(BIN)/llmops-chatbot chat
 
-# the chat page's browser test drives Debian's chromium (Playwright never downloads a browser): installed here
-# when missing and we are root (as on a fresh CI machine); otherwise the command to run is printed
-chromium:
-	@if ! command -v chromium >/dev/null 2>&1; then \
+# system packages the tests run for real: Debian's chromium (the chat page's browser test; Playwright never
+# downloads a browser) and PostgreSQL server binaries (the feedback store's migrations and stores on a real
+# server). Installed when missing and we are root (as on a fresh CI machine); otherwise the command is printed.
+system-test-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium for the chat page's browser test (apt-get, ~20 s)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	    echo "installing$$missing for the tests (apt-get, ~1 min)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "the chat page's browser test needs chromium: sudo apt-get install -y --no-install-recommends chromium" \
-	         "(or set LLMOPS_TEST_CHROMIUM to a Chromium binary)" >&2; \
+	    echo "the tests need:$$missing; run: sudo apt-get install -y --no-install-recommends$$missing" >&2; \
 	  fi; \
 	fi
 
-test: install-test chromium
+test: install-test system-test-deps
 	$(BIN)/python -m pytest
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
