@@ -83,8 +83,11 @@ def index_info() -> None:
 @click.argument("question")
 def ask(question: str) -> None:
     """Answer one QUESTION and print the result as JSON."""
-    service = _service(_settings())
-    click.echo(json.dumps(service.answer(question).to_dict(), indent=2, default=str))
+    from chatbot_model.contract import validate_question
+
+    settings = _settings()
+    question = validate_question(question, settings.max_question_chars)  # before loading anything
+    click.echo(json.dumps(_service(settings).answer(question).to_dict(), indent=2, default=str))
 
 
 def _service(settings, progress: bool = False):

@@ -147,3 +147,15 @@ def test_cli_module_imports_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_ask_refuses_an_empty_question_before_loading_anything(monkeypatch):
+    import chatbot_model.cli as cli_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the service must not be built for an invalid question")
+
+    monkeypatch.setattr(cli_module, "_service", never)
+    out = CliRunner().invoke(main, ["ask", "  \u200b "])
+    assert out.exit_code == 1 and "Error: question is empty; ask something in words" in out.output
+    assert "Traceback" not in out.output
