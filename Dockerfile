@@ -8,7 +8,7 @@
 #       -e CHATBOT_SCORING_URL=http://host.docker.internal:8080 llmops-chatbot:0.1.0
 
 # Base image: pin it by digest for reproducible builds. Get the tag's current digest (a registry is needed) with
-#   docker buildx imagetools inspect python:3.11.13-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   docker buildx imagetools inspect python:3.11.13-slim-bookworm   (the "Digest:" line)
 #   (or: crane digest python:3.11.13-slim-bookworm)
 # and set PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest> here (or --build-arg PYTHON_IMAGE=...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
