@@ -303,6 +303,12 @@ class RemoteBackend(Backend):
             self._probe = (time.monotonic(), ok)
         return ok
 
+    def not_ready_reason(self) -> str:
+        if self.loading or self.retrying or self.load_error:
+            return super().not_ready_reason()
+        return (f"the scoring server at {self.shown_url} does not answer /ping; start `mlflow models serve` there "
+                "or fix CHATBOT_SCORING_URL")
+
     def _predict(self, questions: list[str]) -> list[dict]:
         import httpx
 
