@@ -6,10 +6,10 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install install-test install-bench run chat index test serve-model bench lock clean
+.PHONY: help install install-test install-bench run chat index test serve-model bench clean
 
 help:
-	@echo "make run | chat | index | test | serve-model | bench | lock | clean"
+	@echo "make run | chat | index | test | serve-model | bench | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,7 @@ bench: $(VENV)/.installed-bench
 # installs it with --require-hashes). torch is left out (the Dockerfile takes the CPU wheel from the PyTorch index);
 # its dependencies are resolved from that wheel. LOCK_TORCH_SOURCE="--find-links DIR" uses a local wheel instead.
 LOCK_TORCH_SOURCE ?= --find-links https://download.pytorch.org/whl/cpu/torch/
+.PHONY: lock
 lock: $(BIN)/python
 	$(PIP) install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --generate-hashes --upgrade \
