@@ -7,6 +7,10 @@
 #   docker run --rm -p 8000:8000 -e CHATBOT_SERVING_BACKEND=remote \
 #       -e CHATBOT_SCORING_URL=http://host.docker.internal:8080 llmops-chatbot:0.1.0
 
+# Base image: pin it by digest for reproducible builds. Get the tag's current digest (a registry is needed) with
+#   docker buildx imagetools inspect python:3.11.13-slim-bookworm   (the "Digest:" line)
+#   (or: crane digest python:3.11.13-slim-bookworm)
+# and set PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest> here (or --build-arg PYTHON_IMAGE=...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 # ---- builder: the package wheel (the same command tests/test_deploy.py runs on the host) ----
@@ -40,18 +44,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CHATBOT_FEEDBACK_DB_URL=sqlite:////app/.chatbot/feedback.db \
     MLFLOW_TRACKING_URI=sqlite:////app/.chatbot/mlflow.db
 
-# CPU torch first, from the PyTorch CPU index: PyPI's torch wheel pulls the CUDA libraries (GBs).
-# The package pins torch==2.13.0, which the local-version wheel (2.13.0+cpu) satisfies.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+# Runtime dependencies exactly as locked, every file checked against its hash: requirements.lock (`make lock`)
+# holds the runtime + `serve` + `postgres` (psycopg2) dependencies. torch, not in the lock, comes first from the
+# PyTorch CPU index (PyPI's wheel pulls the CUDA libraries, GBs); its own dependencies are in the lock.
+# --no-deps everywhere: nothing outside the lock is resolved; `pip check` proves the set is complete.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu \
+        "torch==${TORCH_VERSION}+cpu" \
+    && pip install --no-cache-dir --no-deps --require-hashes -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
 
-# The wheel with the `serve` and `postgres` (psycopg2) extras: the feedback store can use PostgreSQL.
+# The package wheel built above (its dependencies: the lock).
 COPY --from=builder /wheels /wheels
-# DL3013: the only unpinned requirement is the local wheel file built above (its deps are pinned by it).
+# DL3013: the only unpinned requirement is the local wheel file built above (its deps are pinned by the lock).
 # hadolint ignore=DL3013
 RUN for whl in /wheels/llmops_chatbot-*.whl; do \
-        pip install --no-cache-dir "${whl}[serve,postgres]" || exit 1; \
+        pip install --no-cache-dir --no-deps "${whl}" || exit 1; \
     done \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && pip check
 
 # Fixed non-root UID/GID (the k8s manifests run as the same ids).
 RUN groupadd --system --gid "${APP_UID}" app \

@@ -7,8 +7,10 @@ Provider keys keep their usual names (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OP
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -28,6 +30,35 @@ NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator,
     "index_type": ("index type", INDEX_TYPES),
     "serving_backend": ("serving backend", SERVING_BACKENDS),
 }
+
+
+MASK = "***"
+_SECRET_QUERY_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key", re.IGNORECASE)
+_USERINFO_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/?#]*)(?P<at>@)")
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with its password shown as `***` (user:pass@ and secret query values such as `?password=`).
+
+    Works for SQLAlchemy URLs (`postgresql://u:p@h/db`, `sqlite://u:p@/x.db`), http(s) URLs and MLflow URIs;
+    text that is not a URL comes back unchanged. Use it wherever a URL is printed or logged."""
+    if not url or ("://" not in url and "?" not in url):
+        return url
+    masked = mask_secrets(url)
+    try:
+        query = urlsplit(masked).query
+    except ValueError:  # not a URL after all
+        return masked
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_QUERY_KEYS.search(k) for k, _ in pairs):
+        safe = urlencode([(k, MASK if _SECRET_QUERY_KEYS.search(k) else v) for k, v in pairs], safe="*")
+        masked = masked.replace(f"?{query}", f"?{safe}", 1)
+    return masked
+
+
+def mask_secrets(text: str) -> str:
+    """Free text (an error message, a log line) with every `scheme://user:PASSWORD@` password masked."""
+    return _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text) if "://" in text else text
 
 
 def _artifact(name: str) -> Path:
@@ -114,6 +145,14 @@ class Settings(BaseSettings):
     backend_timeout_s: float = Field(60.0, gt=0, description="timeout of one backend call")
     api_key: SecretStr | None = Field(None, description="when set, /chat and /feedback need it as a bearer token")
     max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted")
+    protect_metrics: bool = Field(False, description="/metrics needs the API key too (when CHATBOT_API_KEY is set)")
+    public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json to anyone; false: they need "
+                              "the API key, and are off when no CHATBOT_API_KEY is set")
+    model_load_retry_initial_s: float = Field(1.0, gt=0, description="first wait before retrying a failed model load")
+    model_load_retry_max_s: float = Field(60.0, gt=0, description="longest wait between model load attempts")
+    model_load_max_attempts: int = Field(0, ge=0, description="model load attempts before giving up; 0 = forever")
+    unhealthy_after_s: float = Field(300.0, gt=0, description="/health turns 503 `unhealthy` after this long without "
+                                     "a model (a liveness probe then restarts the pod)")
 
     # human feedback
     feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")
@@ -144,10 +183,13 @@ class Settings(BaseSettings):
                              f"({self.request_budget_s:g}); lower CHATBOT_LOCAL_RESERVE_S")
         if self.serving_backend == "remote" and not self.scoring_url:
             raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
+        if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):
+            raise ValueError("CHATBOT_PROTECT_METRICS=true needs CHATBOT_API_KEY (the key /metrics then requires); "
+                             "set one, or leave /metrics public")
         return self
 
     def masked(self) -> dict[str, str]:
-        """Every setting as text, secrets shown as set/unset only."""
+        """Every setting as text: secrets shown as set/unset only, passwords in URLs as `***` (`mask_url`)."""
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -155,7 +197,7 @@ class Settings(BaseSettings):
                 value = "****** (set)"
             elif value is None:
                 value = "(unset)"
-            out[name] = str(value)
+            out[name] = mask_url(str(value))
         return out
 
 

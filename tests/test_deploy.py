@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,14 +80,21 @@ def test_dockerfile_essentials(dockerfile):
     )
     base = arg_default.get("PYTHON_IMAGE", final[0]["value"].split()[0])
     assert base.startswith("python:3.11.") and "slim" in base, base
+    if "@" in base:  # pinned by digest: a full sha256
+        assert re.fullmatch(r"python:3\.11\.[\w.-]+@sha256:[0-9a-f]{64}", base), base
+    text = DOCKERFILE.read_text()
+    assert "docker buildx imagetools inspect python:3.11" in text, "say how to refresh the base image digest"
 
-    # builder builds the wheel, runtime installs it with the serve extra and CPU torch pinned
+    # builder builds the wheel; runtime installs CPU torch pinned, then the hash-checked lock, then the wheel
     runs = " ".join(i["value"] for i in dockerfile.structure if i["instruction"] == "RUN")
     assert "pip wheel" in " ".join(i["value"] for i in stages[0] if i["instruction"] == "RUN")
     final_runs = " ".join(by("RUN"))
     assert "download.pytorch.org/whl/cpu" in final_runs and "torch==" in final_runs
     assert "TORCH_VERSION=2.13.0" in " ".join(by("ARG")) or "torch==2.13.0" in runs
-    assert "[serve,postgres]" in final_runs
+    assert "--require-hashes -r /tmp/requirements.lock" in final_runs and "pip check" in final_runs
+    assert any(v.startswith("requirements.lock ") for v in by("COPY"))
+    installs = [c for c in re.split(r"&&|;", final_runs) if "pip install" in c]
+    assert installs and all("--no-deps" in c for c in installs), "nothing outside the lock may be resolved"
     assert any(i["value"].startswith("--from=") for i in final if i["instruction"] == "COPY")
     assert any("artifacts/" in v for v in by("COPY")), "the knowledge base and hint go into the image"
 
@@ -104,11 +112,39 @@ def test_dockerfile_essentials(dockerfile):
     assert cmd[:2] == ["uvicorn", "chatbot_model.server:app"] and "0.0.0.0" in cmd and "8000" in cmd
 
 
+LOCK = ROOT / "requirements.lock"
+
+
+def _requirement_names(specs) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].strip().lower().replace("_", "-") for spec in specs}
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes():
+    """requirements.lock (`make lock`): every entry `==`-pinned with sha256 hashes; it covers pyproject's runtime,
+    `serve` and `postgres` dependencies (torch aside: the Dockerfile takes the CPU wheel from the PyTorch index)."""
+    import tomllib
+
+    text = LOCK.read_text()
+    entries = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
+                         text, re.MULTILINE)
+    requirement_lines = [line for line in text.splitlines() if line and not line[0].isspace() and line[0] != "#"]
+    assert len(entries) == len(requirement_lines) > 50, "every requirement pinned with == and hashes"
+    locked = {name.lower().replace("_", "-") for name, _, _ in entries}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["serve"] + \
+        project["optional-dependencies"]["postgres"]
+    missing = _requirement_names(wanted) - {"torch"} - locked
+    assert not missing, f"not in requirements.lock (run `make lock`): {sorted(missing)}"
+    assert "torch" not in locked and "make lock" in text.splitlines()[1]
+    assert {"sympy", "networkx", "filelock"} <= locked, "torch's own dependencies are locked"
+    assert not [n for n in locked if n.startswith("nvidia-")], "the CPU torch needs no CUDA libraries"
+
+
 def test_dockerignore_keeps_out_local_state():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     for entry in (".venv", "mlruns", "mlflow.db", ".git", ".pytest_cache", ".chatbot"):
         assert entry in ignored, entry
-    assert "artifacts" not in ignored and "chatbot_model" not in ignored
+    assert "artifacts" not in ignored and "chatbot_model" not in ignored and "requirements.lock" not in ignored
 
 
 def test_wheel_builds_like_the_dockerfile(tmp_path):
@@ -364,6 +400,10 @@ def test_base_wrapper_uses_the_remote_model_service(rendered):
     assert mc["image"].startswith("llmops-chatbot-model:") and mc["imagePullPolicy"] == "Always"
     assert mc["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health" and c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    # a load still in progress passes the startup probe (/health is 200 until CHATBOT_UNHEALTHY_AFTER_S)
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert float(env["CHATBOT_UNHEALTHY_AFTER_S"]) > startup["periodSeconds"] * startup["failureThreshold"]
     assert all(d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "llmops-chatbot" for d in docs)
     assert all("namespace" not in d["metadata"] for d in docs), "the base is namespace-agnostic"
 

@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, mask_secrets, mask_url
 from chatbot_model.contract import AnswerRow
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, unknown_name
 from chatbot_model.server.errors import BackendFailed, BackendTimeout, BackendUnavailable, ModelNotLoaded
@@ -30,7 +30,13 @@ def normalise_row(row: dict, question: str) -> dict:
 
 
 class Backend(ABC):
-    """Answers a batch of questions. `load()` runs once in a worker thread; failures are kept, not raised."""
+    """Answers a batch of questions. `load()` runs once in a worker thread; failures are kept, not raised.
+
+    A failing `_load` (the tracking store is down at start, the model is not registered yet) is retried with
+    exponential backoff (CHATBOT_MODEL_LOAD_RETRY_INITIAL_S doubling up to CHATBOT_MODEL_LOAD_RETRY_MAX_S) until it
+    succeeds, CHATBOT_MODEL_LOAD_MAX_ATTEMPTS is reached (0 = forever) or the app closes. `clock` and `sleep` are
+    injectable (tests drive the backoff without waiting).
+    """
 
     name: ClassVar[str]
     loads_model: ClassVar[bool] = True  # False: nothing to load, readiness is probed
@@ -38,21 +44,93 @@ class Backend(ABC):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.load_error: str | None = None
-        self.loaded = threading.Event()  # set when load() finished, successfully or not
+        self.loaded = threading.Event()  # set when the first load attempt finished, successfully or not
+        self.settled = threading.Event()  # set when load() returned: loaded, gave up, or closed
+        self.load_attempts = 0
+        self.next_attempt_at: float | None = None  # clock() time of the next attempt while retrying
+        self.started_at: float | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self._closing = threading.Event()
+        self.sleep: Callable[[float], Any] = self._closing.wait  # returns at once when the app closes
         self._ready = False
 
     # lifecycle
     def load(self) -> None:
+        import tenacity
+
+        s = self.settings
+        self.started_at = self.clock()
+        give_up = (tenacity.stop_after_attempt(s.model_load_max_attempts) if s.model_load_max_attempts
+                   else tenacity.stop_never)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_any(give_up, lambda _state: self._closing.is_set()),
+            wait=tenacity.wait_exponential(multiplier=s.model_load_retry_initial_s, max=s.model_load_retry_max_s),
+            sleep=lambda seconds: self.sleep(seconds), before_sleep=self._before_retry, reraise=True)
+        try:
+            retrying(self._attempt)
+        except Exception:  # noqa: BLE001 - gave up: the server stays up and reports it on /health and /ready
+            self.next_attempt_at = None
+            if not self._closing.is_set():
+                log.error("backend=%s gave up loading after %d attempts: %s", self.name, self.load_attempts,
+                          self.load_error)
+        finally:
+            self.loaded.set()
+            self.settled.set()
+
+    def _attempt(self) -> None:
+        if self._closing.is_set():  # the app closed while waiting: no further attempt
+            raise ModelNotLoaded("the server is shutting down")
+        self.load_attempts += 1
         started = time.perf_counter()
         try:
             self._load()
-            self._ready, self.load_error = True, None
-            log.info("backend=%s loaded in %.1fs", self.name, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 - the server stays up and reports it on /health
-            self._ready, self.load_error = False, f"{type(exc).__name__}: {exc}"
-            log.error("backend=%s could not load: %s", self.name, self.load_error)
+        except Exception as exc:
+            self._ready, self.load_error = False, mask_secrets(f"{type(exc).__name__}: {exc}")
+            log.error("backend=%s load attempt %d failed: %s", self.name, self.load_attempts, self.load_error)
+            raise
         finally:
             self.loaded.set()
+        self._ready, self.load_error, self.next_attempt_at = True, None, None
+        log.info("backend=%s loaded in %.1fs (attempt %d)", self.name, time.perf_counter() - started,
+                 self.load_attempts)
+
+    def _before_retry(self, state) -> None:
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.next_attempt_at = self.clock() + wait
+        log.warning("backend=%s retries loading in %.1fs (attempt %d failed)", self.name, wait, self.load_attempts)
+
+    @property
+    def retrying(self) -> bool:
+        """The first attempt failed and another one is scheduled."""
+        return self.loaded.is_set() and not self.settled.is_set() and not self._ready
+
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the next load attempt (None when none is scheduled)."""
+        at = self.next_attempt_at
+        return None if at is None or not self.retrying else max(0.0, at - self.clock())
+
+    def without_model_for(self) -> float:
+        """Seconds this backend has been up without a model (0 once loaded, or when it loads none)."""
+        if not self.loads_model or self._ready or self.started_at is None:
+            return 0.0
+        return max(0.0, self.clock() - self.started_at)
+
+    def healthy(self) -> bool:
+        """False after CHATBOT_UNHEALTHY_AFTER_S without a model: a liveness probe should restart the process."""
+        return self.without_model_for() < self.settings.unhealthy_after_s
+
+    def not_ready_reason(self) -> str:
+        """Why /chat cannot answer: loading, retrying (last error, next attempt) or gave up."""
+        if self.loading:
+            return f"the model is still loading (attempt {max(self.load_attempts, 1)})"
+        if self.retrying:
+            wait = self.next_attempt_in()
+            when = f"the next one is in {wait:.0f}s" if wait is not None else "retrying now"
+            return f"the model could not be loaded ({self.load_error}); attempt {self.load_attempts} failed, {when}"
+        if self.load_error:
+            return (f"no model is loaded ({self.load_error}); gave up after {self.load_attempts} attempts: check "
+                    "CHATBOT_MODEL_URI and MLFLOW_TRACKING_URI, then restart")
+        return "the backend cannot answer: not ready"
 
     def _load(self) -> None:
         """Load what answering needs. Raise with a message saying how to fix it."""
@@ -65,15 +143,15 @@ class Backend(ABC):
         return not self.loaded.is_set()
 
     def close(self) -> None:
-        """Release clients; the app calls it on shutdown."""
+        """Stop retrying the load and release clients; the app calls it on shutdown."""
+        self._closing.set()
 
     # answering
     def predict(self, questions: list[str]) -> list[dict]:
         if self.loads_model and not self._ready:
             if self.loading:
                 raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
-            raise ModelNotLoaded(f"no model is loaded ({self.load_error}); see /health, check "
-                                 "CHATBOT_MODEL_URI and MLFLOW_TRACKING_URI, then restart")
+            raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
         rows = self._predict(list(questions))
         if len(rows) != len(questions):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
@@ -85,7 +163,8 @@ class Backend(ABC):
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
-        return {"backend": self.name, "ready": self.ready(), "loading": self.loading, "load_error": self.load_error}
+        return {"backend": self.name, "ready": self.ready(), "loading": self.loading, "load_error": self.load_error,
+                "load_attempts": self.load_attempts, "next_load_attempt_in_s": self.next_attempt_in()}
 
 
 def _describe(obj: Any) -> dict:
@@ -151,8 +230,8 @@ class InProcessBackend(Backend):
 
             self.version = resolve_version(uri)
         except Exception as exc:  # noqa: BLE001 - a missing model is explained below
-            raise ModelNotLoaded(f"{uri} not found in {self.settings.tracking_uri} ({exc}); register and promote "
-                                 "one (`make run` does) or set CHATBOT_MODEL_URI") from None
+            raise ModelNotLoaded(f"{mask_url(uri)} not found in {mask_url(self.settings.tracking_uri)} ({exc}); "
+                                 "register and promote one (`make run` does) or set CHATBOT_MODEL_URI") from None
         if self.model is None:  # ratings of its answers are attributed to the version it resolved to
             self.model = mlflow.pyfunc.load_model(uri, model_config={"model_version": self.version})
 
@@ -172,7 +251,7 @@ class InProcessBackend(Backend):
         return list(frame)
 
     def info(self) -> dict:
-        out = {**super().info(), "model_uri": self.settings.model_uri, "model_version": self.version}
+        out = {**super().info(), "model_uri": mask_url(self.settings.model_uri), "model_version": self.version}
         if self.model is not None:
             try:
                 out.update(_describe(self.model.unwrap_python_model()))
@@ -193,6 +272,7 @@ class RemoteBackend(Backend):
         if not settings.scoring_url:
             raise ConfigError("the remote backend needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         self.base_url = settings.scoring_url.rstrip("/")
+        self.shown_url = mask_url(self.base_url)  # what messages and /health show (no password)
         self._client = client
         self._probe: tuple[float, bool] = (0.0, False)
 
@@ -207,7 +287,7 @@ class RemoteBackend(Backend):
 
     def _load(self) -> None:
         if not self._ping():
-            raise BackendUnavailable(f"{self.base_url}/ping does not answer; start `mlflow models serve` there or "
+            raise BackendUnavailable(f"{self.shown_url}/ping does not answer; start `mlflow models serve` there or "
                                      "fix CHATBOT_SCORING_URL")
 
     def _ping(self) -> bool:
@@ -223,6 +303,12 @@ class RemoteBackend(Backend):
             self._probe = (time.monotonic(), ok)
         return ok
 
+    def not_ready_reason(self) -> str:
+        if self.loading or self.retrying or self.load_error:
+            return super().not_ready_reason()
+        return (f"the scoring server at {self.shown_url} does not answer /ping; start `mlflow models serve` there "
+                "or fix CHATBOT_SCORING_URL")
+
     def _predict(self, questions: list[str]) -> list[dict]:
         import httpx
 
@@ -233,7 +319,7 @@ class RemoteBackend(Backend):
             raise BackendTimeout(f"the scoring server did not answer within {self.settings.backend_timeout_s:g}s; "
                                  "raise CHATBOT_BACKEND_TIMEOUT_S or scale it") from None
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"cannot reach the scoring server at {self.base_url} ({type(exc).__name__}); "
+            raise BackendUnavailable(f"cannot reach the scoring server at {self.shown_url} ({type(exc).__name__}); "
                                      "check CHATBOT_SCORING_URL") from None
         if response.status_code == 400:
             raise InvalidInput(_remote_message(response))
@@ -249,11 +335,12 @@ class RemoteBackend(Backend):
         return predictions
 
     def close(self) -> None:
+        super().close()
         if self._client is not None:
             self._client.close()
 
     def info(self) -> dict:
-        return {**super().info(), "ready": self.ready(), "scoring_url": self.base_url,
+        return {**super().info(), "ready": self.ready(), "scoring_url": self.shown_url,
                 "model_uri": None, "model_version": None}
 
 

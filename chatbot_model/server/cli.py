@@ -74,7 +74,7 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
     check_port_free(host, port)
     import uvicorn
 
-    from chatbot_model.config import load_settings
+    from chatbot_model.config import load_settings, mask_url
     from chatbot_model.server.main import create_app
 
     overrides = {"serving_backend": backend, "model_uri": model_uri, "scoring_url": scoring_url}
@@ -84,5 +84,5 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
         if done:
             click.echo(done)
     click.echo(f"chat page: http://{host}:{port}/  (backend {settings.serving_backend}, "
-               f"{settings.model_uri if settings.serving_backend == 'in-process' else settings.scoring_url})")
+               f"{mask_url(settings.model_uri if settings.serving_backend == 'in-process' else settings.scoring_url)})")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatbot_model.config import Settings
 from chatbot_model.server.backends import Backend
-from chatbot_model.server.errors import FeedbackUnavailable, Unauthorized
+from chatbot_model.server.errors import FeedbackUnavailable, NotServed, Unauthorized
 from chatbot_model.server.state import Metrics, TraceMemory
 
 _bearer = HTTPBearer(auto_error=False, description="CHATBOT_API_KEY, when the server sets one")
@@ -70,9 +70,30 @@ def require_api_key(request: Request,
         raise Unauthorized("wrong API key; send the value of CHATBOT_API_KEY as a bearer token")
 
 
+def metrics_access(request: Request,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """CHATBOT_PROTECT_METRICS=true: /metrics needs the API key like /chat (Prometheus: `authorization`)."""
+    if app_settings(request).protect_metrics:
+        require_api_key(request, credentials)
+
+
+def docs_access(request: Request,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """CHATBOT_PUBLIC_DOCS=false: /docs, /redoc and /openapi.json need the API key, and are off without one."""
+    settings = app_settings(request)
+    if settings.public_docs:
+        return
+    key = settings.api_key
+    if key is None or not key.get_secret_value():
+        raise NotServed("the API docs are off (CHATBOT_PUBLIC_DOCS=false and no CHATBOT_API_KEY is set)")
+    require_api_key(request, credentials)
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 BackendDep = Annotated[Backend, Depends(backend)]
 TracesDep = Annotated[TraceMemory, Depends(trace_memory)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
 FeedbackStoreDep = Annotated[Any, Depends(feedback_store)]
 Authorized = Annotated[None, Depends(require_api_key)]
+MetricsAccess = Annotated[None, Depends(metrics_access)]
+DocsAccess = Annotated[None, Depends(docs_access)]

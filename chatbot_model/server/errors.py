@@ -49,6 +49,12 @@ class TraceNotFound(ServerError):
     status, code = 404, "trace_not_found"
 
 
+class NotServed(ServerError):
+    """A path this server is configured not to serve (e.g. the API docs when they are not public)."""
+
+    status, code = 404, "not_found"
+
+
 class Unauthorized(ServerError):
     status, code = 401, "unauthorized"
     headers = {"WWW-Authenticate": "Bearer"}

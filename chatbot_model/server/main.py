@@ -16,12 +16,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, mask_url
 from chatbot_model.server.backends import Backend, build_backend
 from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import install_error_handlers
-from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware
-from chatbot_model.server.routes import chat, feedback, health, metrics, page
+from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
+from chatbot_model.server.routes import chat, docs, feedback, health, metrics, page
 from chatbot_model.server.state import Metrics, TraceMemory
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ async def lifespan(app: FastAPI):
     state = app.state
     if not isinstance(state.backend, Backend):
         state.backend = build_backend(state.backend or settings.serving_backend, settings)
-    log.info("serving backend=%s model_uri=%s", state.backend.name, settings.model_uri)
+    log.info("serving backend=%s model_uri=%s tracking_uri=%s", state.backend.name, mask_url(settings.model_uri),
+             mask_url(settings.tracking_uri))
     state.load_thread = start_loading(state.backend)
     try:
         yield
@@ -51,7 +52,9 @@ async def lifespan(app: FastAPI):
 
 def create_app(settings: Settings | None = None, *, backend: Backend | str | None = None,
                feedback_store: Any | None = None, trace_memory_size: int = 10_000) -> FastAPI:
+    # docs_url/redoc_url/openapi_url: served by routes/docs.py, which applies CHATBOT_PUBLIC_DOCS
     app = FastAPI(title="llmops-chatbot", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None,
                   description="Retrieval-augmented chatbot: /chat answers with sources, /feedback rates an "
                               "answer by its trace id. Errors are JSON `{error, message}` with a stable code.")
     app.state.settings = settings
@@ -60,9 +63,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | str | Non
     app.state.traces = TraceMemory(trace_memory_size)
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (chat, feedback, health, metrics, page):
+    for module in (chat, feedback, health, metrics, page, docs):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings_of(app).max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)  # outermost: sees 413s too
+    app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)  # sees 413s too
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response gets the headers
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the body-size limit (before any parsing) and request metrics."""
+"""Pure ASGI middleware: the body-size limit (before any parsing), request metrics, security headers."""
 
 from __future__ import annotations
 
@@ -17,8 +17,17 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
     await send({"type": "http.response.body", "body": data})
 
 
+def _is_json(content_type: bytes | None) -> bool:
+    """JSON or no declared type (FastAPI parses both as JSON)."""
+    if not content_type:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
 class BodyLimitMiddleware:
-    """Reject bodies over `limit()` bytes with 413, by Content-Length or while reading (chunked bodies).
+    """Reject bodies over `limit()` bytes with 413, by Content-Length or while reading (chunked bodies), and JSON
+    bodies that are not UTF-8 (RFC 8259) with 400 `invalid_encoding`.
 
     The body is read here, bounded, and replayed to the app, so no handler ever parses an oversized body.
     """
@@ -53,6 +62,13 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if body and _is_json(headers.get(b"content-type")):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return await _send_json(send, 400, error_body(
+                    "invalid_encoding", f"the request body is not UTF-8 (invalid byte at offset {exc.start}); "
+                    "send JSON encoded as UTF-8"))
         replayed = False
 
         async def replay():
@@ -65,8 +81,27 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+# methods that keep their own metrics label; any other (made-up) method is counted as "other"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED = "unmatched"  # any path no route matches
+
+
+def metric_labels(scope, status: int) -> tuple[str, str, str]:
+    """(endpoint, method, status) with bounded values: the route template (never the raw path), a known method
+    or "other", so made-up paths and methods cannot grow the metrics."""
+    route = scope.get("route")
+    endpoint = getattr(route, "path", None) or UNMATCHED
+    if endpoint.startswith("/static"):
+        endpoint = "/static"
+    method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
+    return endpoint, method, str(status)
+
+
 class MetricsMiddleware:
-    """Count and time every HTTP request by endpoint (the route template, not the raw path) and status."""
+    """Count and time every HTTP request by endpoint (the route template, not the raw path), method and status.
+
+    Label values are bounded (`metric_labels`): unknown methods are "other", unknown paths "unmatched"."""
 
     def __init__(self, app, metrics: Callable[[], object]):
         self.app = app
@@ -87,11 +122,39 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            if endpoint.startswith("/static"):
-                endpoint = "/static"
             m = self.metrics()
-            labels = (endpoint, scope["method"], str(status))
+            labels = metric_labels(scope, status)
             m.requests.labels(*labels).inc()
             m.latency.labels(*labels).observe(time.perf_counter() - started)
+
+
+# The chat page loads only its own script and stylesheet: no inline script or style, no framing, no plugins.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = ((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-frame-options", b"DENY"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"))
+
+
+class SecurityHeadersMiddleware:
+    """Add CSP, X-Frame-Options: DENY, nosniff and Referrer-Policy to every HTTP response that does not set its
+    own (the API docs pages set a CSP that lets them load their assets)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

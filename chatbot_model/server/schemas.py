@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chatbot_model.contract import AnswerRow
 
-MAX_ID_CHARS = 200
+MAX_ID_CHARS = 64  # = the feedback table's trace_id and session_id columns (String(64)); a test keeps them equal
 MAX_COMMENT_CHARS = 2000
+NUL_REJECTED = "NUL characters are rejected (422); surrounding whitespace is stripped"
 
 
 def _clean_text(value: str | None, field: str, *, required: bool) -> str | None:
@@ -32,9 +33,12 @@ class ChatRequest(BaseModel):
         "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"}]})
 
     question: str = Field(..., min_length=1, description="the question: text of at most "
-                          "CHATBOT_MAX_QUESTION_CHARS characters once surrounding and invisible whitespace is "
-                          "stripped (control characters become spaces)")
-    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns")
+                          "CHATBOT_MAX_QUESTION_CHARS characters after cleaning: control characters other than tab "
+                          "and newline (NUL included) become spaces, invisible characters (zero-width spaces and "
+                          "joiners, direction marks, BOM, soft hyphen) are dropped, surrounding whitespace is "
+                          "stripped; a question left empty is 422")
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns; "
+                                   f"at most {MAX_ID_CHARS} characters (stored with ratings); {NUL_REJECTED}")
 
     @field_validator("session_id")
     @classmethod
@@ -49,9 +53,10 @@ class ChatResponse(AnswerRow):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    trace_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
+    trace_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS,
+                          description=f"the trace_id a /chat answer returned; {NUL_REJECTED}")
     rating: Literal["up", "down"]
-    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, description=NUL_REJECTED)
 
     @field_validator("trace_id")
     @classmethod
@@ -71,6 +76,9 @@ class FeedbackResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every error: a stable code and a message saying what is wrong and how to fix it. Bodies that are not
+    UTF-8 are 400 `invalid_encoding`; malformed JSON and invalid fields are 422 `invalid_input`."""
+
     error: str = Field(..., description="stable machine-readable code")
     message: str
     fields: list[str] | None = Field(None, description="422 only: the offending fields")
@@ -79,14 +87,28 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "unhealthy"] = Field("ok", description="`unhealthy` (HTTP 503) after "
+                                               "CHATBOT_UNHEALTHY_AFTER_S without a model: restart the process")
     ready: bool
     loading: bool
     backend: str
     model_uri: str | None = None
     model_version: str | None = None
-    load_error: str | None = None
+    load_error: str | None = Field(None, description="the last model load error (passwords masked)")
+    load_attempts: int = 0
+    next_load_attempt_in_s: float | None = Field(None, description="while retrying: seconds to the next attempt")
     api_key_required: bool
+    reason: str | None = Field(None, description="unhealthy only: why")
+
+
+class NotReadyResponse(BaseModel):
+    """503 of /ready: why the model cannot answer, the last load error and when the next attempt is."""
+
+    error: Literal["model_not_loaded"] = "model_not_loaded"
+    message: str
+    load_error: str | None = None
+    load_attempts: int = 0
+    next_load_attempt_in_s: float | None = None
 
 
 class ReadyResponse(BaseModel):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/chat", response_model=ChatResponse, responses=responses(401, 413, 422, 502, 503, 504))
+@router.post("/chat", response_model=ChatResponse, responses=responses(400, 401, 413, 422, 502, 503, 504))
 async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, traces: TracesDep,
                metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
     """Answer `question` from the knowledge base; the reply says which route, provider and model answered."""

@@ -33,7 +33,7 @@ def lookup_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
                        model=tags.get("model"))
 
 
-@router.post("/feedback", response_model=FeedbackResponse, responses=responses(401, 404, 413, 422, 503))
+@router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 413, 422, 503))
 async def feedback(body: FeedbackRequest, settings: SettingsDep, traces: TracesDep, store: FeedbackStoreDep,
                    metrics: MetricsDep, _auth: Authorized) -> FeedbackResponse:
     """Rate an answer by its `trace_id` (from /chat): `up` or `down`, with an optional comment."""
