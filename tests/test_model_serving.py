@@ -111,10 +111,10 @@ def test_mlflow_models_serve_answers_every_payload_format(production):
 
         mixed = post(url, {"dataframe_records": [{"question": QUESTION}, {"question": ""}]})
         assert mixed.status_code == 200
-        assert [r["error"] for r in mixed.json()["predictions"]] == ["", "column 'question' row 1 is empty; ask something in words"]
+        assert [r["error"] for r in mixed.json()["predictions"]] == ["", "row 1: question is empty; ask something in words"]
 
         for body, words in [({"dataframe_records": [{"text": QUESTION}]}, "Model is missing inputs ['question']"),
-                            ({"dataframe_records": [{"question": ""}]}, "column 'question' row 0 is empty"),
+                            ({"dataframe_records": [{"question": ""}]}, "row 0: question is empty"),
                             ({"dataframe_split": {"columns": ["q"], "data": [["x"]]}}, "['question']")]:
             response = post(url, body)
             assert response.status_code == 400, response.text
