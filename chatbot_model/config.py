@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -212,12 +211,6 @@ def load_settings(**overrides) -> Settings:
             env = f"CHATBOT_{field.upper()}" if field in Settings.model_fields else field
             problems.append(f"{env}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings (cached); tests build their own with `load_settings`."""
-    return load_settings()
 
 
 def artifact_root(tracking_uri: str) -> str | None:

@@ -56,11 +56,7 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
     monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")
     monkeypatch.chdir(tmp_path)
-    from chatbot_model.config import get_settings
-
-    get_settings.cache_clear()
     yield tmp_path
-    get_settings.cache_clear()
     forget_mlflow()
 
 

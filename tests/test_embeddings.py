@@ -120,11 +120,8 @@ def tiny_classifier(tmp_path):
 
 
 def test_toxic_bert_on_onnx_runtime_scores_like_the_pipeline(tiny_classifier, tmp_path, monkeypatch):
-    from chatbot_model.config import get_settings
     from chatbot_model.guardrail import ToxicBert, export_toxic_bert_onnx
 
-    monkeypatch.setenv("CHATBOT_EMBEDDING_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
     torch_bert = ToxicBert(str(tiny_classifier))
     assert torch_bert._onnx is None  # nothing exported yet: the transformers pipeline
     export_toxic_bert_onnx(str(tiny_classifier))
