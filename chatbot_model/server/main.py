@@ -47,6 +47,20 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         state.backend.close()
+        await drain(state)
+
+
+async def drain(state) -> None:
+    """Shutdown: write the queued traces and stop the feedback worker, within 10 s (what is left is counted as
+    dropped; pending ratings stay in the database and are attached later)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from chatbot_model import tracing
+
+    store = getattr(state, "feedback_store", None)
+    if hasattr(store, "stop_background"):
+        await run_in_threadpool(store.stop_background, tracing.DRAIN_TIMEOUT_S / 2)
+    await run_in_threadpool(tracing.flush, tracing.DRAIN_TIMEOUT_S / 2)
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | str | None = None,
