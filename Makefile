@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install install-test install-bench run chat index test serve-model bench clean
+.PHONY: help install install-test install-bench run chat index test serve-model bench soak clean
 
 help:
 	@echo "make run | chat | index | test | serve-model | bench | clean"
@@ -55,6 +55,11 @@ serve-model: install
 # the benchmark suite (BENCHMARKS.md), ~10-13 min; BENCH_ARGS=--quick for a ~4 min smoke run
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# 10 minutes of /chat (8 clients) and /feedback against a fresh server on 127.0.0.1, tracing on (BENCHMARKS.md);
+# SOAK_ARGS="--duration 60" for a short one
+soak: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf .chatbot .pytest_cache build dist *.egg-info

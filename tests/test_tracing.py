@@ -234,3 +234,27 @@ def test_feedback_for_an_unreachable_tracking_server_is_503_not_404(app_client, 
     app.state.settings = settings.model_copy(update={"tracking_uri": f"http://127.0.0.1:{port}"})
     r = client.post("/feedback", json={"trace_id": "tr-0123456789abcdef0123456789abcdef", "rating": "up"})
     assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+
+
+def test_server_shutdown_drains_the_queued_traces(service, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+    writer = HeldWriter()
+    real = tracing.write_traces
+
+    def held_then_real(records):
+        writer(records)
+        real(records)
+
+    pipe = TracePipeline(100, writer=held_then_real, batch_size=1, share=1.0)
+    monkeypatch.setattr(tracing, "_pipeline", pipe)
+    settings = make_settings(service.settings.index_dir, service.settings.tracking_uri, tmp_path)
+    app = service_app(settings, service)
+    with TestClient(app) as client:
+        assert app.state.backend.loaded.wait(120)
+        ids = [client.post("/chat", json={"question": f"{Q} ({n})"}).json()["trace_id"] for n in range(3)]
+        assert writer.entered.wait(30) and pipe.stats()["pending"] == 3   # held: all three still queued
+        writer.release.set()
+    # the lifespan's drain ran before the client returned
+    assert pipe.stats() == {"queued": 3, "exported": 3, "dropped": 0, "failed": 0, "pending": 0}
+    assert all(mlflow.get_trace(i) is not None for i in ids)
+    assert not pipe.submit(record(0))  # closed: later traces are refused and counted
