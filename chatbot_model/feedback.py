@@ -148,6 +148,7 @@ class FeedbackStore:
     auto_retry_limit = 10    # rows `record` retries per call
     background_batch = 200   # rows the background worker tries per pass
     background_interval_s = 5.0  # the background worker also wakes this often for due retries
+    background_share = 0.15  # most of the time the worker attaches while ratings keep coming (GIL)
     connect_timeout_s = 2.0  # reachability probe of an http(s) tracking server
 
     def __init__(self, url: str, *, attach: bool = True, clock: Callable[[], float] = time.time):
@@ -165,6 +166,9 @@ class FeedbackStore:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._worker: BackgroundSync | None = None
+        self._commit = threading.Condition()  # group commit of concurrent inserts (`_insert`)
+        self._waiting: list[_Slot] = []
+        self._writing = False
 
     def __repr__(self) -> str:
         return f"FeedbackStore({self._url.render_as_string(hide_password=True)!r})"
@@ -229,20 +233,56 @@ class FeedbackStore:
         if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
             raise InvalidInput(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
         now = self.clock()
-        with self.engine.begin() as conn:
-            row_id = conn.execute(feedback_table.insert().values(
-                created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
-                route=route, provider=provider, model=model,
-                model_version=None if model_version is None else str(model_version),
-                rating=rating, comment=comment or None, sync_attempts=0)).inserted_primary_key[0]
+        row_id = self._insert(dict(
+            created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
+            route=route, provider=provider, model=model,
+            model_version=None if model_version is None else str(model_version),
+            rating=rating, comment=comment or None, sync_attempts=0))
         log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
         if background:
+            from chatbot_model import tracing
+
+            tracing.note_activity()
             if trace_id:
                 self.background().notify()
         elif self.attach and trace_id:
             if self._sync_rows([row_id]).attached:
                 self._retry_older(exclude=row_id)
         return int(row_id)
+
+    def _insert(self, values: dict) -> int:
+        """Insert one row and return its id once committed. Concurrent callers share transactions (group
+        commit): whoever finds no write in progress writes every row waiting, in one transaction, and wakes
+        their callers; each caller returns only after its own row is committed (or raises its error)."""
+        slot = _Slot(values)
+        with self._commit:
+            self._waiting.append(slot)
+            while not slot.done:
+                if self._writing:
+                    self._commit.wait()
+                    continue
+                batch, self._waiting = self._waiting, []
+                self._writing = True
+                self._commit.release()
+                try:
+                    try:
+                        with self.engine.begin() as conn:
+                            ids = [conn.execute(feedback_table.insert().values(**s.values)).inserted_primary_key[0]
+                                   for s in batch]
+                        for s, row_id in zip(batch, ids):
+                            s.row_id = int(row_id)
+                    except BaseException as exc:  # the whole transaction failed: every caller in it learns why
+                        for s in batch:
+                            s.error = exc
+                finally:
+                    self._commit.acquire()
+                    self._writing = False
+                    for s in batch:
+                        s.done = True
+                    self._commit.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.row_id
 
     def _retry_older(self, exclude: int) -> None:
         """The automatic retry: a few unsynced rows whose next try is due."""
@@ -351,7 +391,8 @@ class FeedbackStore:
                     self._finish(row_id, error=message, orphaned=True)
                     report.orphaned, report.last_error = report.orphaned + 1, message
                     continue
-                log.warning("feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
+                (log.info if _not_found(exc) else log.warning)(  # not written yet is routine under load
+                    "feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
                 self._finish(row_id, error=message)
                 report.pending, report.last_error = report.pending + 1, message
                 continue
@@ -440,6 +481,15 @@ class FeedbackStore:
             self._engine.dispose()
 
 
+class _Slot:
+    """One row waiting for its group commit."""
+
+    __slots__ = ("values", "done", "row_id", "error")
+
+    def __init__(self, values: dict):
+        self.values, self.done, self.row_id, self.error = values, False, 0, None
+
+
 def _pending(t) -> tuple:
     """Rows still to attach: a trace id, not synced, not orphaned."""
     return t.c.synced_at.is_(None), t.c.orphaned_at.is_(None), t.c.trace_id.is_not(None)
@@ -477,11 +527,18 @@ class BackgroundSync:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            from chatbot_model import tracing
+
+            started = time.monotonic()
             try:
-                self.store.sync_due()
+                report = self.store.sync_due()
             except Exception as exc:  # the feedback database is down: the rows are safe, try again later
                 log.warning("background feedback sync failed: %s: %s", type(exc).__name__, exc)
+                report = None
             self.passes += 1
+            if report is not None and (report.attached or report.already or report.pending or report.orphaned):
+                tracing.pace(time.monotonic() - started, self.store.background_share, self._stop)
+                self._wake.set()  # more may be due: look again after the pause
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current pass (waits at most `timeout` s)."""

@@ -239,7 +239,7 @@ class TracePipeline:
         """Keep the exporter's share of the time (and of the GIL) at `share` while requests keep coming: writing
         a trace costs more than answering, so under sustained load the queue fills and new traces are dropped
         (counted) instead of answers slowing down. Idle, flushing or shutting down: no pause."""
-        if self.share >= 1.0 or self._hurry.is_set() or time.monotonic() - self._last_submit > IDLE_S:
+        if self.share >= 1.0 or self._hurry.is_set() or not busy(self._last_submit):
             return
         self._hurry.wait(spent * (1.0 - self.share) / self.share)
 
@@ -311,6 +311,25 @@ class TracePipeline:
 
 _pipeline: TracePipeline | None = None
 _pipeline_lock = threading.Lock()
+_last_activity = 0.0
+
+
+def note_activity() -> None:
+    """A request is being served (besides traces queued): background writers keep to their share."""
+    global _last_activity
+    _last_activity = time.monotonic()
+
+
+def busy(*since: float) -> bool:
+    """True when a request was served (or a trace queued) within the last `IDLE_S` seconds."""
+    return time.monotonic() - max((_last_activity, *since)) <= IDLE_S
+
+
+def pace(spent: float, share: float, stop: threading.Event) -> None:
+    """After `spent` seconds of background work, wait so that it stays `share` of the time while requests come in
+    (a background thread takes the GIL from the request threads); `stop` ends the wait early."""
+    if share < 1.0 and busy():
+        stop.wait(spent * (1.0 - share) / share)
 
 
 def pipeline(maxsize: int | None = None, share: float | None = None) -> TracePipeline:
@@ -357,6 +376,7 @@ def record_traces(results: Iterable[ChatResult], steps: dict, checks_in: Iterabl
         record = make_record(result, steps, check, t0_ns, hint, tracking_uri=uri, experiment_id=experiment_id)
         result.trace_id = record.trace_id
         records.append(record)
+    note_activity()
     pipe = pipeline(queue_size, share)
     if not _async_enabled():
         pipe.write_now(records)

@@ -546,3 +546,45 @@ def test_background_records_return_before_any_attach_and_the_worker_attaches_eac
     store.sync_due()
     assert set(threads) <= {"feedback-sync", threading.current_thread().name}
     assert all(len(user_ratings(s.trace_id)) == 1 for s in spans) and store.stats()["unsynced"] == 0
+
+
+def test_concurrent_ratings_share_transactions_and_each_returns_its_own_committed_row(settings, monkeypatch):
+    store = FeedbackStore(settings.feedback_db_url, attach=False)  # only the inserts open transactions
+    store.stats()  # the schema, before counting
+    # hold the first transaction open until 7 more writers are waiting: they must all go in the next one
+    writers, first_in, go = 8, threading.Event(), threading.Event()
+    transactions = []
+    real_begin = type(store.engine).begin
+
+    def begin(engine):
+        transactions.append(len(store._waiting))
+        if len(transactions) == 1:
+            first_in.set()
+            assert go.wait(60)
+        return real_begin(engine)
+
+    monkeypatch.setattr(type(store.engine), "begin", begin)
+    ids, errors = {}, []
+
+    def rate(n):
+        try:
+            ids[n] = store.record(trace_id=f"tr-{n}", rating="up", comment=f"c{n}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rate, args=(0,))]
+    threads[0].start()
+    assert first_in.wait(60)
+    threads += [threading.Thread(target=rate, args=(n,)) for n in range(1, writers)]
+    for t in threads[1:]:
+        t.start()
+    while len(store._waiting) < writers - 1:  # every other writer queued behind the open transaction
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join(60)
+    monkeypatch.undo()
+    assert not errors and len(transactions) == 2  # 8 rows, 2 transactions
+    rows = {r.id: r for r in store.ratings()}
+    assert sorted(ids.values()) == sorted(rows) and all(rows[ids[n]].comment == f"c{n}" for n in ids)
+    store.dispose()
