@@ -68,12 +68,14 @@ def dropped(base: str) -> dict:
     return out
 
 
-def start_server(work: Path, port: int) -> subprocess.Popen:
+def start_server(work: Path, port: int, tracing: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "CHATBOT_INDEX_DIR": str(work / "index"),
            "CHATBOT_FEEDBACK_DB_URL": f"sqlite:///{work / 'feedback.db'}"}
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CHATBOT_TRACING", "CHATBOT_API_KEY"):
         env.pop(key, None)
+    if not tracing:
+        env["CHATBOT_TRACING"] = "false"
     cmd = [sys.executable, "-c", "from chatbot_model.cli import main; main()", "serve", "--ensure-model",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, cwd=work, stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT)
@@ -191,6 +193,8 @@ def main() -> None:
     parser.add_argument("--feedback-clients", type=int, default=1, help="/feedback loops during the soak")
     parser.add_argument("--feedback-seconds", type=float, default=20, help="then: 8 clients of /feedback, 0 = skip")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
+    parser.add_argument("--no-tracing", action="store_true", help="CHATBOT_TRACING=false (the baseline)")
+    parser.add_argument("--out", default="soak", help="results file name under benchmarks/results/")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
@@ -198,7 +202,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     print(f"soak: server on {base}, scratch {work}", flush=True)
-    proc = start_server(work, port)
+    proc = start_server(work, port, tracing=not args.no_tracing)
     result: dict = {}
     try:
         t = time.monotonic()
@@ -207,7 +211,7 @@ def main() -> None:
         for q in FORMS:
             httpx.post(f"{base}/chat", json={"question": q.format("MLflow")}, timeout=60)
         result = asyncio.run(soak(base, proc.pid, args.duration, args.clients, args.feedback_clients))
-        ids = result.pop("trace_ids")
+        ids = [i for i in result.pop("trace_ids") if i]  # no ids with tracing off: nothing to rate
         if args.feedback_seconds and ids:
             result["feedback_burst"] = asyncio.run(feedback_burst(base, ids, args.feedback_seconds))
     finally:
@@ -230,7 +234,9 @@ def main() -> None:
               f"RSS {rss[0]:.0f} -> {rss[1]:.0f} MB ({(rss[1] / rss[0] - 1) * 100:+.1f}%); traces dropped "
               f"{result['traces_dropped']}; traces stored {result['traces_in_store']}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), **result}, indent=2))
+    result["tracing"] = not args.no_tracing
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), **result},
+                                                         indent=2))
 
 
 if __name__ == "__main__":
