@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install install-test install-bench system-test-deps run chat index test serve-model bench clean
+.PHONY: help install install-test install-bench system-test-deps run chat index test serve-model bench soak clean
 
 help:
 	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
@@ -86,6 +86,10 @@ lock: $(BIN)/python
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
 	  $(LOCK_TORCH_SOURCE) --no-emit-package torch --no-emit-package llmops-chatbot \
 	  --custom-compile-command "make lock" -o requirements.lock
+# 10 minutes of /chat (8 clients) and /feedback against a fresh server on 127.0.0.1, tracing on (BENCHMARKS.md);
+# SOAK_ARGS="--duration 60" for a short one
+soak: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf .chatbot .pytest_cache build dist *.egg-info

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing"]
 
 
 def summary() -> list[str]:
@@ -48,6 +48,11 @@ def summary() -> list[str]:
     if r := load("coldstart"):
         p50 = r["serve_to_first_correct_answer_ms"]["p50"] / 1000
         lines.append(f"cold start: {p50:.1f} s to the first correct answer (goal <= 10 s) {'MET' if p50 <= 10 else 'MISSED'}")
+    if r := load("tracing"):
+        ok = r["single_p50_cost_ms"] <= 1 and r["batch_cost_share"] <= 0.15
+        lines.append(f"tracing: +{r['single_p50_cost_ms']} ms p50 single (goal <= 1 ms), batch "
+                     f"{r['batch_questions_per_s']['on']} vs {r['batch_questions_per_s']['off']} q/s "
+                     f"(cost {r['batch_cost_share']:.0%}, goal <= 15%) {'MET' if ok else 'MISSED'}")
     return lines
 
 

@@ -8,8 +8,11 @@ once and none loses a row.
 Attaching to MLflow (`mlflow.log_feedback`, name `user_rating`, value True/False, source HUMAN with the session
 id as source id, the comment as rationale, `{"feedback_id": row id}` as metadata) happens after the row is
 committed. If the tracking store is down or the trace is not there yet, the row stays unsynced (`synced_at` is
-NULL) and is attached later: by the next `record` (a few rows whose last try is `retry_after_s` old) or by
-`sync()` / `llmops-chatbot sync-feedback`. No rating is attached twice: a row is claimed by an atomic UPDATE
+NULL) and is attached later: by the next `record` (a few rows whose next try is due), by the store's background
+worker (`record(..., background=True)`: the server's way, no attach or flush in the request), or by `sync()` /
+`llmops-chatbot sync-feedback`. Tries back off (`retry_after_s` doubling up to `retry_cap_s`); a rating whose trace
+is still not found after `max_attempts` tries is marked orphaned (`orphaned_at`, terminal: the trace was dropped
+or lost) and no longer retried. No rating is attached twice: a row is claimed by an atomic UPDATE
 before it is attached (a lease, so a crashed claimer is retried later), and before logging, the trace's
 assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case).
 
@@ -64,6 +67,7 @@ feedback_table = Table(
     Column("sync_error", Text),
     Column("claimed_at", Float),                               # epoch; a sync in progress (lease)
     Column("attempted_at", Float),                             # epoch of the last attach attempt
+    Column("orphaned_at", DateTime),                           # the trace never arrived: no more tries
     Index("ix_feedback_version_created", "model_version", "created_ts"),
 )
 
@@ -85,6 +89,7 @@ class FeedbackRow:
     synced_at: datetime | None
     assessment_id: str | None
     sync_error: str | None
+    orphaned_at: datetime | None = None
 
     @property
     def positive(self) -> bool:
@@ -93,11 +98,13 @@ class FeedbackRow:
 
 @dataclass
 class SyncReport:
-    """What one `sync()` did: attached now, found already attached, still pending (with the last error)."""
+    """What one `sync()` did: attached now, found already attached, still pending (with the last error), marked
+    orphaned now (their trace was still not found after `max_attempts` tries)."""
 
     attached: int = 0
     already: int = 0
     pending: int = 0
+    orphaned: int = 0
     last_error: str | None = None
 
 
@@ -135,8 +142,13 @@ class FeedbackStore:
     """Ratings in a SQL database; `record` writes one and attaches it to its MLflow trace (best effort)."""
 
     lease_s = 120.0          # a claimed row is retried by others after this long (claimer crashed)
-    retry_after_s = 30.0     # `record` retries an older unsynced row at most this often
+    retry_after_s = 30.0     # first automatic retry of an unsynced row after this long, then doubling ...
+    retry_cap_s = 600.0      # ... up to this
+    max_attempts = 12        # tries whose trace is not found before a row is orphaned (~1 h of backoff)
     auto_retry_limit = 10    # rows `record` retries per call
+    background_batch = 200   # rows the background worker tries per pass
+    background_interval_s = 5.0  # the background worker also wakes this often for due retries
+    background_share = 0.15  # most of the time the worker attaches while ratings keep coming (GIL)
     connect_timeout_s = 2.0  # reachability probe of an http(s) tracking server
 
     def __init__(self, url: str, *, attach: bool = True, clock: Callable[[], float] = time.time):
@@ -153,6 +165,10 @@ class FeedbackStore:
         self.clock = clock  # epoch seconds; tests inject one
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self._worker: BackgroundSync | None = None
+        self._commit = threading.Condition()  # group commit of concurrent inserts (`_insert`)
+        self._waiting: list[_Slot] = []
+        self._writing = False
 
     def __repr__(self) -> str:
         return f"FeedbackStore({self._url.render_as_string(hide_password=True)!r})"
@@ -207,8 +223,9 @@ class FeedbackStore:
     # ------------------------------------------------------------ writing
     def record(self, *, trace_id: str | None, rating: str, comment: str | None = None,
                session_id: str | None = None, route: str | None = None, provider: str | None = None,
-               model: str | None = None, model_version: str | None = None) -> int:
-        """Store one rating ("up" or "down"); returns the row id. Then attach it (and a few older ones)."""
+               model: str | None = None, model_version: str | None = None, background: bool = False) -> int:
+        """Store one rating ("up" or "down"); returns the row id. Then attach it (and a few older ones), or with
+        `background`, leave that to this store's background worker (no MLflow call in the caller's thread)."""
         if rating not in RATINGS:
             raise InvalidInput(f"rating must be one of {list(RATINGS)}, got {rating!r}")
         if trace_id is not None and (not isinstance(trace_id, str) or not trace_id.strip()):
@@ -216,29 +233,97 @@ class FeedbackStore:
         if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
             raise InvalidInput(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
         now = self.clock()
-        with self.engine.begin() as conn:
-            row_id = conn.execute(feedback_table.insert().values(
-                created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
-                route=route, provider=provider, model=model,
-                model_version=None if model_version is None else str(model_version),
-                rating=rating, comment=comment or None, sync_attempts=0)).inserted_primary_key[0]
+        row_id = self._insert(dict(
+            created_at=_naive_utc(now), created_ts=now, trace_id=trace_id, session_id=session_id,
+            route=route, provider=provider, model=model,
+            model_version=None if model_version is None else str(model_version),
+            rating=rating, comment=comment or None, sync_attempts=0))
         log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
-        if self.attach and trace_id:
+        if background:
+            from chatbot_model import tracing
+
+            tracing.note_activity()
+            if trace_id:
+                self.background().notify()
+        elif self.attach and trace_id:
             if self._sync_rows([row_id]).attached:
                 self._retry_older(exclude=row_id)
         return int(row_id)
 
+    def _insert(self, values: dict) -> int:
+        """Insert one row and return its id once committed. Concurrent callers share transactions (group
+        commit): whoever finds no write in progress writes every row waiting, in one transaction, and wakes
+        their callers; each caller returns only after its own row is committed (or raises its error)."""
+        slot = _Slot(values)
+        with self._commit:
+            self._waiting.append(slot)
+            while not slot.done:
+                if self._writing:
+                    self._commit.wait()
+                    continue
+                batch, self._waiting = self._waiting, []
+                self._writing = True
+                self._commit.release()
+                try:
+                    try:
+                        with self.engine.begin() as conn:
+                            ids = [conn.execute(feedback_table.insert().values(**s.values)).inserted_primary_key[0]
+                                   for s in batch]
+                        for s, row_id in zip(batch, ids):
+                            s.row_id = int(row_id)
+                    except BaseException as exc:  # the whole transaction failed: every caller in it learns why
+                        for s in batch:
+                            s.error = exc
+                finally:
+                    self._commit.acquire()
+                    self._writing = False
+                    for s in batch:
+                        s.done = True
+                    self._commit.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.row_id
+
     def _retry_older(self, exclude: int) -> None:
-        """The automatic retry: a few unsynced rows not tried for `retry_after_s`."""
-        cutoff = self.clock() - self.retry_after_s
-        t = feedback_table
-        with self.engine.connect() as conn:
-            ids = conn.execute(select(t.c.id).where(
-                t.c.synced_at.is_(None), t.c.trace_id.is_not(None), t.c.id != exclude,
-                (t.c.attempted_at.is_(None)) | (t.c.attempted_at < cutoff)).order_by(t.c.id)
-                .limit(self.auto_retry_limit)).scalars().all()
+        """The automatic retry: a few unsynced rows whose next try is due."""
+        ids = [i for i in self.due_ids(self.auto_retry_limit + 1) if i != exclude][:self.auto_retry_limit]
         if ids:
-            self._sync_rows(list(ids))
+            self._sync_rows(ids)
+
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds between a row's try number `attempts` and the next automatic one."""
+        return min(self.retry_after_s * 2 ** max(attempts - 1, 0), self.retry_cap_s)
+
+    def due_ids(self, limit: int) -> list[int]:
+        """Pending rows (oldest first) never tried, or whose backoff since the last try has passed."""
+        t = feedback_table
+        now = self.clock()
+        due: list[int] = []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.c.id, t.c.sync_attempts, t.c.attempted_at).where(*_pending(t))
+                                .order_by(t.c.id).limit(max(limit * 20, 500)))
+            for row_id, attempts, attempted_at in rows:
+                if attempted_at is None or attempted_at + self.retry_delay(attempts or 0) <= now:
+                    due.append(int(row_id))
+                    if len(due) >= limit:
+                        break
+        return due
+
+    def sync_due(self, limit: int | None = None) -> SyncReport:
+        """One pass of the background worker: try the due rows, without flushing this process's traces."""
+        return self._sync_rows(self.due_ids(limit or self.background_batch), flush=False)
+
+    def background(self) -> "BackgroundSync":
+        """This store's background attach worker (one thread, started on first use)."""
+        with self._lock:
+            if self._worker is None or self._worker.stopped:
+                self._worker = BackgroundSync(self)
+            return self._worker
+
+    def stop_background(self, timeout: float = 10.0) -> None:
+        """Stop the background worker, if any (pending rows stay in the database for the next one)."""
+        if self._worker is not None:
+            self._worker.stop(timeout)
 
     # ------------------------------------------------------------ attaching to MLflow traces
     def sync(self, limit: int | None = None, ids: list[int] | None = None) -> SyncReport:
@@ -248,7 +333,7 @@ class FeedbackStore:
         `sync(ids=[row_id])` in a background task.
         """
         t = feedback_table
-        query = select(t.c.id).where(t.c.synced_at.is_(None), t.c.trace_id.is_not(None)).order_by(t.c.id)
+        query = select(t.c.id).where(*_pending(t)).order_by(t.c.id)
         if ids is not None:
             query = query.where(t.c.id.in_([int(i) for i in ids]))
         with self.engine.connect() as conn:
@@ -261,27 +346,30 @@ class FeedbackStore:
         now = self.clock()
         with self.engine.begin() as conn:
             taken = conn.execute(update(t).where(
-                t.c.id == row_id, t.c.synced_at.is_(None),
+                t.c.id == row_id, t.c.synced_at.is_(None), t.c.orphaned_at.is_(None),
                 (t.c.claimed_at.is_(None)) | (t.c.claimed_at < now - self.lease_s))
                 .values(claimed_at=now, attempted_at=now, sync_attempts=t.c.sync_attempts + 1)).rowcount
             if taken != 1:
                 return None
             return dict(conn.execute(select(t).where(t.c.id == row_id)).mappings().one())
 
-    def _finish(self, row_id: int, *, assessment_id: str | None = None, error: str | None = None) -> None:
+    def _finish(self, row_id: int, *, assessment_id: str | None = None, error: str | None = None,
+                orphaned: bool = False) -> None:
         t = feedback_table
         values = {"claimed_at": None, "sync_error": error}
+        if orphaned:
+            values["orphaned_at"] = _naive_utc(self.clock())
         if error is None:
             values.update(synced_at=_naive_utc(self.clock()), assessment_id=assessment_id)
         with self.engine.begin() as conn:
             conn.execute(update(t).where(t.c.id == row_id).values(**values))
 
-    def _sync_rows(self, ids: list[int]) -> SyncReport:
+    def _sync_rows(self, ids: list[int], flush: bool = True) -> SyncReport:
         report = SyncReport()
         if not ids:
             return report
         reachable, why = self._tracking_reachable()
-        flushed = False
+        flushed = not flush
         for row_id in ids:
             row = self._claim(row_id)
             if row is None:
@@ -297,7 +385,14 @@ class FeedbackStore:
                 assessment_id, fresh = _attach(row)
             except Exception as exc:  # tracking store down, trace not found yet, ...
                 message = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
+                if _not_found(exc) and row["sync_attempts"] >= self.max_attempts:
+                    log.warning("feedback %s orphaned: trace %s still not found after %d tries", row_id,
+                                row["trace_id"], row["sync_attempts"])
+                    self._finish(row_id, error=message, orphaned=True)
+                    report.orphaned, report.last_error = report.orphaned + 1, message
+                    continue
+                (log.info if _not_found(exc) else log.warning)(  # not written yet is routine under load
+                    "feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
                 self._finish(row_id, error=message)
                 report.pending, report.last_error = report.pending + 1, message
                 continue
@@ -339,13 +434,15 @@ class FeedbackStore:
                             session_id=r["session_id"], route=r["route"], provider=r["provider"],
                             model=r["model"], model_version=r["model_version"], rating=r["rating"],
                             comment=r["comment"], synced_at=_utc(r["synced_at"]),
-                            assessment_id=r["assessment_id"], sync_error=r["sync_error"]) for r in rows]
+                            assessment_id=r["assessment_id"], sync_error=r["sync_error"],
+                            orphaned_at=_utc(r["orphaned_at"])) for r in rows]
 
     def stats(self) -> dict:
-        """Counts: total, by rating, by route / model / model version (each split by rating), unsynced."""
+        """Counts: total, by rating, by route / model / model version (each split by rating), unsynced (still
+        to attach), orphaned (their trace never arrived)."""
         t = feedback_table
         out: dict = {"total": 0, "by_rating": {r: 0 for r in RATINGS}, "by_route": {}, "by_model": {},
-                     "by_version": {}, "unsynced": 0}
+                     "by_version": {}, "unsynced": 0, "orphaned": 0}
         with self.engine.connect() as conn:
             for key, column in (("by_route", t.c.route), ("by_model", t.c.model), ("by_version", t.c.model_version)):
                 for value, rating, n in conn.execute(
@@ -354,8 +451,8 @@ class FeedbackStore:
             for rating, n in conn.execute(select(t.c.rating, func.count()).group_by(t.c.rating)):
                 out["by_rating"][rating] = n
                 out["total"] += n
-            out["unsynced"] = conn.execute(select(func.count()).where(
-                t.c.synced_at.is_(None), t.c.trace_id.is_not(None))).scalar_one()
+            out["unsynced"] = conn.execute(select(func.count()).where(*_pending(t))).scalar_one()
+            out["orphaned"] = conn.execute(select(func.count()).where(t.c.orphaned_at.is_not(None))).scalar_one()
         return out
 
     def rating_times(self, *, since_ts: float | None = None, until_ts: float | None = None,
@@ -379,18 +476,86 @@ class FeedbackStore:
             return [(float(ts), rating) for ts, rating in conn.execute(query)]
 
     def dispose(self) -> None:
+        self.stop_background()
         if self._engine is not None:
             self._engine.dispose()
 
 
-def _flush_traces() -> None:
-    """Trace export is asynchronous: write pending traces before attaching to them."""
-    import mlflow
+class _Slot:
+    """One row waiting for its group commit."""
+
+    __slots__ = ("values", "done", "row_id", "error")
+
+    def __init__(self, values: dict):
+        self.values, self.done, self.row_id, self.error = values, False, 0, None
+
+
+def _pending(t) -> tuple:
+    """Rows still to attach: a trace id, not synced, not orphaned."""
+    return t.c.synced_at.is_(None), t.c.orphaned_at.is_(None), t.c.trace_id.is_not(None)
+
+
+def _not_found(exc: Exception) -> bool:
+    """The tracking store answered that the trace does not exist (as opposed to failing to answer)."""
+    code = getattr(exc, "error_code", None)
+    return code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
+
+
+class BackgroundSync:
+    """One daemon thread that attaches a store's pending ratings: woken by each `record(background=True)` and
+    every `background_interval_s` for due retries; at most `background_batch` rows per pass. Failures stay
+    pending (see `FeedbackStore`); the thread never raises."""
+
+    def __init__(self, store: FeedbackStore):
+        self.store = store
+        self.passes = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feedback-sync", daemon=True)
+        self._thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.store.background_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            from chatbot_model import tracing
+
+            started = time.monotonic()
+            try:
+                report = self.store.sync_due()
+            except Exception as exc:  # the feedback database is down: the rows are safe, try again later
+                log.warning("background feedback sync failed: %s: %s", type(exc).__name__, exc)
+                report = None
+            self.passes += 1
+            if report is not None and (report.attached or report.already or report.pending or report.orphaned):
+                tracing.pace(time.monotonic() - started, self.store.background_share, self._stop)
+                self._wake.set()  # more may be due: look again after the pause
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current pass (waits at most `timeout` s)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def _flush_traces(timeout: float = 10.0) -> None:
+    """Trace export is asynchronous: write this process's queued traces before attaching to them (bounded)."""
+    from chatbot_model import tracing
 
     try:
-        mlflow.flush_trace_async_logging()
+        tracing.flush(timeout)
     except Exception as exc:  # flushing is a courtesy; the attach below reports the real problem
-        log.debug("could not flush async trace logging: %s", exc)
+        log.debug("could not flush the trace queue: %s", exc)
 
 
 def _attach(row: dict) -> tuple[str | None, bool]:
@@ -413,4 +578,4 @@ def _attach(row: dict) -> tuple[str | None, bool]:
     return assessment.assessment_id, True
 
 
-__all__ = ["ASSESSMENT_NAME", "RATINGS", "FeedbackRow", "FeedbackStore", "SyncReport"]
+__all__ = ["ASSESSMENT_NAME", "RATINGS", "BackgroundSync", "FeedbackRow", "FeedbackStore", "SyncReport"]

@@ -31,7 +31,7 @@ def stats(model_version: str | None) -> None:
     counts = store.stats()
     click.echo(f"feedback store: {store!r}")
     click.echo(f"ratings: {counts['total']} (up {counts['by_rating']['up']}, down {counts['by_rating']['down']}), "
-               f"not yet attached to traces: {counts['unsynced']}")
+               f"not yet attached to traces: {counts['unsynced']}, orphaned (trace never arrived): {counts['orphaned']}")
     for key, title in (("by_route", "route"), ("by_model", "model"), ("by_version", "model version")):
         click.echo(f"by {title}:")
         if not counts[key]:
@@ -49,13 +49,21 @@ def stats(model_version: str | None) -> None:
 @click.command("sync-feedback")
 @click.option("--limit", type=click.IntRange(min=1), help="Attach at most this many ratings (oldest first).")
 def sync_feedback(limit: int | None) -> None:
-    """Attach every rating not yet on its MLflow trace (tracking store was down, trace not exported yet)."""
+    """Attach every rating not yet on its MLflow trace (tracking store was down, trace not exported yet).
+
+    Exits 1 while ratings are still pending; a rating whose trace is still missing after the store's
+    `max_attempts` tries is marked orphaned and reported, and no longer fails the run."""
     import mlflow
 
     store, settings = _store_and_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
     report = store.sync(limit=limit)
-    click.echo(f"attached {report.attached}, already attached {report.already}, still pending {report.pending}")
+    click.echo(f"attached {report.attached}, already attached {report.already}, still pending {report.pending}, "
+               f"orphaned now {report.orphaned}")
+    orphaned = store.stats()["orphaned"]
+    if orphaned:
+        click.echo(f"orphaned ratings (trace never arrived after {store.max_attempts} tries; kept, not retried): "
+                   f"{orphaned}")
     if report.pending:
         click.echo(f"last error: {report.last_error}")
         raise SystemExit(1)

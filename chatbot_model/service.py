@@ -23,7 +23,7 @@ from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
-from chatbot_model.tracing import record_trace  # light; sets MLflow's trace-export queue defaults early
+from chatbot_model.tracing import record_traces
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_CALLS = 8
@@ -289,9 +289,10 @@ class LLMService:
 
     # ------------------------------------------------------------ tracing
     def _trace(self, results: list[ChatResult], steps: dict[str, Step], checks_in, t0: int, hint: str) -> None:
-        """One MLflow trace per question, spans timed by the batch step they shared. Never fails the request."""
+        """One MLflow trace per question, spans timed by the batch step they shared, queued for the background
+        exporter (`chatbot_model.tracing`). Never fails or slows the request."""
         try:
-            for result, check in zip(results, checks_in):
-                result.trace_id = record_trace(result, steps, check, t0, hint)
+            record_traces(results, steps, checks_in, t0, hint, queue_size=self.settings.trace_queue_size,
+                          share=self.settings.trace_export_share)
         except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
             log.warning("could not record the trace: %s", exc)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 
@@ -470,3 +471,120 @@ def test_the_chat_loop_writes_through_the_store_and_every_service_sees_it(settin
     assert svc.answer("What is an MLflow alias?").route_reasons[-2] == "bias_towards_35=0.36"
     assert svc.current_state()[1] == GROUNDED_HINT
     assert svc.adapter.hint == DEFAULT_HINT and svc.router.bias_towards_35 == 0.3  # per request, never written
+
+
+# ------------------------------------------------------------------ background attach, backoff, orphans
+LOST = "tr-0123456789abcdef0123456789abcdef"  # a trace id the tracking store never gets
+
+
+def test_a_rating_whose_trace_never_arrives_is_orphaned_after_n_tries_with_backoff(settings):
+    clock = Clock(1_800_000_000.0)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
+    store.max_attempts, store.retry_after_s, store.retry_cap_s = 3, 10.0, 15.0
+    row_id = store.record(trace_id=LOST, rating="down")
+    tries = []
+    for _ in range(3):
+        assert store.due_ids(10) == [row_id]
+        report = store.sync_due()
+        tries.append((report.pending, report.orphaned))
+        assert store.due_ids(10) == []            # backing off: not due again at once
+        clock.now += store.retry_delay(len(tries)) - 0.001
+        assert store.due_ids(10) == []
+        clock.now += 0.001
+    assert tries == [(1, 0), (1, 0), (0, 1)]
+    assert [store.retry_delay(n) for n in (1, 2, 3)] == [10.0, 15.0, 15.0]  # doubling, capped
+    (row,) = store.ratings()
+    assert row.orphaned_at is not None and row.synced_at is None and "not found" in row.sync_error
+    assert store.due_ids(10) == [] and store.sync().orphaned == 0  # terminal: never tried again
+    assert store.stats()["unsynced"] == 0 and store.stats()["orphaned"] == 1
+    store.dispose()
+
+
+def test_a_trace_that_arrives_before_the_last_try_is_attached_not_orphaned(settings):
+    clock = Clock(1_800_000_000.0)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
+    store.max_attempts = 2
+    span = make_trace(end=False)
+    store.record(trace_id=span.trace_id, rating="up")
+    assert store.sync_due().pending == 1
+    span.end()
+    clock.now += store.retry_delay(1)
+    report = store.sync_due()
+    assert (report.attached, report.orphaned) == (1, 0) and len(user_ratings(span.trace_id)) == 1
+    store.dispose()
+
+
+def test_sync_feedback_reports_orphans_and_exits_0(store, monkeypatch):
+    from chatbot_model.cli import main
+
+    monkeypatch.setattr(FeedbackStore, "max_attempts", 2)
+    store.record(trace_id=LOST, rating="up")  # try 1 (record attaches)
+    out = CliRunner().invoke(main, ["sync-feedback"])  # try 2: orphaned
+    assert out.exit_code == 0, out.output
+    assert "still pending 0, orphaned now 1" in out.output and "orphaned ratings" in out.output
+    out = CliRunner().invoke(main, ["sync-feedback"])
+    assert out.exit_code == 0 and "attached 0, already attached 0, still pending 0, orphaned now 0" in out.output
+    out = CliRunner().invoke(main, ["feedback", "stats"])
+    assert "orphaned (trace never arrived): 1" in out.output
+
+
+def test_background_records_return_before_any_attach_and_the_worker_attaches_each_once(store, monkeypatch):
+    gate, threads = threading.Event(), []
+    real_attach = feedback_module._attach
+
+    def held(row):
+        threads.append(threading.current_thread().name)
+        assert gate.wait(60)
+        return real_attach(row)
+
+    monkeypatch.setattr(feedback_module, "_attach", held)
+    spans = [make_trace() for _ in range(5)]
+    ids = [store.record(trace_id=s.trace_id, rating="up", background=True) for s in spans]  # none blocks
+    assert len(ids) == 5 and store.stats()["total"] == 5
+    gate.set()
+    store.stop_background(60)
+    store.sync_due()
+    assert set(threads) <= {"feedback-sync", threading.current_thread().name}
+    assert all(len(user_ratings(s.trace_id)) == 1 for s in spans) and store.stats()["unsynced"] == 0
+
+
+def test_concurrent_ratings_share_transactions_and_each_returns_its_own_committed_row(settings, monkeypatch):
+    store = FeedbackStore(settings.feedback_db_url, attach=False)  # only the inserts open transactions
+    store.stats()  # the schema, before counting
+    # hold the first transaction open until 7 more writers are waiting: they must all go in the next one
+    writers, first_in, go = 8, threading.Event(), threading.Event()
+    transactions = []
+    real_begin = type(store.engine).begin
+
+    def begin(engine):
+        transactions.append(len(store._waiting))
+        if len(transactions) == 1:
+            first_in.set()
+            assert go.wait(60)
+        return real_begin(engine)
+
+    monkeypatch.setattr(type(store.engine), "begin", begin)
+    ids, errors = {}, []
+
+    def rate(n):
+        try:
+            ids[n] = store.record(trace_id=f"tr-{n}", rating="up", comment=f"c{n}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rate, args=(0,))]
+    threads[0].start()
+    assert first_in.wait(60)
+    threads += [threading.Thread(target=rate, args=(n,)) for n in range(1, writers)]
+    for t in threads[1:]:
+        t.start()
+    while len(store._waiting) < writers - 1:  # every other writer queued behind the open transaction
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join(60)
+    monkeypatch.undo()
+    assert not errors and len(transactions) == 2  # 8 rows, 2 transactions
+    rows = {r.id: r for r in store.ratings()}
+    assert sorted(ids.values()) == sorted(rows) and all(rows[ids[n]].comment == f"c{n}" for n in ids)
+    store.dispose()

@@ -48,6 +48,24 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         state.backend.close()
+        await drain(state)
+
+
+async def drain(state) -> None:
+    """Shutdown, bounded by 10 s in all: stop the feedback worker (its pending ratings stay in the database),
+    then write the queued traces; what is still queued at the deadline is counted as dropped."""
+    import time
+
+    from starlette.concurrency import run_in_threadpool
+
+    from chatbot_model import tracing
+
+    deadline = time.monotonic() + tracing.DRAIN_TIMEOUT_S
+    store = getattr(state, "feedback_store", None)
+    if hasattr(store, "stop_background"):
+        await run_in_threadpool(store.stop_background, 2.0)
+    stats = await run_in_threadpool(tracing.shutdown, max(0.0, deadline - time.monotonic()))
+    log.info("trace pipeline drained: %s", stats)
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | str | None = None,

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from chatbot_model.breaker import BreakerCollector
 
@@ -53,6 +54,23 @@ class TraceMemory:
         return len(self._items)
 
 
+class TracesDroppedCollector:
+    """`chatbot_traces_dropped_total`: traces this process's pipeline dropped (queue full, left at shutdown) or
+    failed to write, read from `chatbot_model.tracing.stats()` at scrape time."""
+
+    def describe(self):
+        return [CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])]
+
+    def collect(self):
+        from chatbot_model import tracing
+
+        counts = tracing.stats()
+        family = CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])
+        family.add_metric(["queue_full"], counts["dropped"])
+        family.add_metric(["write_failed"], counts["failed"])
+        yield family
+
+
 class Metrics:
     """Prometheus metrics in a registry of their own (one per app, so tests and apps do not share counts)."""
 
@@ -70,6 +88,7 @@ class Metrics:
         self.feedback = Counter("chatbot_feedback_total", "feedback recorded by rating", ["rating"], registry=r)
         self.model_ready = Gauge("chatbot_model_ready", "1 when the backend can answer", registry=r)
         r.register(BreakerCollector())  # chatbot_provider_breaker_{opens,probes,skips}_total by provider
+        r.register(TracesDroppedCollector())
 
     def observe_answer(self, row: dict) -> None:
         self.routes.labels(row["route"] or "unknown").inc()

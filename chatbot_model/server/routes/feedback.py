@@ -1,8 +1,17 @@
-"""POST /feedback: a thumbs up/down on a trace this server (or MLflow) knows, recorded durably."""
+"""POST /feedback: a thumbs up/down on a trace this server, another replica or MLflow knows, recorded durably.
+
+The rating is stored and the response sent; attaching it to its MLflow trace happens in the store's background
+worker (no trace flush, no MLflow call in the request). A trace id this process did not serve is looked up in the
+tracking store, bounded by `LOOKUP_TIMEOUT_S`: 404 only when the store says the trace does not exist, 503 with
+`Retry-After` when it cannot say (down, slow, erroring).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+from urllib.parse import urlparse
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -16,34 +25,70 @@ from chatbot_model.server.state import ServedTrace
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["feedback"])
+LOOKUP_TIMEOUT_S = 5.0   # the whole tracking-store lookup of an unknown trace id
+CONNECT_TIMEOUT_S = 2.0  # the reachability probe of an http(s) tracking server
+RETRY_AFTER_S = 5
+
+
+class TraceStoreUnavailable(FeedbackUnavailable):
+    """The tracking store cannot say whether the trace exists: try again later."""
+
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+
+
+def _probe(uri: str) -> None:
+    """A quick TCP connect to an http(s) tracking server (MLflow's own client retries for minutes)."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
 
 
 def lookup_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
-    """A trace another process served, from the MLflow tracking store; None when it does not exist."""
-    try:
-        from mlflow import MlflowClient
+    """A trace another process served, from the MLflow tracking store; None when the store says it does not
+    exist. Raises when the store cannot say (unreachable, erroring)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracing.client import TracingClient
 
-        trace = MlflowClient(tracking_uri=settings.tracking_uri).get_trace(trace_id)
-    except Exception:  # noqa: BLE001 - not found, malformed id or store error: unknown to us
+    _probe(settings.tracking_uri)
+    try:
+        info = TracingClient(settings.tracking_uri).get_trace_info(trace_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc).lower():
+            return None
+        raise
+    if info is None:
         return None
-    if trace is None:
-        return None
-    tags = dict(getattr(trace.info, "tags", None) or {})
+    tags = dict(getattr(info, "tags", None) or {})
     return ServedTrace(trace_id=trace_id, route=tags.get("route"), provider=tags.get("provider"),
                        model=tags.get("model"))
+
+
+async def find_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
+    """`lookup_trace` within `LOOKUP_TIMEOUT_S`; TraceStoreUnavailable (503) when the store cannot say in time."""
+    try:
+        return await asyncio.wait_for(run_in_threadpool(lookup_trace, trace_id, settings), LOOKUP_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        why = f"no answer within {LOOKUP_TIMEOUT_S:g} s"
+    except Exception as exc:  # noqa: BLE001 - unreachable or erroring store: it cannot say
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    log.warning("trace %s: the tracking store cannot say whether it exists (%s)", trace_id, why)
+    raise TraceStoreUnavailable(f"cannot check trace {trace_id!r} now: the tracking store is unavailable ({why}); "
+                                f"retry in {RETRY_AFTER_S} s")
 
 
 @router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 413, 422, 503))
 async def feedback(body: FeedbackRequest, settings: SettingsDep, traces: TracesDep, store: FeedbackStoreDep,
                    metrics: MetricsDep, _auth: Authorized) -> FeedbackResponse:
     """Rate an answer by its `trace_id` (from /chat): `up` or `down`, with an optional comment."""
-    served = traces.get(body.trace_id) or await run_in_threadpool(lookup_trace, body.trace_id, settings)
+    served = traces.get(body.trace_id) or await find_trace(body.trace_id, settings)
     if served is None:
         raise TraceNotFound(f"trace {body.trace_id!r} is unknown; send the trace_id a /chat answer returned")
     try:
         await run_in_threadpool(store.record, trace_id=body.trace_id, rating=body.rating, comment=body.comment,
                                 session_id=served.session_id, route=served.route, provider=served.provider,
-                                model=served.model, model_version=served.model_version)
+                                model=served.model, model_version=served.model_version, background=True)
     except ChatbotError:  # InvalidInput: the edge turns it into 422
         raise
     except Exception as exc:  # noqa: BLE001 - the store is down: say so, do not 500
