@@ -50,7 +50,8 @@ def record_trace(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: st
     root = mlflow.start_span_no_context(
         name="chat", span_type="CHAIN", inputs={"question": result.question}, start_time_ns=t0_ns,
         attributes={"route": result.route, "provider": result.provider, "model": result.model,
-                    "blocked": str(result.blocked), "latency_ms": str(result.latency_ms)},
+                    "blocked": str(result.blocked), "abstained": str(result.abstained),
+                    "latency_ms": str(result.latency_ms)},
         tags={"route": result.route, "provider": result.provider, "blocked": str(result.blocked).lower()})
     taken = list(SPAN_TYPES) if result.blocked_by != "input" else ["embed", "guardrail_input"]
     for name in taken:
@@ -62,6 +63,7 @@ def record_trace(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: st
                                             inputs=inputs, start_time_ns=step.start_ns)
         span.end(outputs=outputs, end_time_ns=max(step.end_ns, step.start_ns))
     root.end(outputs={"answer": result.answer, "route": result.route, "provider": result.provider,
-                      "model": result.model, "blocked": result.blocked, "fallback": result.fallback},
+                      "model": result.model, "blocked": result.blocked, "abstained": result.abstained,
+                      "fallback": result.fallback},
              end_time_ns=t0_ns + int(result.latency_ms * 1e6))
     return root.trace_id
