@@ -41,8 +41,8 @@ class AnswerStyle:
 
 
 ANSWER_STYLES = {  # checked in order; a hint with none of the words gets "standard"
-    "detailed": AnswerStyle(6, 0.5, ("detailed", "grounded", "factual", "thorough")),
-    "concise": AnswerStyle(2, 0.8, ("concise", "brief", "short")),
+    "detailed": AnswerStyle(5, 0.5, ("detailed", "grounded", "factual", "thorough")),
+    "concise": AnswerStyle(2, 0.6, ("concise", "brief", "short")),
     "standard": AnswerStyle(3, 0.6),
 }
 
