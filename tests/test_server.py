@@ -93,6 +93,13 @@ def test_toxic_question_is_blocked_without_sources(client):
     assert body["blocked"] is True and body["route"] == "blocked" and body["sources"] == []
 
 
+def test_off_topic_question_is_reported_abstained_without_sources(client):
+    body = client.post("/chat", json={"question": "Who won the 1998 football world cup?"}).json()
+    assert body["abstained"] is True and body["blocked"] is False and body["sources"] == []
+    assert "knowledge base does not cover" in body["answer"] and body["trace_id"].startswith("tr-")
+    assert client.post("/chat", json={"question": Q}).json()["abstained"] is False
+
+
 @pytest.mark.parametrize("payload, field", [
     ({"question": ""}, "question"),
     ({"question": "   \n\t "}, "question"),
