@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     chunk_size: int = Field(800, ge=100, le=20000, description="characters per chunk")
     chunk_overlap: int = Field(120, ge=0, description="characters shared by neighbouring chunks")
     top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
+    abstain_below: float = Field(0.30, ge=-1, le=1, description="answer \"not covered\" when the best retrieval "
+                                 "score (cosine) is below this; scripts/calibrate_abstention.py; -1 = never")
     index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
     embedding_backend: str = Field("auto", description="embedder runtime: auto (onnx when possible), torch or onnx")
     embedding_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads per query; 0 = cores, at most 4")

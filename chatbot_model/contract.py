@@ -65,6 +65,8 @@ class AnswerRow(BaseModel):
     answer: str = Field("", description="the answer, or the guardrail's safe reply when blocked")
     question: str = Field("", description="the question as answered (cleaned)")
     blocked: bool = Field(False, description="true when the guardrail refused the question or the answer")
+    abstained: bool = Field(False, description="true when the knowledge base does not cover the question: the "
+                            "answer says so and lists no sources")
     route: str = Field("", description="route the router chose (gpt, claude) or `blocked`")
     provider: str = Field("", description="provider that actually answered")
     model: str = Field("", description="model that actually answered")
@@ -89,7 +91,7 @@ class AnswerRow(BaseModel):
             return []
         return [dict(s) for s in (value.tolist() if hasattr(value, "tolist") else value)]
 
-    @field_validator("blocked", "latency_ms", mode="before")
+    @field_validator("blocked", "abstained", "latency_ms", mode="before")
     @classmethod
     def _scalar(cls, value: Any) -> Any:
         if hasattr(value, "item"):  # numpy scalars

@@ -24,7 +24,7 @@ column `question`, so MLflow's schema enforcement (in `PyFuncModel.predict` and 
 a bare list of strings before it reaches this class with INVALID_PARAMETER_VALUE "Model is missing inputs
 ['question']"; `_PyfuncChatbot.predict` itself (e.g. `model.unwrap_python_model().predict(None, [...])`) also
 takes a list of strings or one string. Output: a DataFrame, one row per question, the columns of
-`contract.AnswerRow`: answer, question, blocked, route, provider, model, fallback ("" when none), sources
+`contract.AnswerRow`: answer, question, blocked, abstained, route, provider, model, fallback ("" when none), sources
 (list of {id, title, source, score}), latency_ms, trace_id ("" when tracing is off or failed), error ("" when
 ok). `answer` comes first, so `spark_udf(..., result_type="string")` yields the answers.
 
@@ -67,7 +67,7 @@ MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", 
                 "claude_model")
 # the logged value is the default; CHATBOT_<FIELD> set when serving overrides it
 DEFAULT_FIELDS = ("guardrail_backend", "toxic_bert_model", "guardrail_threshold", "top_k", "max_question_chars",
-                  "max_answer_tokens")
+                  "max_answer_tokens", "abstain_below")
 # what `load_model(uri, model_config=...)` (or MLFLOW_PYFUNC_INFERENCE_CONFIG) may set: see service_from_artifacts
 MODEL_CONFIG = {"model_version": "", "adaptation": "live"}
 BASELINE_KEY = "adaptation_baseline_ts"  # model_settings.json: ratings before it are already in this version

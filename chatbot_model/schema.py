@@ -82,6 +82,7 @@ class ChatResult:
     model: str
     blocked: bool = False
     blocked_by: str | None = None  # "input" or "output"
+    abstained: bool = False  # the knowledge base does not cover the question (retrieval below the floor)
     guardrail: dict[str, Any] = field(default_factory=dict)  # backend, flagged labels and scores
     fallback: str | None = None  # why the answering provider is not the route's provider
     route_reasons: list[str] = field(default_factory=list)

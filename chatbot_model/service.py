@@ -21,6 +21,7 @@ from chatbot_model.config import Settings
 from chatbot_model.contract import validate_question
 from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
+from chatbot_model.providers.local import KB_TOPIC
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
 from chatbot_model.tracing import record_traces
@@ -30,9 +31,14 @@ MAX_CONCURRENT_CALLS = 8
 
 
 def build_prompt(question: str, sources: list[Source]) -> str:
-    """Numbered sources, then the question and the citation instruction."""
+    """Numbered sources, then the question and the citation instruction. No sources (the service abstains: the
+    best retrieval score is below `abstain_below`): the knowledge base has nothing relevant and the model must
+    say so instead of answering from general knowledge."""
     if not sources:
-        return f"No sources were found in the knowledge base.\n\nQuestion: {question}\nAnswer honestly."
+        return (f"The knowledge base has nothing relevant to this question; it covers {KB_TOPIC}.\n\n"
+                f"Question: {question}\n"
+                "Say plainly, in one or two sentences, that the knowledge base does not cover this question and "
+                "what it does cover. Do not answer it from general knowledge and cite no sources.")
     blocks = [f"[{n}] {s.chunk.title} ({s.chunk.source})\n{s.chunk.text}" for n, s in enumerate(sources, 1)]
     return ("Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n"
             "Answer from the sources above and cite them as [n]. If they do not contain the answer, say so.")
@@ -134,12 +140,20 @@ class LLMService:
         with _timed(steps, "retrieval"):
             found = self.rag.search(vectors[ok]) if ok else []
         sources = dict(zip(ok, found))
+        # not covered: the best source scores below the calibrated floor; the provider then gets no sources and
+        # build_prompt tells it to say so (the local answerer replies NOT_COVERED)
+        abstain = {i for i in ok if not sources[i] or sources[i][0].score < self.settings.abstain_below}
+        if abstain:
+            log.info("abstained on %d of %d questions (best retrieval score below %.2f)", len(abstain), len(ok),
+                     self.settings.abstain_below)
+        prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
         bias, hint = self.current_state()  # this request's snapshot; shared components are never written
         with _timed(steps, "routing"):
             routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
         with _timed(steps, "llm"):
-            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], sources[i]), question=qs[i],
-                                             sources=sources[i], model="", question_vector=vectors[i]) for i in ok}
+            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
+                                             question=qs[i], sources=prompt_sources[i], model="",
+                                             question_vector=vectors[i]) for i in ok}
             answers = self._complete_all(requests, routes, deadline)
         with _timed(steps, "guardrail_output"):
             checks_out = self._check_answers({i: answers[i][0] for i in ok})
@@ -152,7 +166,8 @@ class LLMService:
                 continue
             completion, fallback = answers[i]
             result = ChatResult(
-                question=q, answer=completion.text, sources=[s.to_dict() for s in sources[i]],
+                question=q, answer=completion.text, sources=[s.to_dict() for s in prompt_sources[i]],
+                abstained=i in abstain,
                 route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
                 route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
             if not checks_out[i].safe:

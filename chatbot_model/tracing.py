@@ -64,6 +64,7 @@ class TraceRecord:
     model: str
     blocked: bool
     blocked_by: str | None
+    abstained: bool
     fallback: str | None
     latency_ms: float
     sources: tuple
@@ -86,7 +87,8 @@ def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str
         trace_id=new_trace_id(), tracking_uri=tracking_uri, experiment_id=str(experiment_id), t0_ns=t0_ns,
         question=result.question, answer=result.answer, route=result.route,
         route_reasons=tuple(result.route_reasons or ()), provider=result.provider, model=result.model,
-        blocked=bool(result.blocked), blocked_by=result.blocked_by, fallback=result.fallback,
+        blocked=bool(result.blocked), blocked_by=result.blocked_by, abstained=bool(result.abstained),
+        fallback=result.fallback,
         latency_ms=float(result.latency_ms), sources=tuple(result.sources or ()), guardrail=result.guardrail,
         check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds)
 
@@ -137,11 +139,12 @@ def build_spans(r: TraceRecord) -> list:
     tags = {"route": r.route, "provider": r.provider, "blocked": str(r.blocked).lower(),
             TraceTagKey.TRACE_NAME: "chat"}
     extra = {"route": dumps(r.route), "provider": dumps(r.provider), "model": dumps(r.model),
-             "blocked": dumps(str(r.blocked)), "latency_ms": dumps(str(r.latency_ms)),
+             "blocked": dumps(str(r.blocked)), "abstained": dumps(str(r.abstained)),
+             "latency_ms": dumps(str(r.latency_ms)),
              **{tag + k: dumps(v) for k, v in tags.items()}}
     spans = [span("chat", "CHAIN", root_id, None, r.t0_ns, end_ns, {"question": r.question},
                   {"answer": r.answer, "route": r.route, "provider": r.provider, "model": r.model,
-                   "blocked": r.blocked, "fallback": r.fallback}, extra)]
+                   "blocked": r.blocked, "abstained": r.abstained, "fallback": r.fallback}, extra)]
     for n, (name, start, end) in enumerate(r.steps, 2):
         inputs, outputs = _step_io(name, r)
         spans.append(span(name, SPAN_TYPES[name], root_id + n, root_id, start, end, inputs, outputs))

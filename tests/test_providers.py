@@ -18,7 +18,8 @@ import pytest
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError, ProviderError
 from chatbot_model.providers import PROVIDERS, build_provider
-from chatbot_model.providers.local import NO_ANSWER, split_sentences
+from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.providers.local import ANSWER_STYLES, NOT_COVERED, split_sentences, style_of
 from chatbot_model.schema import Chunk, CompletionRequest, Source
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
 from tests.fake_llm_server import fake_llm_server as _fake_llm_server
@@ -279,13 +280,13 @@ def make_source(chunk_id, title, text, score, *, sentences=True, vectors=False):
     return source
 
 
-def local_request(question, sources, *, question_vector=False):
+def local_request(question, sources, *, question_vector=False, hint=""):
     vector = None
     if question_vector:
         from chatbot_model.embeddings import get_embedder
 
         vector = get_embedder("").encode([question])[0]
-    return CompletionRequest(system="", prompt="", question=question, sources=sources, model="extractive-v1",
+    return CompletionRequest(system=hint, prompt="", question=question, sources=sources, model="extractive-v1",
                              question_vector=vector)
 
 
@@ -345,15 +346,48 @@ def test_local_splits_the_text_when_the_chunk_has_no_sentences(local):
     assert ("The server accepts JSON in the dataframe_split or dataframe_records format.", 1) in cited(completion.text)
 
 
-def test_local_without_sources_says_so_honestly(local):
+def test_local_without_sources_says_the_knowledge_base_does_not_cover_it(local):
     completion = local.complete(local_request("What is the capital of Mars?", []))
-    assert completion.text == NO_ANSWER and "could not find" in completion.text
+    assert completion.text == NOT_COVERED and "does not cover" in completion.text and "MLflow" in completion.text
+    assert not re.search(r"\[\d+\]", completion.text)  # cites nothing
     assert (completion.provider, completion.model) == ("local", "extractive-v1")
 
 
 def test_local_does_not_answer_off_topic_questions(local):
     sources = [make_source(1, "aliases", ALIASES, 0.1), make_source(2, "serving", SERVING, 0.1)]
-    assert local.complete(local_request("How tall is Mount Everest?", sources)).text == NO_ANSWER
+    assert local.complete(local_request("How tall is Mount Everest?", sources)).text == NOT_COVERED
+
+
+def test_local_leads_with_the_sentence_that_answers(local):
+    """The answering sentence is the last of its chunk; it comes first, the supporting ones after it."""
+    sources = [make_source(1, "aliases", ALIASES, 0.6), make_source(2, "serving", SERVING, 0.3)]
+    question = "Which URI loads the model version that the champion alias points to?"
+    for hint in (DEFAULT_HINT, GROUNDED_HINT, ""):
+        pieces = cited(local.complete(local_request(question, sources, hint=hint)).text)
+        assert pieces[0] == ("Moving an alias to a new version changes what `models:/name@champion` loads "
+                             "without changing code.", 1), hint
+
+
+def test_the_hint_shapes_the_local_answer(local):
+    """Same question, same sources: the default hint gives the 1-2 best sentences, the grounded hint (after a
+    thumbs-down) more supporting sentences, each cited with its own source."""
+    sources = [make_source(1, "aliases", ALIASES, 0.6), make_source(2, "serving", SERVING, 0.45),
+               make_source(3, "tracing", TRACING, 0.3)]
+    question = "How do I deploy a new model version with an alias and serve it?"
+    concise = cited(local.complete(local_request(question, sources, hint=DEFAULT_HINT)).text)
+    grounded = cited(local.complete(local_request(question, sources, hint=GROUNDED_HINT)).text)
+    assert 1 <= len(concise) <= 2 < len(grounded) <= ANSWER_STYLES["detailed"].max_sentences
+    assert concise[0] == grounded[0]  # both lead with the same best sentence
+    assert set(concise) < set(grounded)  # the grounded answer adds support, it drops nothing
+    for sentence, number in grounded:
+        assert sentence in sources[number - 1].chunk.sentences
+
+
+@pytest.mark.parametrize("hint, style", [(DEFAULT_HINT, "concise"), (GROUNDED_HINT, "detailed"),
+                                         ("Keep it brief.", "concise"), ("Answer as you see fit", "standard"),
+                                         ("", "standard")])
+def test_the_hint_words_choose_the_answer_style(hint, style):
+    assert style_of(hint) == style
 
 
 def test_local_embedder_failure_keeps_the_fix(local, tmp_path):

@@ -17,6 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from chatbot_model.config import Settings
 from chatbot_model.pyfunc import OUTPUT_COLUMNS, _PyfuncChatbot, answer_frame, service_from_artifacts, to_questions
 from chatbot_model.schema import ChatResult
 from tests.conftest import DOCS, ROOT
@@ -79,6 +80,7 @@ def test_logged_model_has_artifacts_code_requirements_signature_and_tags(store):
 
     settings = json.loads((local / "artifacts" / "model_settings.json").read_text())
     assert settings["bias_towards_35"] == 0.3 and settings["guardrail_backend"] in ("embedded", "auto")
+    assert settings["abstain_below"] == Settings.model_fields["abstain_below"].default  # the calibrated floor
     mv = client.get_model_version(NAME, version.version)
     manifest = json.loads((local / "artifacts" / "index" / "manifest.json").read_text())
     assert mv.tags["index_fingerprint"] == manifest["fingerprint"]
@@ -113,7 +115,15 @@ def test_predict_accepts_each_input_shape(store, payload, expected):
     assert out["question"].tolist() == expected
     assert (out["error"] == "").all() and (out["provider"] == "local").all()
     assert out["answer"].str.len().gt(0).all()
-    assert out.dtypes["blocked"] == bool and out.dtypes["latency_ms"] == float
+    assert out.dtypes["blocked"] == bool and out.dtypes["abstained"] == bool and out.dtypes["latency_ms"] == float
+    assert not out["abstained"].any()
+
+
+def test_off_topic_rows_report_abstained_without_sources(store):
+    out = store["model"].predict(pd.DataFrame({"question": ["What is the capital of France?", QUESTIONS[1]]}))
+    assert out["abstained"].tolist() == [True, False]
+    assert out.loc[0, "sources"] == [] and "does not cover" in out.loc[0, "answer"] and not out.loc[0, "blocked"]
+    assert out.loc[1, "sources"] and "does not cover" not in out.loc[1, "answer"]
 
 
 def test_a_list_of_strings(store):
@@ -217,13 +227,17 @@ def test_serving_settings_come_from_the_model_and_env_overrides_defaults(store, 
     from chatbot_model.pyfunc import settings_from_artifacts
 
     path = tmp_path / "model_settings.json"
-    path.write_text(json.dumps({"bias_towards_35": 0.8, "gpt_model": "g", "guardrail_backend": "embedded", "top_k": 5}))
+    path.write_text(json.dumps({"bias_towards_35": 0.8, "gpt_model": "g", "guardrail_backend": "embedded", "top_k": 5,
+                                "abstain_below": 0.25}))
     artifacts = {"docs": str(DOCS), "hint": str(ROOT / "artifacts" / "adapter_hint.txt"), "settings": str(path),
                  "index": str(tmp_path / "index")}
     monkeypatch.setenv("CHATBOT_BIAS_TOWARDS_35", "0.1")  # fixed by the model: ignored
     monkeypatch.setenv("CHATBOT_TOP_K", "2")  # a default: the env wins
     settings = settings_from_artifacts(artifacts)
     assert (settings.bias_towards_35, settings.gpt_model, settings.guardrail_backend, settings.top_k) == (0.8, "g", "embedded", 2)
+    assert settings.abstain_below == 0.25  # the model's floor
+    monkeypatch.setenv("CHATBOT_ABSTAIN_BELOW", "0.2")  # a default: the env wins
+    assert settings_from_artifacts(artifacts).abstain_below == 0.2
 
 
 # ---------------------------------------------------------------- offline

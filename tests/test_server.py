@@ -79,8 +79,8 @@ def test_chat_answers_with_sources_route_and_trace(client):
     r = client.post("/chat", json={"question": Q, "session_id": "s1"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"answer", "question", "sources", "route", "provider", "model", "blocked", "fallback",
-                         "trace_id", "latency_ms", "error"}
+    assert set(body) == {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained",
+                         "fallback", "trace_id", "latency_ms", "error"}
     assert body["question"] == Q and body["error"] == ""
     assert body["answer"] and not body["blocked"]
     assert body["route"] in ("gpt", "claude") and body["provider"] == "local" and body["model"] == "extractive-v1"
@@ -92,6 +92,13 @@ def test_chat_answers_with_sources_route_and_trace(client):
 def test_toxic_question_is_blocked_without_sources(client):
     body = client.post("/chat", json={"question": TOXIC}).json()
     assert body["blocked"] is True and body["route"] == "blocked" and body["sources"] == []
+
+
+def test_off_topic_question_is_reported_abstained_without_sources(client):
+    body = client.post("/chat", json={"question": "Who won the 1998 football world cup?"}).json()
+    assert body["abstained"] is True and body["blocked"] is False and body["sources"] == []
+    assert "knowledge base does not cover" in body["answer"] and body["trace_id"].startswith("tr-")
+    assert client.post("/chat", json={"question": Q}).json()["abstained"] is False
 
 
 @pytest.mark.parametrize("payload, field", [

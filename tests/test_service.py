@@ -2,6 +2,7 @@
 and the real OpenAI/Anthropic SDKs against the fake HTTP server."""
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.errors import InvalidInput
 from chatbot_model.guardrail import SAFE_REPLY
+from chatbot_model.providers.local import split_sentences
 from chatbot_model.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
 
@@ -171,3 +173,57 @@ def test_negative_feedback_changes_hint_and_bias_used_by_the_next_answer(make_se
     assert change["after"] == {"hint": "Be more factual, detailed, and knowledge-grounded", "bias_towards_35": pytest.approx(0.4)}
     service.answer("What is an alias?")
     assert fake_llm.requests[-1].body["messages"][0]["content"] == "Be more factual, detailed, and knowledge-grounded"
+
+
+# ---------------------------------------------------------------- not covered (abstention)
+OFF_TOPIC = ["Who won the 1998 football world cup?", "What is the capital of France?", "asdfghjkl"]
+
+
+def test_off_topic_questions_get_the_not_covered_reply_without_sources(make_service):
+    from chatbot_model.providers.local import NOT_COVERED
+
+    service = make_service()
+    results = service.answer_many(OFF_TOPIC + ["How do I load a model by alias?"])
+    for result in results[:-1]:
+        assert result.abstained and not result.blocked, result.question
+        assert result.answer == NOT_COVERED and result.sources == []
+    on_topic = results[-1]
+    assert not on_topic.abstained and on_topic.sources[0]["id"] == "aliases" and "[1]" in on_topic.answer
+    assert on_topic.sources[0]["score"] >= service.settings.abstain_below
+    chat = {s.name: s for s in mlflow.get_trace(results[0].trace_id).data.spans}["chat"]
+    assert chat.outputs["abstained"] is True and chat.attributes["abstained"] == "True"
+
+
+def test_the_abstention_floor_is_a_setting(make_service):
+    """-1 never abstains (the old behaviour: sentences cited for an off-topic question); 1 always does."""
+    never = make_service(abstain_below=-1).answer(OFF_TOPIC[0])
+    assert not never.abstained and never.sources
+    always = make_service(abstain_below=1).answer("How do I load a model by alias?")
+    assert always.abstained and always.sources == []
+
+
+def test_remote_providers_are_told_the_knowledge_base_has_nothing(make_service, with_keys, fake_llm):
+    fake_llm.queue("The knowledge base does not cover football; it is about MLflow and this chatbot.")
+    result = make_service(**with_keys).answer(OFF_TOPIC[0])
+    assert result.abstained and result.sources == [] and result.provider == "openai"
+    assert result.answer.startswith("The knowledge base does not cover football")
+    prompt = fake_llm.requests_to(OPENAI_PATH)[0].body["messages"][1]["content"]
+    assert "nothing relevant" in prompt and "does not cover this question" in prompt and "Sources:" not in prompt
+    assert "Do not answer it from general knowledge" in prompt and OFF_TOPIC[0] in prompt
+
+
+def test_a_thumbs_down_changes_the_next_local_answer_offline(make_service):
+    """No keys: the local answerer reads the hint. The default hint gives the best sentences; after a
+    thumbs-down (through the feedback store) the grounded hint adds supporting sentences, each cited."""
+    service = make_service()
+    question = "How do aliases let me redeploy a model version?"
+    before = service.answer(question)
+    change = service.feedback(positive=False, result=before)
+    assert change["after"]["hint"] == "Be more factual, detailed, and knowledge-grounded"
+    after = service.answer(question)
+    assert after.provider == "local" and not after.abstained
+    assert after.answer != before.answer
+    cites = re.findall(r"\[(\d+)\][.!?]", after.answer)
+    assert len(cites) > len(re.findall(r"\[(\d+)\][.!?]", before.answer))
+    assert len(cites) == len(split_sentences(after.answer))  # every sentence cited
+    assert after.answer.split(" [")[0] == before.answer.split(" [")[0]  # the same answering sentence leads

@@ -1,6 +1,13 @@
 """The embedded default answerer: no key, no network. It composes the answer from the retrieved sentences most
 similar to the question and cites each as [n], n being the 1-based index of its source in `request.sources`
-(the numbering of the prompt)."""
+(the numbering of the prompt).
+
+The answer leads with the sentence that answers (the best-scoring one), then the supporting ones. The hint
+(`request.system`) sets how much it says, by the first `ANSWER_STYLES` entry whose word it contains: the default
+hint ("... concise ...") gives the 1-2 best sentences, the grounded hint after negative feedback ("... detailed,
+and knowledge-grounded") more supporting sentences, each cited. No sources (the service abstains when the
+knowledge base does not cover the question), or none of their sentences about the question: `NOT_COVERED`.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +20,37 @@ from chatbot_model.providers.base import Provider
 from chatbot_model.schema import Completion, CompletionRequest, Source
 
 MODEL_NAME = "extractive-v1"
-NO_ANSWER = ("I could not find anything about that in the knowledge base. "
-             "Try rephrasing the question or adding documents on this topic.")
-MAX_SENTENCES = 3
+KB_TOPIC = ("llmops-chatbot and MLflow: tracking and tracing, the model registry, serving and deploying the "
+            "chatbot, retrieval, guardrails, providers and feedback")
+NOT_COVERED = (f"Sorry, the knowledge base does not cover that question, so I have no answer from it. It is about "
+               f"{KB_TOPIC}. Ask about one of those, or add documents on your topic to the knowledge base.")
 SOURCE_WEIGHT = 0.1  # how much the retrieval score of a sentence's source adds to its similarity
 DUPLICATE_COS = 0.92  # sentences closer than this to a chosen one are skipped
-RELATIVE_FLOOR = 0.6  # a further sentence must score at least this fraction of the best one
 MIN_SIMILARITY = 0.15  # below this cosine (all-MiniLM-L6-v2 scale) nothing retrieved is about the question
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+
+
+@dataclass(frozen=True)
+class AnswerStyle:
+    """How much an answer says: at most `max_sentences`; a further sentence must score at least `relative_floor`
+    times the best one. `words`: hint words that choose this style."""
+
+    max_sentences: int
+    relative_floor: float
+    words: tuple[str, ...] = ()
+
+
+ANSWER_STYLES = {  # checked in order; a hint with none of the words gets "standard"
+    "detailed": AnswerStyle(5, 0.5, ("detailed", "grounded", "factual", "thorough")),
+    "concise": AnswerStyle(2, 0.6, ("concise", "brief", "short")),
+    "standard": AnswerStyle(3, 0.6),
+}
+
+
+def style_of(hint: str) -> str:
+    """The name of the `ANSWER_STYLES` entry the hint asks for."""
+    words = set(re.findall(r"[a-z]+", (hint or "").lower()))
+    return next((name for name, style in ANSWER_STYLES.items() if words & set(style.words)), "standard")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -45,10 +75,10 @@ class LocalProvider(Provider):
     def _complete_once(self, request: CompletionRequest) -> Completion:
         candidates, question = self._candidates(request)
         if not candidates:
-            return Completion(text=NO_ANSWER, provider=self.name, model=MODEL_NAME)
-        chosen = _select(candidates, question, request.sources)
+            return Completion(text=NOT_COVERED, provider=self.name, model=MODEL_NAME)
+        chosen = _select(candidates, question, request.sources, ANSWER_STYLES[style_of(request.system)])
         if not chosen:
-            return Completion(text=NO_ANSWER, provider=self.name, model=MODEL_NAME)
+            return Completion(text=NOT_COVERED, provider=self.name, model=MODEL_NAME)
         return Completion(text=_compose(chosen), provider=self.name, model=MODEL_NAME,
                           segments=tuple(c.text for c in chosen), segment_vectors=np.stack([c.vector for c in chosen]))
 
@@ -96,9 +126,10 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def _select(candidates: list[_Candidate], question: np.ndarray, sources: list[Source]) -> list[_Candidate]:
-    """Up to MAX_SENTENCES best sentences, near-duplicates skipped, weakly relevant ones dropped (all of them
-    when no sentence is really about the question)."""
+def _select(candidates: list[_Candidate], question: np.ndarray, sources: list[Source],
+            style: AnswerStyle) -> list[_Candidate]:
+    """The best sentences, best first, as many as `style` allows; near-duplicates skipped, weakly relevant ones
+    dropped (all of them when no sentence is really about the question)."""
     for c in candidates:
         c.vector = _unit(np.asarray(c.vector, dtype=np.float32).reshape(-1))
         c.score = float(c.vector @ question)
@@ -111,9 +142,9 @@ def _select(candidates: list[_Candidate], question: np.ndarray, sources: list[So
     best = ranked[0].score
     chosen: list[_Candidate] = []
     for c in ranked:
-        if len(chosen) == MAX_SENTENCES:
+        if len(chosen) == style.max_sentences:
             break
-        if chosen and c.score < RELATIVE_FLOOR * best:
+        if chosen and c.score < style.relative_floor * best:
             break
         if any(float(c.vector @ k.vector) >= DUPLICATE_COS or c.text.lower() == k.text.lower() for k in chosen):
             continue
@@ -122,11 +153,13 @@ def _select(candidates: list[_Candidate], question: np.ndarray, sources: list[So
 
 
 def _compose(chosen: list[_Candidate]) -> str:
-    """Readable order: sources in the order of their best sentence, sentences in chunk order within a source."""
-    source_rank = {}
-    for c in chosen:
+    """The best sentence first (it answers); the supporting ones after it in reading order: sources in the order
+    of their best sentence, sentences in chunk order within a source."""
+    lead, rest = chosen[0], chosen[1:]
+    source_rank = {lead.source_no: 0}
+    for c in rest:
         source_rank.setdefault(c.source_no, len(source_rank))
-    ordered = sorted(chosen, key=lambda c: (source_rank[c.source_no], c.position))
+    ordered = [lead] + sorted(rest, key=lambda c: (source_rank[c.source_no], c.position))
     return " ".join(_cite(c.text, c.source_no) for c in ordered)
 
 
