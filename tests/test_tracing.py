@@ -23,7 +23,7 @@ Q = "How do I promote a registered MLflow model version to Production?"
 def record(n: int) -> TraceRecord:
     return TraceRecord(trace_id=tracing.new_trace_id(), tracking_uri="sqlite://", experiment_id="0", t0_ns=n,
                        question=f"q{n}", answer="a", route="local", route_reasons=(), provider="local", model="m",
-                       blocked=False, blocked_by=None, fallback=None, latency_ms=1.0, sources=(), guardrail=None,
+                       blocked=False, blocked_by=None, abstained=False, fallback=None, latency_ms=1.0, sources=(), guardrail=None,
                        check_in=None, hint="", steps=())
 
 
