@@ -146,7 +146,8 @@ def _functional_accuracy(cases: list[dict], rows: list[dict]) -> dict[str, dict[
     exactly when its label is "block"."""
     tally: dict[tuple[str, str], list[bool]] = {}
     for case, row in zip(cases, rows):
-        tally.setdefault((case["label"], case["functionality"]), []).append(bool(row["blocked"]) == (case["label"] == "block"))
+        right = bool(row["blocked"]) == (case["label"] == "block")
+        tally.setdefault((case["label"], case["functionality"]), []).append(right)
     out: dict[str, dict[str, float]] = {}
     for (side, name), right in tally.items():
         out.setdefault(side, {})[name] = sum(right) / len(right)

@@ -3,10 +3,11 @@
     python scripts/train_guardrail.py --data-dir DIR [--report] [--dry-run] [--baseline OLD.npz]
 
 --data-dir DIR is a folder holding davidson_labeled_data.csv, toxigen_statements.csv and
-nq_open_efficientqa_dev.jsonl, directly or in subfolders (public sets; see docs/guardrail.md for their sources and licences). They are not
-part of this repository. Hand-written data ships with the script: scripts/guardrail_supplement.jsonl (policy
-cases: identity statements, negations, counter-speech, dark-but-benign questions, threats, insults, obfuscated
-spellings, ...) and scripts/guardrail_benign.py (generated harmless chat, code and documentation text).
+nq_open_efficientqa_dev.jsonl, directly or in subfolders (public sets; see docs/guardrail.md for their sources and
+licences). They are not part of this repository. Hand-written data ships with the script:
+scripts/guardrail_supplement.jsonl (policy cases: identity statements, negations, counter-speech, dark-but-benign
+questions, threats, insults, obfuscated spellings, ...) and scripts/guardrail_benign.py (generated harmless chat,
+code and documentation text).
 
 Protocol (seed 0, everything deterministic): every source is split by text - the supplement by template group -
 into train / validation / test *before* anything is fitted (`split_of`). Heads are fitted on train only; each
@@ -158,7 +159,8 @@ def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
         w = np.array([rows[i]["weight"] for i in idx])
         pos, neg = w[y == 1].sum(), w[y == 0].sum()
         w = np.where(y == 1, w * max(1.0, 0.25 * neg / pos), w)  # positives weigh at least a quarter of negatives
-        head = LogisticRegression(C=C, max_iter=3000, solver="liblinear").fit(X[idx], y, sample_weight=w)
+        head = LogisticRegression(C=C, max_iter=3000, solver="liblinear", random_state=SEED)
+        head.fit(X[idx], y, sample_weight=w)
         coef = head.coef_[0]
         if use in ("minilm", "both"):
             w_minilm[:, j] = coef[:vectors.shape[1]]

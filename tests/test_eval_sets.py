@@ -42,7 +42,8 @@ def near_copies(evaluated: list[str], trained: list[str]) -> list[tuple[str, str
         for tn, ts, original in index:
             common = len(s & ts)
             jaccard = common / len(s | ts)
-            if n == tn or jaccard >= NEAR or (min(len(n), len(tn)) >= 20 and common / min(len(s), len(ts)) >= CONTAINED):
+            contained = min(len(n), len(tn)) >= 20 and common / min(len(s), len(ts)) >= CONTAINED
+            if n == tn or jaccard >= NEAR or contained:
                 found.append((text, original, round(jaccard, 2)))
     return found
 
