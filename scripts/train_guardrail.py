@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a folder holding davidson_labeled_data.csv, toxigen_statements.csv and "
                          "nq_open_efficientqa_dev.jsonl, in it or in subfolders (public sets; see "
                          "docs/guardrail.md for their sources)")
-    ap.add_argument("--out", type=Path, default=ROOT / "chatbot_model" / "guardrail_data")
+    ap.add_argument("--out", type=Path, default=ROOT / "chatbot_model" / "guardrail_data",
+                    help="where embedded.npz is written (default: the package's guardrail_data)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "chatbot-guardrail-cache",
                     help="embedding cache (default: chatbot-guardrail-cache in the temporary directory)")
     ap.add_argument("--report", action="store_true", help="also fit the MiniLM-only and n-gram-only candidates "
