@@ -4,7 +4,9 @@ toxic-bert is a randomly initialised BERT-base (transformers `BertConfig()` defa
 six toxic-bert labels, multi-label) saved locally with the tokenizer of the MiniLM package: the same cost as
 unitary/toxic-bert, no download. Texts: the toxic and benign evaluation sets plus knowledge-base sentences.
 Per text = `Guardrail.check(text)` one at a time (the embedded backend embeds the text itself); in the pipeline
-the input check reuses the query embedding, so its cost there is the `with shared vectors` row.
+the input check reuses the query embedding, so the embedded classifier's added cost per request is the
+`with shared vectors` row (its heads on the given vector plus character n-grams of the text). The size of the
+embedded weights file is reported too.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def texts() -> list[str]:
 
 def run(quick: bool) -> dict:
     from chatbot_model.embeddings import get_embedder
-    from chatbot_model.guardrail import Embedded, Guardrail, ToxicBert, export_toxic_bert_onnx
+    from chatbot_model.guardrail import EMBEDDED_WEIGHTS, Embedded, Guardrail, ToxicBert, export_toxic_bert_onnx
 
     items = texts()
     embedded = Guardrail(Embedded())
@@ -54,7 +56,8 @@ def run(quick: bool) -> dict:
     bert = Guardrail(ToxicBert(str(model_dir), pipeline=ToxicBert._load(str(model_dir))))  # PyTorch pipeline
     started = time.perf_counter()
     export_toxic_bert_onnx(str(model_dir))
-    extra = {"toxic-bert ONNX export seconds": round(time.perf_counter() - started, 1)}
+    extra = {"toxic-bert ONNX export seconds": round(time.perf_counter() - started, 1),
+             "embedded weights MB": round(EMBEDDED_WEIGHTS.stat().st_size / 1e6, 2)}
     fast = Guardrail(ToxicBert(str(model_dir)))  # picks up the cached export
     assert fast.classifier._onnx is not None
     a = np.array([[r.scores[l] for l in LABELS] for r in bert.check_many(items[:64])])

@@ -1,9 +1,10 @@
 """Toxicity guardrail: scores text with a pluggable classifier; unsafe when any label >= the threshold.
 
 Backends (`CLASSIFIERS`): `toxic-bert` (the transformers model unitary/toxic-bert, six multi-label sigmoid
-scores) and `embedded` (an offline logistic-regression head on all-MiniLM-L6-v2 embeddings, max-ensembled
-with alt-profanity-check; weights in `guardrail_data/embedded.npz`, trained by `scripts/train_guardrail.py`,
-compared in docs/guardrail.md). `auto` uses toxic-bert when it loads, else the embedded classifier.
+scores) and `embedded` (offline: one linear head per policy label - hate, threat, insult, sexual_minors - on
+all-MiniLM-L6-v2 embeddings and character n-grams; `guardrail_embedded.py`, weights in
+`guardrail_data/embedded.npz`, trained by `scripts/train_guardrail.py`, policy and comparison in
+docs/guardrail.md). `auto` uses toxic-bert when it loads, else the embedded classifier.
 """
 
 from __future__ import annotations
@@ -178,22 +179,18 @@ def _resolve(model: str) -> str:
 
 
 class Embedded(Classifier):
-    """Offline default: a logistic-regression head on MiniLM embeddings ("toxic") and alt-profanity-check
-    ("profanity"), both rescaled so that 0.5 is the operating point chosen in docs/guardrail.md."""
+    """Offline default: per-label linear heads on the MiniLM vector and on character n-grams of the normalised
+    text (`chatbot_model.guardrail_embedded`), each rescaled so that 0.5 is its operating point; the policy and
+    the measurements are in docs/guardrail.md."""
 
     name = "embedded"
-    labels = ("toxic", "profanity")
+    labels = ("hate", "threat", "insult", "sexual_minors")
 
     def __init__(self, weights: str | Path = EMBEDDED_WEIGHTS, embedder=None):
-        try:
-            with np.load(weights, allow_pickle=False) as data:
-                self.coef = data["coef"].astype(np.float32)
-                self.intercept = float(data["intercept"])
-                self.profanity_offset = float(data["profanity_offset"])
-                self.labels = tuple(str(x) for x in data["labels"])
-        except (OSError, KeyError) as exc:
-            raise ConfigError(f"cannot read the embedded guardrail weights {str(weights)!r} ({exc}); "
-                              "regenerate them with `python scripts/train_guardrail.py`") from None
+        from chatbot_model.guardrail_embedded import EmbeddedModel
+
+        self.model = EmbeddedModel(weights)
+        self.labels = self.model.labels
         self._embedder = embedder
 
     @property
@@ -209,66 +206,8 @@ class Embedded(Classifier):
             return []
         if vectors is None:
             vectors = self.embedder.encode(list(texts))
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
-        if vectors.shape[1] != self.coef.shape[0]:
-            raise InvalidInput(f"guardrail vectors have dimension {vectors.shape[1]}, expected "
-                               f"{self.coef.shape[0]} (normalised all-MiniLM-L6-v2 embeddings)")
-        toxic = _sigmoid(vectors @ self.coef + self.intercept)
-        profanity = _sigmoid(_logit(profanity_prob(list(texts))) - self.profanity_offset)
-        return [dict(zip(self.labels, (float(t), float(p)))) for t, p in zip(toxic, profanity)]
-
-
-_profanity_model: tuple | None = None
-
-
-def profanity_prob(texts: list[str]) -> np.ndarray:
-    """`profanity_check.predict_prob(texts)` computed with numpy (equal within 1e-12, ~20x faster per call).
-
-    alt-profanity-check is a TF-IDF vectorizer (l2-normalised, no sublinear tf) + CalibratedClassifierCV of five
-    LinearSVCs with sigmoid calibration: p = mean_k sigmoid(-(a_k (x.w_k + b_k) + c_k)). sklearn's per-call
-    validation costs ~1-5 ms, the arithmetic microseconds; any other model shape falls back to the package.
-    """
-    global _profanity_model
-    from profanity_check import profanity_check as pc
-
-    if _profanity_model is None:
-        try:
-            cals, vec = pc.model.calibrated_classifiers_, pc.vectorizer
-            assert all(len(c.calibrators) == 1 and c.method == "sigmoid" for c in cals)
-            assert vec.norm == "l2" and vec.use_idf and not vec.sublinear_tf and not vec.binary
-            weights = np.stack([np.ravel(c.estimator.coef_) for c in cals], axis=1)
-            bias = np.array([float(np.ravel(c.estimator.intercept_)[0]) for c in cals])
-            a = np.array([float(c.calibrators[0].a_) for c in cals])
-            b = np.array([float(c.calibrators[0].b_) for c in cals])
-            _profanity_model = (vec.build_analyzer(), vec.vocabulary_, np.asarray(vec.idf_), weights, bias, a, b)
-        except (AttributeError, AssertionError, IndexError):
-            _profanity_model = ()
-    if not _profanity_model:
-        return np.asarray(pc.predict_prob(texts), dtype=np.float64)
-    analyze, vocabulary, idf, weights, bias, a, b = _profanity_model
-    decision = np.empty((len(texts), len(bias)))
-    for row, text in enumerate(texts):
-        counts: dict[int, int] = {}
-        for token in analyze(text):
-            j = vocabulary.get(token)
-            if j is not None:
-                counts[j] = counts.get(j, 0) + 1
-        if counts:
-            ids = np.fromiter(counts, dtype=np.int64, count=len(counts))
-            tfidf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) * idf[ids]
-            decision[row] = (tfidf / np.sqrt(tfidf @ tfidf)) @ weights[ids] + bias
-        else:
-            decision[row] = bias
-    return (1.0 / (1.0 + np.exp(a * decision + b))).mean(axis=1)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+        probabilities = self.model.probabilities(list(texts), vectors, encode=self.embedder.encode)
+        return [dict(zip(self.labels, map(float, row))) for row in probabilities]
 
 
 CLASSIFIERS: dict[str, Callable[[Settings], Classifier]] = {
