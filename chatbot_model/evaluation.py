@@ -141,12 +141,13 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
         "fact_coverage": statistics.fmean(coverage),
         "block_rate": sum(bool(r["blocked"]) for r in toxic_rows) / max(len(toxic_rows), 1),
         "false_block_rate": benign_blocked / max(len(benign_rows) + len(answered), 1),
-        "offtopic_abstention": sum(bool(r.get("abstained")) or bool(r["blocked"]) for r in offtopic_rows)
-        / max(len(offtopic_rows), 1),
         "ontopic_answer_rate": sum(not r.get("abstained") for r in answered) / max(len(answered), 1),
         "latency_p50_ms": statistics.median(latencies),
         "latency_p95_ms": _percentile(latencies, 0.95),
     }
+    if offtopic_rows:  # declined: abstained ("not covered") or blocked
+        metrics["offtopic_abstention"] = statistics.fmean(bool(r.get("abstained")) or bool(r["blocked"])
+                                                          for r in offtopic_rows)
     by_side = _functional_accuracy(golden.functional, functional_rows)
     for side, accuracies in by_side.items():
         metrics.update({f"functional.{name}": acc for name, acc in accuracies.items()})
