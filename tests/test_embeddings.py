@@ -90,16 +90,15 @@ def test_models_the_export_cannot_reproduce_fall_back_to_torch(tmp_path):
         onnx_export.onnx_model_dir("some-org/some-hub-model", tmp_path / "cache")
 
 
-def test_a_registered_directory_is_used_before_exporting(onnx_embedder, tmp_path):
+def test_a_registered_directory_is_used_before_exporting(onnx_embedder, tmp_path, monkeypatch):
     import shutil
 
+    monkeypatch.setattr(onnx_export, "_extra_onnx_dirs", [])  # none registered by models loaded earlier
     shipped = tmp_path / "shipped"
     shutil.copytree(onnx_embedder.directory, shipped)
     onnx_export.register_onnx_dir(shipped)
-    try:
-        assert onnx_export.onnx_model_dir("", tmp_path / "empty-cache", export=False) == shipped
-    finally:
-        onnx_export._extra_onnx_dirs.remove(shipped)
+    assert onnx_export.onnx_model_dir("", tmp_path / "empty-cache", export=False) == shipped
+    onnx_export._extra_onnx_dirs.remove(shipped)
     with pytest.raises(ConfigError, match="no ONNX export"):
         onnx_export.onnx_model_dir("", tmp_path / "empty-cache", export=False)
 
