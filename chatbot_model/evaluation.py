@@ -183,8 +183,8 @@ def compare(candidate: dict[str, float], production: dict[str, float]) -> tuple[
     for name, higher in HIGHER_IS_BETTER.items():
         cand, prod = candidate.get(name), production.get(name)
         lines.append(f"{name:18s} {cand if cand is not None else '-':>10} {prod if prod is not None else '-':>10}")
-        if cand is None or prod is None:
-            continue
+        if cand is None or prod is None or (name in FUNCTIONAL_SIDES.values() and not GATE_ON_FUNCTIONAL):
+            continue  # the functional suite is measured and shown, not gating yet (docs/guardrail.md)
         worse = prod - cand if higher else cand - prod
         if worse > TOLERANCE:
             regressions.append(f"{name} {cand:.3f} vs {prod:.3f} in Production (tolerance {TOLERANCE})")
