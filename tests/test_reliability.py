@@ -24,16 +24,10 @@ from chatbot_model.router import ROUTES, Route
 from chatbot_model.schema import CompletionRequest
 from chatbot_model.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
+from tests.test_service import CORPUS as SERVICE_CORPUS
 
 KEYS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN")
-CORPUS = [
-    {"id": "aliases", "title": "Model aliases", "source": "docs/aliases.md",
-     "text": "MLflow aliases are mutable named references to a model version. "
-             "Load an aliased model with the URI models:/name@alias. Moving an alias redeploys without new code."},
-    {"id": "faiss", "title": "FAISS indexes", "source": "docs/faiss.md",
-     "text": "IndexFlatIP performs exact inner product search over all vectors. "
-             "HNSW is an approximate graph index that trades a little recall for speed."},
-]
+CORPUS = SERVICE_CORPUS[:2]  # aliases and FAISS
 QUESTION = "How do I load a model by alias?"  # routed to `gpt` (openai)
 
 
