@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import DOCS, main, stats_ms
+from common import DOCS, free_port, main, stats_ms
 
 NAME = "bench-chatbot"
 QUESTION = "At what score does the toxicity filter block a message?"
@@ -38,10 +37,6 @@ print(t1 - t0, t2 - t1, t3 - t2, out["sources"][0][0]["id"], "torch" in sys.modu
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def register(tmp: Path) -> tuple[str, dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+
+from common import free_port  # noqa: E402
 
 TOPICS = ["MLflow", "the model registry", "FAISS", "the guardrail", "model serving", "the router", "feedback",
           "tracing", "the local provider", "Docker images", "the adapter hint", "promotion to Production"]
@@ -39,10 +40,6 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_time(env: dict, cwd: Path, uri: str) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from common import free_port, process_rss_mb
+
 BIN = Path(sys.executable).parent
 QUESTIONS = ["How do I promote a registered MLflow model version to Production?",
              "What is an MLflow trace?", "How do I roll back to the previous model version?",
@@ -35,28 +36,8 @@ QUESTIONS = ["How do I promote a registered MLflow model version to Production?"
              "What is retrieval-augmented generation?"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and its children (mlflow models serve runs uvicorn as a child)."""
-    total = 0
-    pids = [pid]
-    try:
-        pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -105,7 +86,7 @@ def bench(name: str, url: str, pid: int, requests: int) -> list[dict]:
     rows = []
     for c in (1, 8, 32):
         row = asyncio.run(run_level(url, c, max(requests, c * 3)))
-        row.update(backend=name, rss_mb=rss_mb(pid))
+        row.update(backend=name, rss_mb=process_rss_mb(pid))
         rows.append(row)
         print(f"{name:10s} c={c:<3d} n={row['requests']:<4d} p50={row['p50_ms']:7.1f} ms  p95={row['p95_ms']:7.1f} ms  "
               f"{row['rps']:6.1f} req/s  errors={row['errors']}  rss={row['rss_mb']:.0f} MB", flush=True)
@@ -149,7 +130,7 @@ def main() -> None:
                          "--log-level", "warning"], env, work / "wrapper.log")
         procs.append(wrapper)
         print(f"in-process wrapper ready after {wait_for(url + '/ready', wrapper):.1f}s (includes registering)")
-        print(f"idle RSS in-process wrapper: {rss_mb(wrapper.pid):.0f} MB")
+        print(f"idle RSS in-process wrapper: {process_rss_mb(wrapper.pid):.0f} MB")
         bench("in-process", url, wrapper.pid, args.requests)
         if not args.no_remote:
             sport = free_port()
@@ -163,10 +144,10 @@ def main() -> None:
                            env, work / "remote.log")
             procs.append(remote)
             wait_for(f"http://127.0.0.1:{rport}/ready", remote)
-            print(f"idle RSS remote wrapper: {rss_mb(remote.pid):.0f} MB, scoring server: {rss_mb(scoring.pid):.0f} MB")
+            print(f"idle RSS remote wrapper: {process_rss_mb(remote.pid):.0f} MB, scoring server: {process_rss_mb(scoring.pid):.0f} MB")
             bench("remote", f"http://127.0.0.1:{rport}", remote.pid, args.requests)
-            print(f"RSS after load: remote wrapper {rss_mb(remote.pid):.0f} MB, scoring server "
-                  f"{rss_mb(scoring.pid):.0f} MB")
+            print(f"RSS after load: remote wrapper {process_rss_mb(remote.pid):.0f} MB, scoring server "
+                  f"{process_rss_mb(scoring.pid):.0f} MB")
     finally:
         if fake is not None:
             fake.close()

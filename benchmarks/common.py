@@ -125,6 +125,34 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and its children in MB (mlflow models serve runs uvicorn as a child)."""
+    import subprocess
+
+    pids = [pid]
+    try:
+        pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            total += next((int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                           if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total / 1024
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def settings(tmp: Path, **overrides):
     """Default settings with the index, tracking store and feedback DB under `tmp` (no keys, no tracing)."""
     from chatbot_model.config import load_settings

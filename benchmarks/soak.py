@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from common import free_port, process_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPICS = ["MLflow tracing", "the model registry", "FAISS", "the guardrail", "model serving", "the router",
@@ -40,17 +41,8 @@ FORMS = ["What is {}?", "How do I use {}?", "Explain {} briefly.", "Where is {} 
          "How does {} work in this project?"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -138,10 +130,10 @@ async def soak(base: str, pid: int, duration: float, clients: int, feedback_clie
                 await asyncio.sleep(min(60, max(0.1, end - time.monotonic())))
                 done = len(lat)
                 print(f"  {time.monotonic() - start:5.0f} s: {done} answers ({(done - last) / 60:.1f}/s last minute), "
-                      f"RSS {rss_mb(pid):.0f} MB, dropped {dropped(base)}", flush=True)
+                      f"RSS {process_rss_mb(pid):.0f} MB, dropped {dropped(base)}", flush=True)
                 last = done
 
-        rss_start = rss_mb(pid)
+        rss_start = process_rss_mb(pid)
         t0 = time.monotonic()
         await asyncio.gather(*(chat_loop(n) for n in range(clients)), *(feedback_loop() for _ in range(feedback_clients)),
                              progress())
@@ -150,7 +142,7 @@ async def soak(base: str, pid: int, duration: float, clients: int, feedback_clie
             "answers_per_s": round(len(lat) / elapsed, 1),
             "latency_ms": {q: round(pct(lat, v) * 1e3, 1) for q, v in (("p50", .5), ("p95", .95), ("p99", .99))},
             "errors": errors, "ratings": ratings, "rss_mb_start": round(rss_start, 1),
-            "rss_mb_end": round(rss_mb(pid), 1), "traces_dropped": dropped(base), "trace_ids": list(ids)}
+            "rss_mb_end": round(process_rss_mb(pid), 1), "traces_dropped": dropped(base), "trace_ids": list(ids)}
 
 
 async def feedback_burst(base: str, ids: list[str], seconds: float, clients: int = 8) -> dict:
