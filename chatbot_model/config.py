@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     bias_towards_35: float = Field(0.3, ge=0, le=1, description="starting router bias towards Claude 3.5 Sonnet")
     hint_path: Path = Field(default_factory=lambda: _artifact("adapter_hint.txt"), description="the default hint")
     max_question_chars: int = Field(4000, ge=1, description="longest question accepted")
+    history_max_messages: int = Field(6, ge=0, le=100, description="earlier messages (user and assistant) of a "
+                                      "conversation that go with a question; older ones are left out")
+    history_max_chars: int = Field(6000, ge=0, description="character budget of those earlier messages; the "
+                                   "oldest are left out first")
 
     # providers
     provider_timeout_s: float = Field(15.0, gt=0, description="total time limit of one provider call attempt "

@@ -48,6 +48,47 @@ def validate_question(value: Any, max_chars: int, where: str = "question", field
     return text
 
 
+ROLES = ("user", "assistant")
+
+
+def validate_history(value: Any, where: str = "history", *, max_question_chars: int = 4000) -> list[dict[str, str]]:
+    """Earlier turns of a conversation as `[{"role": "user"|"assistant", "content": text}]`, oldest first, or
+    InvalidInput naming the problem. None (or an empty list) is no history. Each content is cleaned like a
+    question; a list over the budget is not an error: `trim_history` keeps its newest part."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if hasattr(value, "tolist"):  # numpy arrays from a DataFrame cell
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInput(f"{where} must be a list of {{role, content}} messages, got {type(value).__name__}",
+                           field="history")
+    out = []
+    for n, message in enumerate(value):
+        if not isinstance(message, dict) or set(message) - {"role", "content"} or "role" not in message:
+            raise InvalidInput(f"{where}[{n}] must be an object with exactly `role` and `content`, got "
+                               f"{message!r:.80}", field="history")
+        if message["role"] not in ROLES:
+            raise InvalidInput(f"{where}[{n}].role is {message['role']!r}; use one of {', '.join(ROLES)} "
+                               "(the system prompt is the model's hint)", field="history")
+        content = validate_question(message.get("content"), max_question_chars, f"{where}[{n}].content", "history")
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def trim_history(history: list[dict[str, str]], max_messages: int, max_chars: int) -> list[dict[str, str]]:
+    """The newest messages that fit both budgets (oldest dropped first), starting with a user message."""
+    kept, used = [], 0
+    for message in reversed(history[-max_messages:] if max_messages else []):
+        used += len(message["content"])
+        if used > max_chars:
+            break
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0]["role"] != "user":
+        kept.pop(0)
+    return kept
+
+
 class SourceRow(BaseModel):
     """A knowledge-base document an answer drew on, with its retrieval score (cosine, higher is closer)."""
 

@@ -54,6 +54,8 @@ class CompletionRequest:
     sources: list[Source]
     model: str
     question_vector: np.ndarray | None = None
+    # earlier turns of the conversation, oldest first: [{"role": "user"|"assistant", "content": str}]
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
-from chatbot_model.contract import validate_question
+from chatbot_model.contract import trim_history, validate_history, validate_question
 from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.providers.local import KB_TOPIC
@@ -112,20 +112,24 @@ class LLMService:
                    adaptation_since_ts=adaptation_since_ts)
 
     # ------------------------------------------------------------ requests
-    def answer(self, question: str) -> ChatResult:
+    def answer(self, question: str, history: list[dict] | None = None) -> ChatResult:
         """One question, one result (a batch of one)."""
-        return self.answer_many([question])[0]
+        return self.answer_many([question], histories=[history])[0]
 
-    def answer_many(self, questions: list[str], deadline: Deadline | None = None) -> list[ChatResult]:
+    def answer_many(self, questions: list[str], deadline: Deadline | None = None,
+                    histories: list[list[dict] | None] | None = None) -> list[ChatResult]:
         """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
 
-        `deadline` bounds the provider calls of the whole batch (default: CHATBOT_REQUEST_BUDGET_S from when
-        they start); `deadline.cancel()` from another thread ends the remote calls at once (local answers)."""
+        `histories[i]`: the earlier turns of question i's conversation (`contract.validate_history`), trimmed
+        to CHATBOT_HISTORY_MAX_MESSAGES / _CHARS. `deadline` bounds the provider calls of the whole batch
+        (default: CHATBOT_REQUEST_BUDGET_S from when they start); `deadline.cancel()` from another thread ends
+        the remote calls at once (local answers)."""
         if not isinstance(questions, (list, tuple)):
             raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
         many = len(questions) > 1
         qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
               for i, q in enumerate(questions)]
+        hs = self._histories(histories, len(qs), many)
         if not qs:
             return []
         t0 = time.time_ns()
@@ -153,7 +157,7 @@ class LLMService:
         with _timed(steps, "llm"):
             requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
                                              question=qs[i], sources=prompt_sources[i], model="",
-                                             question_vector=vectors[i]) for i in ok}
+                                             question_vector=vectors[i], history=hs[i]) for i in ok}
             answers = self._complete_all(requests, routes, deadline)
         with _timed(steps, "guardrail_output"):
             checks_out = self._check_answers({i: answers[i][0] for i in ok})
@@ -176,6 +180,19 @@ class LLMService:
         if self.settings.tracing:
             self._trace(results, steps, checks_in, t0, hint)
         return results
+
+    def _histories(self, histories, n: int, many: bool) -> list[list[dict]]:
+        """Validated, trimmed histories, one per question ([] when none)."""
+        if histories is None:
+            return [[] for _ in range(n)]
+        if not isinstance(histories, (list, tuple)) or len(histories) != n:
+            raise InvalidInput(f"histories must be a list with one history per question ({n}), got "
+                               f"{len(histories) if isinstance(histories, (list, tuple)) else type(histories).__name__}")
+        limit = max(self.settings.max_question_chars, self.settings.history_max_chars)
+        return [trim_history(validate_history(h, f"history of question #{i}" if many else "history",
+                                              max_question_chars=limit),
+                             self.settings.history_max_messages, self.settings.history_max_chars)
+                for i, h in enumerate(histories)]
 
     def _check_answers(self, completions: dict[int, Completion]) -> dict:
         """Output guardrail. An answer made of knowledge-base sentences whose vectors the provider already has
