@@ -95,6 +95,20 @@ def test_normal_answer_sends_the_expected_request(server, name):
 
 
 @pytest.mark.parametrize("name", REMOTE)
+def test_history_goes_as_real_messages_with_the_hint_as_system(server, name):
+    history = [{"role": "user", "content": "How do I roll back a model version?"},
+               {"role": "assistant", "content": "Move the production alias back [1]."}]
+    request = request_for(name, history=history)
+    remote(name, server).complete(request)
+    body = server.requests[-1].body
+    turns = [*history, {"role": "user", "content": request.prompt}]
+    if name == "openai":
+        assert body["messages"] == [{"role": "system", "content": request.system}, *turns]
+    else:
+        assert (body["system"], body["messages"]) == (request.system, turns)
+
+
+@pytest.mark.parametrize("name", REMOTE)
 def test_rate_limit_then_success_is_retried(server, name):
     server.queue(Reply.error(429, retry_after=0.01), "second time lucky")
     completion = remote(name, server).complete(request_for(name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatbot_model.errors import ConfigError
+from chatbot_model.providers.messages import anthropic_messages
 from chatbot_model.providers.base import Provider, provider_error, token_usage
 from chatbot_model.schema import Completion, CompletionRequest
 
@@ -38,10 +39,11 @@ class AnthropicProvider(Provider):
                               f"cancelled at the deadline), got {type(client).__name__}")
 
     async def _complete_once(self, request: CompletionRequest) -> Completion:
+        system, messages = anthropic_messages(request)
         response = await self.client.messages.create(
             model=request.model,
-            system=request.system,
-            messages=[{"role": "user", "content": request.prompt}],
+            system=system,
+            messages=messages,
             max_tokens=self.settings.max_answer_tokens,
         )
         blocks = getattr(response, "content", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatbot_model.errors import ConfigError
+from chatbot_model.providers.messages import openai_messages
 from chatbot_model.providers.base import Provider, provider_error, token_usage
 from chatbot_model.schema import Completion, CompletionRequest
 
@@ -40,8 +41,7 @@ class OpenAIProvider(Provider):
     async def _complete_once(self, request: CompletionRequest) -> Completion:
         response = await self.client.chat.completions.create(
             model=request.model,
-            messages=[{"role": "system", "content": request.system},
-                      {"role": "user", "content": request.prompt}],
+            messages=openai_messages(request),
             max_tokens=self.settings.max_answer_tokens,
         )
         try:
