@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     )
     experiment_name: str = Field("llmops-chatbot", description="MLflow experiment for chat sessions and traces")
     tracing: bool = Field(True, description="record one MLflow trace per request")
-    trace_queue_size: int = Field(10_000, ge=1, description="traces waiting for the background exporter; when "
+    trace_queue_size: int = Field(2_000, ge=1, description="traces waiting for the background exporter (~6 KB each); when "
                                   "full, new traces are dropped and counted (chatbot_traces_dropped_total)")
     trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the time the trace exporter may "
                                       "spend writing while requests keep coming (1 = no limit)")

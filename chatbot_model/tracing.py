@@ -41,7 +41,7 @@ SPAN_TYPES = {
     "llm": "CHAT_MODEL",
     "guardrail_output": "GUARDRAIL",
 }
-DEFAULT_QUEUE_SIZE = 10_000
+DEFAULT_QUEUE_SIZE = 2_000   # ~6 KB each: the backlog stays within ~15 MB
 BATCH_SIZE = 64           # records per log_spans call
 DRAIN_TIMEOUT_S = 10.0    # shutdown drains at most this long
 DEFAULT_SHARE = 0.15      # most of the wall-clock time the exporter writes while requests keep coming
