@@ -1,18 +1,25 @@
-"""Dependencies as `Annotated` aliases: tests swap them with `app.dependency_overrides`."""
+"""Dependencies as `Annotated` aliases: tests swap them with `app.dependency_overrides`.
+
+They are `async def` because none of them blocks (the feedback store is opened once, off the loop): FastAPI runs
+a plain `def` dependency in a worker thread, a thread hop per dependency per request (profiled: ~24 per
+/feedback call, most of its cost)."""
 
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.config import Settings
 from chatbot_model.server.backends import Backend
 from chatbot_model.server.errors import FeedbackUnavailable, NotServed, Unauthorized
 from chatbot_model.server.state import Metrics, TraceMemory
 
+_opening = threading.Lock()
 _bearer = HTTPBearer(auto_error=False, description="CHATBOT_API_KEY, when the server sets one")
 
 
@@ -26,42 +33,54 @@ def settings_of(app) -> Settings:
     return settings
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return settings_of(request.app)
 
 
-def backend(request: Request) -> Backend:
+async def backend(request: Request) -> Backend:
     return request.app.state.backend
 
 
-def trace_memory(request: Request) -> TraceMemory:
+async def trace_memory(request: Request) -> TraceMemory:
     return request.app.state.traces
 
 
-def metrics(request: Request) -> Metrics:
+async def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def feedback_store(request: Request) -> Any:
-    """The durable feedback store (`chatbot_model.feedback.FeedbackStore`), made on first use."""
-    state = request.app.state
+def _open_feedback_store(state, url: str | None) -> Any:
+    with _opening:  # concurrent first requests open one store
+        return _open_once(state, url)
+
+
+def _open_once(state, url: str | None) -> Any:
     if getattr(state, "feedback_store", None) is None:
         try:
             from chatbot_model.feedback import FeedbackStore
         except ImportError as exc:
             raise FeedbackUnavailable(f"the feedback store is not available ({exc})") from None
         try:
-            state.feedback_store = FeedbackStore(app_settings(request).feedback_db_url)
+            state.feedback_store = FeedbackStore(url)
         except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database
             raise FeedbackUnavailable(f"cannot open the feedback store ({type(exc).__name__}: {exc}); "
                                       "check CHATBOT_FEEDBACK_DB_URL") from None
     return state.feedback_store
 
 
-def require_api_key(request: Request,
-                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def feedback_store(request: Request) -> Any:
+    """The durable feedback store (`chatbot_model.feedback.FeedbackStore`), opened on first use (in a worker
+    thread: it may migrate the database)."""
+    state = request.app.state
+    store = getattr(state, "feedback_store", None)
+    if store is None:
+        store = await run_in_threadpool(_open_feedback_store, state, settings_of(request.app).feedback_db_url)
+    return store
+
+
+def check_api_key(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
     """When CHATBOT_API_KEY is set, the request must carry it as `Authorization: Bearer KEY`."""
-    key = app_settings(request).api_key
+    key = settings.api_key
     if key is None or not key.get_secret_value():
         return
     if credentials is None:
@@ -70,23 +89,30 @@ def require_api_key(request: Request,
         raise Unauthorized("wrong API key; send the value of CHATBOT_API_KEY as a bearer token")
 
 
-def metrics_access(request: Request,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_api_key(request: Request,
+                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """When CHATBOT_API_KEY is set, the request must carry it as `Authorization: Bearer KEY`."""
+    check_api_key(settings_of(request.app), credentials)
+
+
+async def metrics_access(request: Request,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """CHATBOT_PROTECT_METRICS=true: /metrics needs the API key like /chat (Prometheus: `authorization`)."""
-    if app_settings(request).protect_metrics:
-        require_api_key(request, credentials)
+    settings = settings_of(request.app)
+    if settings.protect_metrics:
+        check_api_key(settings, credentials)
 
 
-def docs_access(request: Request,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def docs_access(request: Request,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """CHATBOT_PUBLIC_DOCS=false: /docs, /redoc and /openapi.json need the API key, and are off without one."""
-    settings = app_settings(request)
+    settings = settings_of(request.app)
     if settings.public_docs:
         return
     key = settings.api_key
     if key is None or not key.get_secret_value():
         raise NotServed("the API docs are off (CHATBOT_PUBLIC_DOCS=false and no CHATBOT_API_KEY is set)")
-    require_api_key(request, credentials)
+    check_api_key(settings, credentials)
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
