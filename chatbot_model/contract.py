@@ -105,6 +105,8 @@ class AnswerRow(BaseModel):
 
     answer: str = Field("", description="the answer, or the guardrail's safe reply when blocked")
     question: str = Field("", description="the question as answered (cleaned)")
+    standalone_question: str = Field("", description="what retrieval searched for a question with history: the "
+                                     "follow-up resolved with the conversation; empty without history")
     blocked: bool = Field(False, description="true when the guardrail refused the question or the answer")
     abstained: bool = Field(False, description="true when the knowledge base does not cover the question: the "
                             "answer says so and lists no sources")
@@ -117,7 +119,7 @@ class AnswerRow(BaseModel):
     trace_id: str = Field("", description="MLflow trace id (empty when tracing is off); send it to /feedback")
     error: str = Field("", description="why this row was not answered (bad input); empty when it was")
 
-    @field_validator("answer", "question", "route", "provider", "model", "fallback", "trace_id", "error",
+    @field_validator("answer", "question", "standalone_question", "route", "provider", "model", "fallback", "trace_id", "error",
                      mode="before")
     @classmethod
     def _text(cls, value: Any) -> str:
