@@ -264,7 +264,8 @@ def answer_frame(service, values: list, histories: list | None = None) -> pd.Dat
         raise invalid(f"no valid question: {problems}. Expected non-empty text of at most {limit} characters "
                       f"in column {INPUT_COLUMN!r}")
     try:
-        results = service.answer_many([q for _, q in valid], histories=turns if any(turns) else None)
+        questions = [q for _, q in valid]  # no history at all: the very call made before histories existed
+        results = service.answer_many(questions, histories=turns) if any(turns) else service.answer_many(questions)
     except InvalidInput as exc:
         raise invalid(f"column {INPUT_COLUMN!r}: {exc}") from None
     except ChatbotError as exc:
