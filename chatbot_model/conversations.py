@@ -49,6 +49,9 @@ turns_table = Table(
     Column("answer", Text, nullable=False),
     Column("sources", JSON, nullable=False),                    # [{id, title, source, score}]
     Column("trace_id", String(64)),
+    Column("route", String(32)),                                # what answered: ratings of the turn use it
+    Column("provider", String(32)),
+    Column("model", String(128)),
     Column("model_version", String(64)),
     Column("blocked", Boolean, nullable=False),
     Column("abstained", Boolean, nullable=False),
@@ -77,6 +80,9 @@ class Turn:
     abstained: bool
     latency_ms: float
     created_at: datetime
+    route: str | None = None
+    provider: str | None = None
+    model: str | None = None
 
 
 def validate_session_id(value: Any) -> str:
@@ -117,7 +123,8 @@ class ConversationStore:
     # ------------------------------------------------------------ writing
     def append(self, session_id: str, *, question: str, answer: str, standalone_question: str = "",
                sources: list[dict] | None = None, trace_id: str | None = None, model_version: str | None = None,
-               blocked: bool = False, abstained: bool = False, latency_ms: float = 0.0) -> int:
+               blocked: bool = False, abstained: bool = False, latency_ms: float = 0.0, route: str | None = None,
+               provider: str | None = None, model: str | None = None) -> int:
         """Store one turn in one transaction; returns its turn number (1 for the first turn of a session)."""
         session_id = validate_session_id(session_id)
         if not isinstance(question, str) or not question.strip():
@@ -127,7 +134,8 @@ class ConversationStore:
         values = dict(session_id=session_id, question=question, standalone_question=standalone_question or "",
                       answer=answer or "", sources=[dict(s) for s in sources or []], trace_id=trace_id or None,
                       model_version=None if model_version in (None, "") else str(model_version),
-                      blocked=bool(blocked), abstained=bool(abstained),
+                      route=(route or None) and str(route)[:32], provider=(provider or None) and str(provider)[:32],
+                      model=(model or None) and str(model)[:128], blocked=bool(blocked), abstained=bool(abstained),
                       latency_ms=latency if math.isfinite(latency) else 0.0,
                       created_at=datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None), created_ts=now)
         t = turns_table
@@ -158,7 +166,8 @@ class ConversationStore:
                            standalone_question=row.get("standalone_question", ""), sources=row.get("sources"),
                            trace_id=row.get("trace_id"), model_version=model_version or row.get("model_version"),
                            blocked=row.get("blocked", False), abstained=row.get("abstained", False),
-                           latency_ms=row.get("latency_ms", 0.0))
+                           latency_ms=row.get("latency_ms", 0.0), route=row.get("route"),
+                           provider=row.get("provider"), model=row.get("model"))
 
     def prune(self, older_than_days: float | None = None) -> int:
         """Delete turns older than `older_than_days` (default: the retention setting; 0 = keep everything);
@@ -216,7 +225,8 @@ def _turn(r) -> Turn:
                 standalone_question=r["standalone_question"], answer=r["answer"], sources=list(r["sources"] or []),
                 trace_id=r["trace_id"], model_version=r["model_version"], blocked=bool(r["blocked"]),
                 abstained=bool(r["abstained"]), latency_ms=float(r["latency_ms"]),
-                created_at=r["created_at"].replace(tzinfo=timezone.utc))
+                created_at=r["created_at"].replace(tzinfo=timezone.utc), route=r["route"], provider=r["provider"],
+                model=r["model"])
 
 
 __all__ = ["ConversationStore", "Turn", "turns_table", "validate_session_id"]

@@ -72,3 +72,25 @@ async def store_turn(app, session_id: str | None, row: dict, model_version: str 
         log.warning("conversation %s: turn of trace %s not stored: %s", session_id, row.get("trace_id"),
                     type(exc).__name__)
         return None
+
+
+async def served_turn(app, trace_id: str, timeout_s: float) -> tuple[Any, str | None]:
+    """(the ServedTrace of the stored turn that answered with `trace_id` on any replica, or None; why the store
+    could not say, or None). No store configured: (None, None)."""
+    import asyncio
+
+    from chatbot_model.server.state import ServedTrace
+
+    try:
+        store = conversation_store(app)
+        if store is None:
+            return None, None
+        turn = await asyncio.wait_for(run_in_threadpool(store.find_trace, trace_id), timeout_s)
+    except asyncio.TimeoutError:
+        return None, f"the conversation store did not answer within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - unreachable or erroring database: it cannot say
+        return None, f"the conversation store failed ({type(exc).__name__})"
+    if turn is None:
+        return None, None
+    return ServedTrace(trace_id=trace_id, route="blocked" if turn.blocked else turn.route, provider=turn.provider,
+                       model=turn.model, session_id=turn.session_id, model_version=turn.model_version), None
