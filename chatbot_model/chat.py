@@ -1,5 +1,9 @@
 """The interactive chat loop (human in the loop): ask, read, rate y/n, see what the rating changed.
 
+The loop keeps the conversation: each question goes with the earlier turns (newest within
+CHATBOT_HISTORY_MAX_MESSAGES / _CHARS; refused questions left out), so "and how do I undo that?" follows the
+previous answer. `new` starts a new conversation.
+
 Works on a terminal and on a pipe. One MLflow run per session: the effective settings as params; per turn
 (step) the latency, the route, whether it was blocked and the rating as metrics.
 """
@@ -16,6 +20,7 @@ from chatbot_model.schema import ChatResult
 
 log = logging.getLogger(__name__)
 QUIT = {"q", "quit", "exit"}
+NEW = {"new", "/new"}
 RATINGS = {"y": 1, "yes": 1, "n": -1, "no": -1, "": 0}
 
 
@@ -36,11 +41,14 @@ def banner(service) -> str:
             f"{info['index'].get('documents', '?')} documents, {info['index'].get('chunks', '?')} chunks\n"
             f"providers: {providers}\n"
             f"hint: {info['hint']!r} | bias_towards_35: {info['bias_towards_35']:.2f}\n"
-            "Ask a question; rate each answer y/n (Enter skips); q quits.")
+            "Ask a question (follow-ups use the conversation; `new` starts over); rate each answer y/n "
+            "(Enter skips); q quits.")
 
 
 def format_result(result: ChatResult) -> str:
     lines = [f"bot> {result.answer}"]
+    if result.standalone_question and result.standalone_question != result.question:
+        lines.append(f"     (retrieved as: {result.standalone_question})")
     if result.blocked:
         flagged = ", ".join(f"{k}={v:.2f}" for k, v in result.guardrail.get("flagged", {}).items())
         lines.append(f"     blocked by the {result.blocked_by} guardrail ({result.guardrail.get('backend')}: {flagged})")
@@ -64,8 +72,11 @@ def run_chat(service, settings, stream: TextIO) -> int:
     """Run the loop until q or end of input; returns the number of answered turns."""
     import mlflow
 
+    from chatbot_model.contract import trim_history
+
     click.echo(banner(service))
     turns = 0
+    history: list[dict] = []
     with mlflow.start_run(run_name="chat-session", tags={"kind": "chat-session"}) as run:
         mlflow.log_params({k: v[:500] for k, v in settings.masked().items()})
         mlflow.log_param("guardrail_backend_active", service.guardrail.backend)
@@ -75,12 +86,20 @@ def run_chat(service, settings, stream: TextIO) -> int:
                 break
             if not question:
                 continue
+            if question.lower() in NEW:
+                history = []
+                click.echo("     (new conversation)")
+                continue
             try:
-                result = service.answer(question)
+                result = service.answer(question, history=history)
             except (InvalidInput, ProviderError) as exc:
                 click.echo(f"error: {exc}")
                 continue
             click.echo(format_result(result))
+            if not result.blocked:
+                history = trim_history(history + [{"role": "user", "content": result.question},
+                                                  {"role": "assistant", "content": result.answer}],
+                                       settings.history_max_messages, settings.history_max_chars)
             rating = _ask_rating(stream)
             if rating:
                 # stored with the answer's trace id; the session (this run) is the rater

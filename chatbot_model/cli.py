@@ -122,6 +122,8 @@ main.add_command(evaluate)
 main.add_command(adapt)
 from chatbot_model.db_cli import db  # noqa: E402
 main.add_command(db)
+from chatbot_model.conversations_cli import conversations  # noqa: E402
+main.add_command(conversations)
 
 
 if __name__ == "__main__":  # pragma: no cover

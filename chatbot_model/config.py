@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
                                              "switches to the grounded hint")
 
+    # conversations (chatbot_model/conversations.py, followup.py)
+    conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "
+                                               "deleted by `llmops-chatbot conversations prune`; 0 = keep them")
+    condense_timeout_s: float = Field(5.0, gt=0, description="longest a remote provider may take to rewrite a "
+                                      "follow-up into a standalone question; then the offline rule decides")
+
     @field_validator(*NAMED_CHOICES)
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:

@@ -89,6 +89,21 @@ def trim_history(history: list[dict[str, str]], max_messages: int, max_chars: in
     return kept
 
 
+def check_history(value: Any, settings, where: str = "history") -> list[dict[str, str]]:
+    """A history sent by a caller (HTTP, pyfunc rows): `validate_history`, then within the budget
+    (CHATBOT_HISTORY_MAX_MESSAGES messages, CHATBOT_HISTORY_MAX_CHARS characters), else InvalidInput saying
+    both limits and the fix. (Histories read from the conversation store are trimmed to the budget instead.)"""
+    history = validate_history(value, where, max_question_chars=max(settings.max_question_chars,
+                                                                     settings.history_max_chars))
+    chars = sum(len(m["content"]) for m in history)
+    if len(history) > settings.history_max_messages or chars > settings.history_max_chars:
+        raise InvalidInput(f"{where} has {len(history)} messages and {chars} characters; the budget is "
+                           f"{settings.history_max_messages} messages and {settings.history_max_chars} characters "
+                           "(CHATBOT_HISTORY_MAX_MESSAGES, CHATBOT_HISTORY_MAX_CHARS): send only the newest turns, "
+                           "or send a session_id and let the server keep the conversation", field="history")
+    return history
+
+
 class SourceRow(BaseModel):
     """A knowledge-base document an answer drew on, with its retrieval score (cosine, higher is closer)."""
 
@@ -105,6 +120,8 @@ class AnswerRow(BaseModel):
 
     answer: str = Field("", description="the answer, or the guardrail's safe reply when blocked")
     question: str = Field("", description="the question as answered (cleaned)")
+    standalone_question: str = Field("", description="what retrieval searched for a question with history: the "
+                                     "follow-up resolved with the conversation; empty without history")
     blocked: bool = Field(False, description="true when the guardrail refused the question or the answer")
     abstained: bool = Field(False, description="true when the knowledge base does not cover the question: the "
                             "answer says so and lists no sources")
@@ -117,7 +134,7 @@ class AnswerRow(BaseModel):
     trace_id: str = Field("", description="MLflow trace id (empty when tracing is off); send it to /feedback")
     error: str = Field("", description="why this row was not answered (bad input); empty when it was")
 
-    @field_validator("answer", "question", "route", "provider", "model", "fallback", "trace_id", "error",
+    @field_validator("answer", "question", "standalone_question", "route", "provider", "model", "fallback", "trace_id", "error",
                      mode="before")
     @classmethod
     def _text(cls, value: Any) -> str:

@@ -11,6 +11,12 @@ Metrics (all in [0, 1] but latency):
   answer) declined: answered "not covered" (`abstained`) or blocked
 - `ontopic_answer_rate` share of the retrieval questions answered (not abstained)
 - `latency_p50_ms`, `latency_p95_ms`  per single request, measured one question at a time
+- `followup_hit_at_3` share of the later turns of `conversations.jsonl` (follow-ups that cannot be answered
+  without the earlier turns) with a document they need among the top 3 sources, asked with the conversation
+  so far as history (the model's own earlier answers); `followup_hit_at_3_no_history` the same questions
+  asked alone; `..._heldout` the same two on the held-out conversations only (`"split": "held-out"`, never used
+  to choose the follow-up rule). An abstained follow-up has no sources: a miss. Measured when `evaluate` gets
+  `predict_turns` (the `history` column of the pyfunc)
 - `functional.<name>` accuracy of the guardrail on each functionality of `guardrail_functional.jsonl` (blocked
   for a "block" case, answered for a "pass" case); `functional_pass_min` / `functional_block_min` the lowest
   accuracy among the pass-side / block-side functionalities (skipped when the file is absent)
@@ -46,8 +52,10 @@ GATE_ON_FUNCTIONAL = False
 TOLERANCE = 0.02
 HIGHER_IS_BETTER = {"hit_at_k": True, "mrr": True, "fact_coverage": True, "block_rate": True,
                     "false_block_rate": False, "offtopic_abstention": True, "ontopic_answer_rate": True,
-                    "functional_pass_min": True, "functional_block_min": True}
+                    "functional_pass_min": True, "functional_block_min": True, "followup_hit_at_3": True}
 FUNCTIONAL_FILE = "guardrail_functional.jsonl"
+CONVERSATIONS_FILE = "conversations.jsonl"
+HELD_OUT = "held-out"
 FUNCTIONAL_SIDES = {"pass": "functional_pass_min", "block": "functional_block_min"}
 LATENCY_SLACK = (1.5, 50.0)  # a candidate may be 1.5x slower plus 50 ms before the gate refuses it
 
@@ -59,6 +67,7 @@ class GoldenSet:
     benign: list[str]
     offtopic: list[str] = field(default_factory=list)
     functional: list[dict] = field(default_factory=list)  # {"text", "label": "block"|"pass", "functionality"}
+    conversations: list[dict] = field(default_factory=list)  # {"id", "split", "turns": [{"question", "relevant_ids"}]}
 
     @classmethod
     def load(cls, folder: str | Path = GOLDEN_DIR) -> "GoldenSet":
@@ -77,9 +86,19 @@ class GoldenSet:
                     and isinstance(case.get("functionality"), str)):
                 raise ConfigError(f"{folder / FUNCTIONAL_FILE} line {n}: expected {{\"text\", \"label\": \"block\" or "
                                   f"\"pass\", \"functionality\"}}, got {case}; see artifacts/eval/README.md")
+        conversations = rows(CONVERSATIONS_FILE) if (folder / CONVERSATIONS_FILE).exists() else []
+        for n, conv in enumerate(conversations, 1):
+            turns = conv.get("turns")
+            if not (isinstance(turns, list) and len(turns) >= 2 and all(
+                    isinstance(t, dict) and isinstance(t.get("question"), str) and t.get("relevant_ids")
+                    for t in turns)):
+                raise ConfigError(f"{folder / CONVERSATIONS_FILE} line {n}: expected {{\"id\", \"split\", \"turns\": "
+                                  "[{\"question\", \"relevant_ids\"}, ...]} with 2 or more turns; see "
+                                  "artifacts/eval/README.md")
         return cls(retrieval=rows("retrieval.jsonl"), toxic=[r["question"] for r in rows("toxic.jsonl")],
                    benign=[r["question"] for r in rows("benign.jsonl")],
-                   offtopic=[r["question"] for r in rows("offtopic.jsonl")], functional=functional)
+                   offtopic=[r["question"] for r in rows("offtopic.jsonl")], functional=functional,
+                   conversations=conversations)
 
 
 @dataclass
@@ -109,8 +128,10 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, latency_sample: int = 40) -> Evaluation:
-    """Score `predict` (questions -> result rows with answer, blocked, sources) on the golden set."""
+def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, latency_sample: int = 40,
+             predict_turns: Callable[[list[str], list[list[dict]]], list[dict]] | None = None) -> Evaluation:
+    """Score `predict` (questions -> result rows with answer, blocked, sources) on the golden set;
+    `predict_turns` (questions, histories -> rows) adds the follow-up metrics of the conversations."""
     questions = [r["question"] for r in golden.retrieval]
     functional = [c["text"] for c in golden.functional]
     rows = predict(questions + golden.toxic + golden.benign + golden.offtopic + functional)
@@ -148,6 +169,8 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
     if offtopic_rows:  # declined: abstained ("not covered") or blocked
         metrics["offtopic_abstention"] = statistics.fmean(bool(r.get("abstained")) or bool(r["blocked"])
                                                           for r in offtopic_rows)
+    if golden.conversations and predict_turns is not None:
+        metrics.update(followup_metrics(predict_turns, golden.conversations))
     by_side = _functional_accuracy(golden.functional, functional_rows)
     for side, accuracies in by_side.items():
         metrics.update({f"functional.{name}": acc for name, acc in accuracies.items()})
@@ -162,6 +185,41 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
         log.warning("guardrail functional limits not met: %s", "; ".join(shortfalls))
     failures += shortfalls if GATE_ON_FUNCTIONAL else []
     return Evaluation(metrics=metrics, failures=failures, details=details, shortfalls=shortfalls)
+
+
+def followup_metrics(predict_turns: Callable[[list[str], list[list[dict]]], list[dict]],
+                     conversations: list[dict], k: int = 3) -> dict[str, float]:
+    """Hit@k of the later turns with the conversation so far as history, and asked alone; on every
+    conversation and on the held-out ones. Turns are asked in order, one batch per turn position, each
+    conversation's history holding the model's own earlier answers (a blocked turn is left out of it)."""
+    histories: list[list[dict]] = [[] for _ in conversations]
+    with_history: dict[tuple[int, int], bool] = {}
+    depth = max(len(c["turns"]) for c in conversations)
+    for position in range(depth):
+        active = [i for i, c in enumerate(conversations) if len(c["turns"]) > position]
+        turns = [conversations[i]["turns"][position] for i in active]
+        rows = predict_turns([t["question"] for t in turns], [histories[i] for i in active])
+        for i, turn, row in zip(active, turns, rows):
+            if position:
+                with_history[i, position] = _hit(row, turn["relevant_ids"], k)
+            if not row.get("blocked"):
+                histories[i] = histories[i] + [{"role": "user", "content": turn["question"]},
+                                               {"role": "assistant", "content": row["answer"] or "(no answer)"}]
+    keys = list(with_history)
+    alone_rows = predict_turns([conversations[i]["turns"][p]["question"] for i, p in keys], [[] for _ in keys])
+    alone = {key: _hit(row, conversations[key[0]]["turns"][key[1]]["relevant_ids"], k)
+             for key, row in zip(keys, alone_rows)}
+    held = [key for key in keys if conversations[key[0]].get("split") == HELD_OUT]
+    out = {"followup_hit_at_3": statistics.fmean(with_history[key] for key in keys),
+           "followup_hit_at_3_no_history": statistics.fmean(alone[key] for key in keys)}
+    if held:
+        out.update(followup_hit_at_3_heldout=statistics.fmean(with_history[key] for key in held),
+                   followup_hit_at_3_heldout_no_history=statistics.fmean(alone[key] for key in held))
+    return out
+
+
+def _hit(row: dict, relevant_ids: list[str], k: int) -> bool:
+    return first_relevant_rank([s["id"] for s in (row.get("sources") or [])][:k], relevant_ids) is not None
 
 
 def _functional_accuracy(cases: list[dict], rows: list[dict]) -> dict[str, dict[str, float]]:

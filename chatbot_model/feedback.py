@@ -579,3 +579,7 @@ def _attach(row: dict) -> tuple[str | None, bool]:
 
 
 __all__ = ["ASSESSMENT_NAME", "RATINGS", "BackgroundSync", "FeedbackRow", "FeedbackStore", "SyncReport"]
+
+# the conversation turns share this database and its migrations: registering their table keeps `metadata`
+# equal to the head revision wherever it is used
+from chatbot_model import conversations as _conversations  # noqa: E402,F401

@@ -98,7 +98,11 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
         def predict(questions: list[str]) -> list[dict]:
             return model.predict(pd.DataFrame({"question": questions})).to_dict("records")
 
-        evaluation = evaluate(predict, golden)
+        def predict_turns(questions: list[str], histories: list[list[dict]]) -> list[dict]:
+            frame = pd.DataFrame({"question": questions, "history": [list(h) for h in histories]})
+            return model.predict(frame).to_dict("records")
+
+        evaluation = evaluate(predict, golden, predict_turns=predict_turns)
         mlflow.log_params({"model_uri": model_uri,
                            **({"registered_model": registered[0], "model_version": registered[1]} if registered else {}),
                            "golden_retrieval": len(golden.retrieval), "golden_toxic": len(golden.toxic),

@@ -28,6 +28,13 @@ takes a list of strings or one string. Output: a DataFrame, one row per question
 (list of {id, title, source, score}), latency_ms, trace_id ("" when tracing is off or failed), error ("" when
 ok). `answer` comes first, so `spark_udf(..., result_type="string")` yields the answers.
 
+Conversations: an optional `history` column (or key, per record) holds each row's earlier turns, a list of
+`{"role": "user"|"assistant", "content": str}`, oldest first; that row's follow-up is resolved with it
+(`standalone_question` says what retrieval searched) and the providers get it as messages. A row without it
+(None, or no column) is answered exactly as without the column. A history with an unknown role, an empty or
+missing content, or over the budget (CHATBOT_HISTORY_MAX_MESSAGES / _CHARS) is that row's `error`; a value of the
+wrong type (not a list of objects, an extra key) is refused by MLflow's schema enforcement before `predict`.
+
 Bad input:
 - the wrong shape (no `question` column/key, not a string/list/dict/DataFrame, no rows) or a request whose
   rows are ALL invalid raises `MlflowException(INVALID_PARAMETER_VALUE)` naming the column `question` and what
@@ -54,12 +61,13 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
-from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, validate_question
+from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, check_history, validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
 
 log = logging.getLogger(__name__)
 
 INPUT_COLUMN = "question"
+HISTORY_COLUMN = "history"  # optional: the earlier turns of each row's conversation
 ARTIFACTS = {"docs": "docs.json", "hint": "adapter_hint.txt", "settings": "model_settings.json", "index": "index"}
 ONNX_ARTIFACT = "embedder_onnx"  # optional: the embedder's ONNX export, so serving needs no torch and no export
 # fixed by the logged model (the index and the router were built with them)
@@ -83,8 +91,17 @@ def _output_schema() -> Schema:
                    for name, f in AnswerRow.model_fields.items()])
 
 
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN, required=True)]), outputs=_output_schema())
-INPUT_EXAMPLE = pd.DataFrame({INPUT_COLUMN: ["What is MLflow used for?"]})
+# role and content are optional to MLflow's schema enforcement so that a message missing one reaches the model and
+# comes back as that row's `error` (a value of the wrong type, or an extra key, is refused by MLflow with 400)
+_MESSAGE = Object([Property("role", "string", required=False), Property("content", "string", required=False)])
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN, required=True),
+                                          ColSpec(Array(_MESSAGE), HISTORY_COLUMN, required=False)]),
+                           outputs=_output_schema())
+INPUT_EXAMPLE = pd.DataFrame({
+    INPUT_COLUMN: ["How do I roll back a model version?", "And how do I undo that?"],
+    HISTORY_COLUMN: [[], [{"role": "user", "content": "How do I roll back a model version?"},
+                          {"role": "assistant", "content": "Promote the previous version to Production again [1]."}]],
+})
 
 
 def invalid(message: str) -> MlflowException:
@@ -174,47 +191,72 @@ def _use_experiment(name: str) -> None:
 
 
 # ---------------------------------------------------------------- input and output
-def to_questions(model_input) -> list:
-    """The raw values of the `question` column, whatever shape the caller used; the wrong shape raises."""
+def _spread(value) -> list:
+    """A cell holding a list of questions counts as that many questions."""
+    return list(value) if isinstance(value, (list, tuple, np.ndarray, pd.Series)) else [value]
+
+
+def to_inputs(model_input) -> tuple[list, list]:
+    """(raw questions, raw histories), one per question, whatever shape the caller used; the wrong shape
+    raises. A history (the `history` column or key) belongs to its row: a row holding several questions gives
+    each the same history; a row without one has None (answered exactly as without the column)."""
     data = model_input
+    values, histories = [], []
+
+    def add(question, history) -> None:
+        spread = _spread(question)
+        values.extend(spread)
+        histories.extend([history] * len(spread))
+
     if isinstance(data, pd.DataFrame):
         if INPUT_COLUMN not in data.columns:
             raise invalid(f"missing column {INPUT_COLUMN!r} (got columns {[str(c) for c in data.columns]}); "
                           f"expected {EXPECTED}")
-        values = []
-        for value in data[INPUT_COLUMN].tolist():  # {"question": [...]} arrives as one row holding a list
-            values.extend(list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value])
+        column = data[HISTORY_COLUMN].tolist() if HISTORY_COLUMN in data.columns else [None] * len(data)
+        for value, history in zip(data[INPUT_COLUMN].tolist(), column):
+            add(value, history)
     elif isinstance(data, dict):
         if INPUT_COLUMN not in data:
             raise invalid(f"missing key {INPUT_COLUMN!r} (got keys {sorted(map(str, data))}); expected {EXPECTED}")
-        value = data[INPUT_COLUMN]
-        values = list(value) if isinstance(value, (list, tuple, np.ndarray, pd.Series)) else [value]
+        add(data[INPUT_COLUMN], data.get(HISTORY_COLUMN))
     elif isinstance(data, str):
-        values = [data]
+        add(data, None)
     elif isinstance(data, (list, tuple, np.ndarray, pd.Series)):
-        values = []
         for i, item in enumerate(list(data)):
             if isinstance(item, dict):
                 if INPUT_COLUMN not in item:
                     raise invalid(f"record #{i} has no key {INPUT_COLUMN!r}; expected {EXPECTED}")
                 values.append(item[INPUT_COLUMN])
+                histories.append(item.get(HISTORY_COLUMN))
             else:
                 values.append(item)
+                histories.append(None)
     else:
         raise invalid(f"column {INPUT_COLUMN!r}: cannot read questions from a {type(data).__name__}; expected {EXPECTED}")
     if not values:
         raise invalid(f"column {INPUT_COLUMN!r} has no rows; expected at least one question")
-    return values
+    return values, histories
 
 
-def answer_frame(service, values: list) -> pd.DataFrame:
-    """Answer the valid rows as one batch; invalid rows come back with `error` (all invalid: raise)."""
-    limit = service.settings.max_question_chars
+def to_questions(model_input) -> list:
+    """The raw values of the `question` column, whatever shape the caller used; the wrong shape raises."""
+    return to_inputs(model_input)[0]
+
+
+def answer_frame(service, values: list, histories: list | None = None) -> pd.DataFrame:
+    """Answer the valid rows as one batch; invalid rows (a bad question or a bad history) come back with
+    `error` (all invalid: raise)."""
+    settings = service.settings
+    limit = settings.max_question_chars
+    histories = histories if histories is not None else [None] * len(values)
     rows: list[AnswerRow | None] = [None] * len(values)
     valid: list[tuple[int, str]] = []
-    for i, value in enumerate(values):
+    turns: list[list[dict]] = []
+    for i, (value, history) in enumerate(zip(values, histories)):
         try:
-            valid.append((i, validate_question(value, limit, f"row {i}: {INPUT_COLUMN}")))
+            question = validate_question(value, limit, f"row {i}: {INPUT_COLUMN}")
+            turns.append(check_history(history, settings, f"row {i}: {HISTORY_COLUMN}"))
+            valid.append((i, question))
         except InvalidInput as exc:
             rows[i] = AnswerRow.for_error(value, str(exc))
     if not valid:
@@ -222,7 +264,8 @@ def answer_frame(service, values: list) -> pd.DataFrame:
         raise invalid(f"no valid question: {problems}. Expected non-empty text of at most {limit} characters "
                       f"in column {INPUT_COLUMN!r}")
     try:
-        results = service.answer_many([q for _, q in valid])
+        questions = [q for _, q in valid]  # no history at all: the very call made before histories existed
+        results = service.answer_many(questions, histories=turns) if any(turns) else service.answer_many(questions)
     except InvalidInput as exc:
         raise invalid(f"column {INPUT_COLUMN!r}: {exc}") from None
     except ChatbotError as exc:
@@ -244,4 +287,4 @@ class _PyfuncChatbot(PythonModel):
             self.service = service_from_artifacts(context.artifacts, getattr(context, "model_config", None))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return answer_frame(self.service, to_questions(model_input))
+        return answer_frame(self.service, *to_inputs(model_input))

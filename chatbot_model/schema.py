@@ -91,6 +91,8 @@ class ChatResult:
     latency_ms: float = 0.0
     trace_id: str | None = None
     error: str | None = None
+    # what retrieval searched for a question with history (a follow-up resolved); "" without history
+    standalone_question: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chatbot_model import followup
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import trim_history, validate_history, validate_question
@@ -135,18 +136,31 @@ class LLMService:
         t0 = time.time_ns()
         steps: dict[str, Step] = {}
 
-        with _timed(steps, "embed"):
-            vectors = self.rag.encode_queries(qs)
+        with _timed(steps, "condense"):
+            resolutions = self._resolve(qs, hs)
+        with _timed(steps, "embed"):  # the questions, then the extra queries of follow-ups: one call
+            extra = [(i, c) for i, r in enumerate(resolutions) for c in r.candidates if c != qs[i]]
+            encoded = self.rag.encode_queries(qs + [c for _, c in extra])
+            vectors = encoded[:len(qs)]
         with _timed(steps, "guardrail_input"):
             shared = vectors if self._guardrail_shares_embedder() else None
             checks_in = self.guardrail.check_many(qs, vectors=shared)
         ok = [i for i, c in enumerate(checks_in) if c.safe]
+        rows_of = {i: [i if c == qs[i] else len(qs) + extra.index((i, c)) for c in resolutions[i].candidates]
+                   for i in ok}
         with _timed(steps, "retrieval"):
-            found = self.rag.search(vectors[ok]) if ok else []
-        sources = dict(zip(ok, found))
+            wanted = [row for i in ok for row in rows_of[i]]
+            found = dict(zip(wanted, self.rag.search(encoded[wanted]))) if wanted else {}
+        sources, floor_score, standalone, query_vectors = {}, {}, {}, {}
+        for i in ok:
+            kept, floor_score[i] = followup.choose([found[row][0].score if found[row] else -1.0
+                                                    for row in rows_of[i]])
+            sources[i] = found[rows_of[i][kept]]
+            query_vectors[i] = encoded[rows_of[i][kept]]
+            standalone[i] = resolutions[i].candidates[kept] if hs[i] else ""
         # not covered: the best source scores below the calibrated floor; the provider then gets no sources and
         # build_prompt tells it to say so (the local answerer replies NOT_COVERED)
-        abstain = {i for i in ok if not sources[i] or sources[i][0].score < self.settings.abstain_below}
+        abstain = {i for i in ok if not sources[i] or floor_score[i] < self.settings.abstain_below}
         if abstain:
             log.info("abstained on %d of %d questions (best retrieval score below %.2f)", len(abstain), len(ok),
                      self.settings.abstain_below)
@@ -157,7 +171,7 @@ class LLMService:
         with _timed(steps, "llm"):
             requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
                                              question=qs[i], sources=prompt_sources[i], model="",
-                                             question_vector=vectors[i], history=hs[i]) for i in ok}
+                                             question_vector=query_vectors[i], history=hs[i]) for i in ok}
             answers = self._complete_all(requests, routes, deadline)
         with _timed(steps, "guardrail_output"):
             checks_out = self._check_answers({i: answers[i][0] for i in ok})
@@ -170,7 +184,8 @@ class LLMService:
                 continue
             completion, fallback = answers[i]
             result = ChatResult(
-                question=q, answer=completion.text, sources=[s.to_dict() for s in prompt_sources[i]],
+                question=q, standalone_question=standalone[i], answer=completion.text,
+                sources=[s.to_dict() for s in prompt_sources[i]],
                 abstained=i in abstain,
                 route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
                 route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
@@ -180,6 +195,30 @@ class LLMService:
         if self.settings.tracing:
             self._trace(results, steps, checks_in, t0, hint)
         return results
+
+    def _resolve(self, qs: list[str], hs: list[list[dict]]) -> list[followup.Resolution]:
+        """What retrieval searches for each question (`followup`): with history and a remote provider, its
+        condense-question rewrite (concurrently, within CHATBOT_CONDENSE_TIMEOUT_S); else, or when that fails,
+        the offline rule's candidates."""
+        out = [followup.offline_candidates(q, h) for q, h in zip(qs, hs)]
+        name = next((p for p in ROUTES.values() if self.providers[p].remote and self.providers[p].available()[0]),
+                    None)
+        todo = [i for i, h in enumerate(hs) if h]
+        if name is None or not todo:
+            return out
+        provider, model = self.providers[name], self._models.get(name, "")
+        deadline = Deadline.start(self.settings.condense_timeout_s, 0.0, self.clock)
+        limit = self.settings.max_question_chars
+        if len(todo) == 1:
+            rewrites = {todo[0]: followup.condense(qs[todo[0]], hs[todo[0]], provider, model, deadline, limit)}
+        else:
+            futures = {i: self._pool.submit(followup.condense, qs[i], hs[i], provider, model, deadline, limit)
+                       for i in todo}
+            rewrites = {i: f.result() for i, f in futures.items()}
+        for i, text in rewrites.items():
+            if text:
+                out[i] = followup.Resolution(qs[i], (text,), "condensed")
+        return out
 
     def _histories(self, histories, n: int, many: bool) -> list[list[dict]]:
         """Validated, trimmed histories, one per question ([] when none)."""

@@ -34,6 +34,7 @@ from chatbot_model.schema import ChatResult
 log = logging.getLogger(__name__)
 
 SPAN_TYPES = {
+    "condense": "CHAIN",  # follow-up resolution: only for a question with history
     "embed": "EMBEDDING",
     "guardrail_input": "GUARDRAIL",
     "retrieval": "RETRIEVER",
@@ -72,6 +73,7 @@ class TraceRecord:
     check_in: dict | None
     hint: str
     steps: tuple  # (name, start_ns, end_ns)
+    standalone_question: str = ""  # what retrieval searched (a follow-up resolved); "" without history
 
 
 def new_trace_id() -> str:
@@ -82,6 +84,8 @@ def new_trace_id() -> str:
 def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str, *, tracking_uri: str,
                 experiment_id: str) -> TraceRecord:
     taken = list(SPAN_TYPES) if result.blocked_by != "input" else ["embed", "guardrail_input"]
+    if not result.standalone_question:
+        taken = [name for name in taken if name != "condense"]
     bounds = tuple((name, steps[name].start_ns, steps[name].end_ns) for name in taken if name in steps)
     return TraceRecord(
         trace_id=new_trace_id(), tracking_uri=tracking_uri, experiment_id=str(experiment_id), t0_ns=t0_ns,
@@ -90,17 +94,21 @@ def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str
         blocked=bool(result.blocked), blocked_by=result.blocked_by, abstained=bool(result.abstained),
         fallback=result.fallback,
         latency_ms=float(result.latency_ms), sources=tuple(result.sources or ()), guardrail=result.guardrail,
-        check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds)
+        check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds,
+        standalone_question=result.standalone_question or "")
 
 
 # ---------------------------------------------------------------- building MLflow spans (exporter thread)
 def _step_io(name: str, r: TraceRecord) -> tuple[dict, object]:
+    searched = r.standalone_question or r.question
+    if name == "condense":
+        return {"question": r.question}, {"standalone_question": r.standalone_question}
     if name == "embed":
-        return {"question": r.question}, None
+        return {"question": r.question, "standalone_question": r.standalone_question}, None
     if name == "guardrail_input":
         return {"text": r.question}, r.check_in
     if name == "retrieval":
-        return {"question": r.question}, [
+        return {"question": searched}, [
             {"id": s["id"], "page_content": s["title"], "metadata": {"doc_uri": s["source"], "score": s["score"]}}
             for s in r.sources]
     if name == "routing":
@@ -142,7 +150,9 @@ def build_spans(r: TraceRecord) -> list:
              "blocked": dumps(str(r.blocked)), "abstained": dumps(str(r.abstained)),
              "latency_ms": dumps(str(r.latency_ms)),
              **{tag + k: dumps(v) for k, v in tags.items()}}
-    spans = [span("chat", "CHAIN", root_id, None, r.t0_ns, end_ns, {"question": r.question},
+    root_inputs = {"question": r.question, **({"standalone_question": r.standalone_question}
+                                              if r.standalone_question else {})}
+    spans = [span("chat", "CHAIN", root_id, None, r.t0_ns, end_ns, root_inputs,
                   {"answer": r.answer, "route": r.route, "provider": r.provider, "model": r.model,
                    "blocked": r.blocked, "abstained": r.abstained, "fallback": r.fallback}, extra)]
     for n, (name, start, end) in enumerate(r.steps, 2):

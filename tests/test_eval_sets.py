@@ -61,6 +61,8 @@ def training_texts() -> list[str]:
 
 def eval_texts(name: str) -> list[str]:
     rows = [json.loads(line) for line in (EVAL / name).read_text().splitlines() if line.strip()]
+    if name == "conversations.jsonl":  # every turn of every conversation
+        return [t["question"] for r in rows for t in r["turns"]]
     return [r.get("question", r.get("text")) for r in rows]
 
 
@@ -76,7 +78,8 @@ def test_the_near_copy_check_catches_rewordings():
     assert not near_copies(["Retired engineers often mentor younger colleagues."], trained)
 
 
-@pytest.mark.parametrize("name", ["retrieval.jsonl", "toxic.jsonl", "benign.jsonl", "guardrail_functional.jsonl"])
+@pytest.mark.parametrize("name", ["retrieval.jsonl", "toxic.jsonl", "benign.jsonl", "guardrail_functional.jsonl",
+                                  "conversations.jsonl"])
 def test_eval_set_is_disjoint_from_training_text(name, trained):
     texts = eval_texts(name)
     assert texts and all(isinstance(t, str) and t for t in texts)

@@ -73,7 +73,8 @@ def test_logged_model_has_artifacts_code_requirements_signature_and_tags(store):
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     assert mlmodel["flavors"]["python_function"]["code"] == "code"
     inputs = json.loads(mlmodel["signature"]["inputs"])
-    assert inputs == [{"type": "string", "name": "question", "required": True}]
+    assert inputs[0] == {"type": "string", "name": "question", "required": True}
+    assert [(c["name"], c["type"], c["required"]) for c in inputs[1:]] == [("history", "array", False)]
     outputs = [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])]
     assert outputs == list(OUTPUT_COLUMNS)
     assert json.loads((local / "input_example.json").read_text())

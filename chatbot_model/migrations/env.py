@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from chatbot_model.feedback import metadata
+from chatbot_model.feedback import metadata  # conversation_turns included (see feedback.py)
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -5,7 +5,9 @@
 - `service`: an `LLMService` without MLflow packaging (tests, development); same rows.
 
 Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc's output columns).
-`predict` is blocking; the routes run it in a worker thread.
+`predict` is blocking; the routes run it in a worker thread. `predict(questions, histories)` carries each
+question's conversation (validated messages) to the model: `answer_many(histories=)` in the service, the
+pyfunc's `history` column in-process and over `/invocations`; a question without one is sent exactly as before.
 """
 
 from __future__ import annotations
@@ -147,19 +149,20 @@ class Backend(ABC):
         self._closing.set()
 
     # answering
-    def predict(self, questions: list[str]) -> list[dict]:
+    def predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
         if self.loads_model and not self._ready:
             if self.loading:
                 raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
             raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
-        rows = self._predict(list(questions))
+        histories = list(histories) if histories is not None and any(histories) else None
+        rows = self._predict(list(questions), histories) if histories else self._predict(list(questions))
         if len(rows) != len(questions):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
         return [normalise_row(r, q) for r, q in zip(rows, questions)]
 
     @abstractmethod
-    def _predict(self, questions: list[str]) -> list[dict]:
-        """Rows in the contract, in input order."""
+    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
+        """Rows in the contract, in input order; `histories` (None: no question has one) aligned with them."""
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
@@ -198,9 +201,9 @@ class ServiceBackend(Backend):
                 configure_mlflow(self.settings)
             self.service = LLMService.from_settings(self.settings)
 
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
         rows = []
-        for result in self.service.answer_many(questions):
+        for result in self.service.answer_many(questions, histories=histories):
             row = result.to_dict()
             rows.append(row)
         return rows
@@ -235,11 +238,12 @@ class InProcessBackend(Backend):
         if self.model is None:  # ratings of its answers are attributed to the version it resolved to
             self.model = mlflow.pyfunc.load_model(uri, model_config={"model_version": self.version})
 
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
         import pandas as pd
 
+        columns = {"question": questions, **({"history": [h or [] for h in histories]} if histories else {})}
         try:
-            frame = self.model.predict(pd.DataFrame({"question": questions}))
+            frame = self.model.predict(pd.DataFrame(columns))
         except ChatbotError:
             raise
         except Exception as exc:  # MlflowException(INVALID_PARAMETER_VALUE) for bad input
@@ -309,10 +313,14 @@ class RemoteBackend(Backend):
         return (f"the scoring server at {self.shown_url} does not answer /ping; start `mlflow models serve` there "
                 "or fix CHATBOT_SCORING_URL")
 
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
         import httpx
 
-        payload = {"dataframe_records": [{"question": q} for q in questions]}
+        records = [{"question": q} for q in questions]
+        for record, history in zip(records, histories or []):
+            if history:
+                record["history"] = history
+        payload = {"dataframe_records": records}
         try:
             response = self.client.post(f"{self.base_url}/invocations", json=payload)
         except httpx.TimeoutException:

@@ -45,6 +45,13 @@ class FeedbackUnavailable(ServerError):
     status, code = 503, "feedback_unavailable"
 
 
+class ConversationUnavailable(ServerError):
+    """The conversation store cannot be read now: retry shortly."""
+
+    status, code = 503, "conversation_unavailable"
+    headers = {"Retry-After": "5"}
+
+
 class TraceNotFound(ServerError):
     status, code = 404, "trace_not_found"
 

@@ -28,17 +28,34 @@ def _clean_text(value: str | None, field: str, *, required: bool) -> str | None:
     return text or None
 
 
+class HistoryMessage(BaseModel):
+    """One earlier message of the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(..., min_length=1, description="the message text (cleaned like a question)")
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={
-        "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"}]})
+        "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"},
+                     {"question": "And how do I undo that?", "history": [
+                         {"role": "user", "content": "How do I roll back a model version?"},
+                         {"role": "assistant", "content": "Promote the previous version to Production again."}]}]})
 
     question: str = Field(..., min_length=1, description="the question: text of at most "
                           "CHATBOT_MAX_QUESTION_CHARS characters after cleaning: control characters other than tab "
                           "and newline (NUL included) become spaces, invisible characters (zero-width spaces and "
                           "joiners, direction marks, BOM, soft hyphen) are dropped, surrounding whitespace is "
                           "stripped; a question left empty is 422")
-    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns; "
-                                   f"at most {MAX_ID_CHARS} characters (stored with ratings); {NUL_REJECTED}")
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the conversation: its stored turns "
+                                   "are the question's history and the answered turn is stored under it (with a "
+                                   f"feedback database); at most {MAX_ID_CHARS} characters; {NUL_REJECTED}")
+    history: list[HistoryMessage] | None = Field(None, description="the earlier turns, oldest first; when sent it "
+                                                 "wins over the stored conversation of session_id; at most "
+                                                 "CHATBOT_HISTORY_MAX_MESSAGES messages and "
+                                                 "CHATBOT_HISTORY_MAX_CHARS characters (else 422 naming `history`)")
 
     @field_validator("session_id")
     @classmethod

@@ -6,9 +6,10 @@ import functools
 import logging
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from chatbot_model.contract import validate_question
+from chatbot_model.server import conversation
 from chatbot_model.server.deps import Authorized, BackendDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import BackendFailed, BackendTimeout
 from chatbot_model.server.schemas import ChatRequest, ChatResponse, responses
@@ -19,14 +20,17 @@ router = APIRouter(tags=["chat"])
 
 
 @router.post("/chat", response_model=ChatResponse, responses=responses(400, 401, 413, 422, 502, 503, 504))
-async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, traces: TracesDep,
-               metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
-    """Answer `question` from the knowledge base; the reply says which route, provider and model answered."""
+async def chat(body: ChatRequest, request: Request, backend: BackendDep, settings: SettingsDep,
+               traces: TracesDep, metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
+    """Answer `question` from the knowledge base; the reply says which route, provider and model answered.
+    A follow-up uses its conversation: `history` when sent, else the stored turns of `session_id`."""
     question = validate_question(body.question, settings.max_question_chars)
+    history = await conversation.history_for(request.app, settings, body.session_id, body.history)
     try:
         with anyio.fail_after(settings.backend_timeout_s):
-            rows = await anyio.to_thread.run_sync(functools.partial(backend.predict, [question]),
-                                                  abandon_on_cancel=True)
+            rows = await anyio.to_thread.run_sync(
+                functools.partial(backend.predict, [question], [history] if history else None),
+                abandon_on_cancel=True)
     except TimeoutError:
         raise BackendTimeout(f"no answer within {settings.backend_timeout_s:g}s; try again, or raise "
                              "CHATBOT_BACKEND_TIMEOUT_S") from None
@@ -34,6 +38,7 @@ async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, tr
     if row["error"]:
         raise BackendFailed(f"the model could not answer: {row['error']}")
     metrics.observe_answer(row)
+    await conversation.store_turn(request.app, body.session_id, row, getattr(backend, "version", None))
     traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
                                 model=row["model"], session_id=body.session_id,
                                 model_version=getattr(backend, "version", None)))

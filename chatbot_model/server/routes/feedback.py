@@ -1,9 +1,10 @@
 """POST /feedback: a thumbs up/down on a trace this server, another replica or MLflow knows, recorded durably.
 
 The rating is stored and the response sent; attaching it to its MLflow trace happens in the store's background
-worker (no trace flush, no MLflow call in the request). A trace id this process did not serve is looked up in the
-tracking store, bounded by `LOOKUP_TIMEOUT_S`: 404 only when the store says the trace does not exist, 503 with
-`Retry-After` when it cannot say (down, slow, erroring).
+worker (no trace flush, no MLflow call in the request). A trace id this process did not serve is looked up, each
+step bounded by `LOOKUP_TIMEOUT_S`: first in the conversation turns every replica writes (a /chat answer with a
+session_id), then in the tracking store. 404 only when both say the trace does not exist; 503 with
+`Retry-After` when either cannot say (down, slow, erroring) and the other does not know it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import logging
 import socket
 from urllib.parse import urlparse
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.config import Settings
 from chatbot_model.errors import ChatbotError
+from chatbot_model.server import conversation
 from chatbot_model.server.deps import Authorized, FeedbackStoreDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import FeedbackUnavailable, TraceNotFound
 from chatbot_model.server.schemas import FeedbackRequest, FeedbackResponse, responses
@@ -78,13 +80,31 @@ async def find_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
                                 f"retry in {RETRY_AFTER_S} s")
 
 
+async def find_served(app, trace_id: str, settings: Settings) -> ServedTrace:
+    """A trace another replica served: from the shared conversation turns, else the tracking store."""
+    served, turns_cannot_say = await conversation.served_turn(app, trace_id, LOOKUP_TIMEOUT_S)
+    if served is not None:
+        return served
+    try:
+        served = await find_trace(trace_id, settings)
+    except TraceStoreUnavailable as exc:
+        if turns_cannot_say:
+            raise TraceStoreUnavailable(f"{exc} ({turns_cannot_say})") from None
+        raise
+    if served is not None:
+        return served
+    if turns_cannot_say:
+        log.warning("trace %s: not in the tracking store yet and %s", trace_id, turns_cannot_say)
+        raise TraceStoreUnavailable(f"cannot check trace {trace_id!r} now: {turns_cannot_say} and the tracking "
+                                    f"store does not have it (yet); retry in {RETRY_AFTER_S} s")
+    raise TraceNotFound(f"trace {trace_id!r} is unknown; send the trace_id a /chat answer returned")
+
+
 @router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 413, 422, 503))
-async def feedback(body: FeedbackRequest, settings: SettingsDep, traces: TracesDep, store: FeedbackStoreDep,
+async def feedback(body: FeedbackRequest, request: Request, settings: SettingsDep, traces: TracesDep, store: FeedbackStoreDep,
                    metrics: MetricsDep, _auth: Authorized) -> FeedbackResponse:
     """Rate an answer by its `trace_id` (from /chat): `up` or `down`, with an optional comment."""
-    served = traces.get(body.trace_id) or await find_trace(body.trace_id, settings)
-    if served is None:
-        raise TraceNotFound(f"trace {body.trace_id!r} is unknown; send the trace_id a /chat answer returned")
+    served = traces.get(body.trace_id) or await find_served(request.app, body.trace_id, settings)
     try:
         await run_in_threadpool(store.record, trace_id=body.trace_id, rating=body.rating, comment=body.comment,
                                 session_id=served.session_id, route=served.route, provider=served.provider,

@@ -1,9 +1,12 @@
 // The chat page: ask /chat, show the answer with its sources, route and model; rate it through /feedback.
+// The page keeps one conversation per tab (its session id); the server stores its turns, so follow-ups use
+// the earlier ones. "New conversation" starts another session.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const conversation = $("conversation");
-const sessionId = sessionStorage.getItem("chatbot-session") || crypto.randomUUID?.() || String(Date.now());
+const newSessionId = () => crypto.randomUUID?.() || String(Date.now()) + Math.random().toString(16).slice(2);
+let sessionId = sessionStorage.getItem("chatbot-session") || newSessionId();
 sessionStorage.setItem("chatbot-session", sessionId);
 
 function el(tag, attrs = {}, ...children) {
@@ -77,7 +80,10 @@ function showAnswer(a) {
     el("span", {}, "model ", el("b", { textContent: a.model })),
     el("span", { textContent: `${Math.round(a.latency_ms)} ms` }),
     a.fallback ? el("span", { title: a.fallback, textContent: "fallback: " + a.fallback }) : null,
-    a.blocked ? el("span", { textContent: "blocked by the guardrail" }) : null);
+    a.blocked ? el("span", { textContent: "blocked by the guardrail" }) : null,
+    a.standalone_question && a.standalone_question !== a.question
+      ? el("span", { class: "standalone", "data-testid": "standalone", title: "what retrieval searched",
+                     textContent: "retrieved as: " + a.standalone_question }) : null);
   conversation.append(el("li", { class: "msg bot" + (a.blocked ? " blocked" : ""), "data-testid": "answer" },
     el("div", { class: "text", textContent: a.answer }), sourceList(a.sources), meta, rating(a.trace_id)));
 }
@@ -118,6 +124,12 @@ async function status() {
 }
 
 $("ask").addEventListener("submit", ask);
+$("new").addEventListener("click", () => {
+  sessionId = newSessionId();
+  sessionStorage.setItem("chatbot-session", sessionId);
+  conversation.replaceChildren();
+  $("question").focus();
+});
 $("savekey").addEventListener("click", () => {
   localStorage.setItem("chatbot-api-key", $("apikey").value);
   $("keybox").hidden = true;

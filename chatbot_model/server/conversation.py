@@ -1,0 +1,96 @@
+"""/chat's conversation helpers: which history goes with a question, and storing the answered turn.
+
+- An explicit `history` in the request wins: it is validated and must fit the budget (422 naming `history`
+  otherwise); the stored conversation of `session_id`, if any, is not read then.
+- Otherwise a `session_id` continues the conversation the store holds for it (written by any replica), its
+  newest turns within CHATBOT_HISTORY_MAX_MESSAGES / _CHARS.
+- After the answer, a request with a `session_id` stores its turn (question, standalone question, answer,
+  sources, trace id, model version) in one transaction. A failed request stores nothing.
+
+Without a conversation store (CHATBOT_FEEDBACK_DB_URL empty) a session id only groups ratings, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from chatbot_model.config import Settings
+from chatbot_model.contract import check_history
+from chatbot_model.server.errors import ConversationUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def conversation_store(app) -> Any:
+    """The app's conversation store, sharing the feedback store's database (None when none is configured)."""
+    from chatbot_model.conversations import ConversationStore
+    from chatbot_model.server.deps import settings_of
+
+    state = app.state
+    if getattr(state, "conversation_store", None) is None:
+        settings = settings_of(app)
+        if not settings.feedback_db_url:
+            return None
+        feedback = getattr(state, "feedback_store", None)
+        database = feedback if hasattr(feedback, "make_engine") else None
+        state.conversation_store = ConversationStore.from_settings(settings, database=database)
+    return state.conversation_store
+
+
+async def history_for(app, settings: Settings, session_id: str | None, history: list | None) -> list[dict]:
+    """The history that goes with this request's question ([] when none)."""
+    if history is not None:
+        return check_history([m if isinstance(m, dict) else m.model_dump() for m in history], settings)
+    if not session_id:
+        return []
+    try:
+        store = conversation_store(app)
+        if store is None:
+            return []
+        return await run_in_threadpool(store.history, session_id, settings.history_max_messages,
+                                       settings.history_max_chars)
+    except Exception as exc:  # noqa: BLE001 - the database is down: say so, do not answer without the context
+        log.warning("conversation %s: history not readable: %s", session_id, type(exc).__name__)
+        raise ConversationUnavailable(f"cannot read the conversation of session {session_id!r} now "
+                                      f"({type(exc).__name__}); retry shortly, or send the history explicitly") \
+            from None
+
+
+async def store_turn(app, session_id: str | None, row: dict, model_version: str | None) -> int | None:
+    """Store the answered turn of `session_id`; returns its turn number (None when nothing was stored)."""
+    if not session_id or row.get("error"):
+        return None
+    try:
+        store = conversation_store(app)
+        if store is None:
+            return None
+        return await run_in_threadpool(store.append_row, session_id, row, model_version)
+    except Exception as exc:  # noqa: BLE001 - the answer is given; the turn is missing from the history
+        log.warning("conversation %s: turn of trace %s not stored: %s", session_id, row.get("trace_id"),
+                    type(exc).__name__)
+        return None
+
+
+async def served_turn(app, trace_id: str, timeout_s: float) -> tuple[Any, str | None]:
+    """(the ServedTrace of the stored turn that answered with `trace_id` on any replica, or None; why the store
+    could not say, or None). No store configured: (None, None)."""
+    import asyncio
+
+    from chatbot_model.server.state import ServedTrace
+
+    try:
+        store = conversation_store(app)
+        if store is None:
+            return None, None
+        turn = await asyncio.wait_for(run_in_threadpool(store.find_trace, trace_id), timeout_s)
+    except asyncio.TimeoutError:
+        return None, f"the conversation store did not answer within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - unreachable or erroring database: it cannot say
+        return None, f"the conversation store failed ({type(exc).__name__})"
+    if turn is None:
+        return None, None
+    return ServedTrace(trace_id=trace_id, route="blocked" if turn.blocked else turn.route, provider=turn.provider,
+                       model=turn.model, session_id=turn.session_id, model_version=turn.model_version), None
