@@ -25,7 +25,7 @@ async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, tr
     question = validate_question(body.question, settings.max_question_chars)
     try:
         with anyio.fail_after(settings.backend_timeout_s):
-            rows = await anyio.to_thread.run_sync(functools.partial(backend.predict, [question]),
+            rows = await anyio.to_thread.run_sync(functools.partial(backend.predict, [question], body.session_id),
                                                   abandon_on_cancel=True)
     except TimeoutError:
         raise BackendTimeout(f"no answer within {settings.backend_timeout_s:g}s; try again, or raise "
@@ -36,7 +36,7 @@ async def chat(body: ChatRequest, backend: BackendDep, settings: SettingsDep, tr
     metrics.observe_answer(row)
     traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
                                 model=row["model"], session_id=body.session_id,
-                                model_version=getattr(backend, "version", None)))
+                                model_version=row["model_version"] or None))
     log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"],
              row["provider"], row["blocked"], row["latency_ms"])
     return ChatResponse.model_validate(row)
