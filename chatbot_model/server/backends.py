@@ -266,6 +266,8 @@ class InProcessBackend(Backend):
         uri = self.settings.model_uri
         try:
             version = self.champion.resolver()
+            if version is None and self.registered_name:
+                raise LookupError(f"{self.registered_name} has no such alias or version")
         except Exception as exc:  # noqa: BLE001 - a missing model is explained below
             raise ModelNotLoaded(f"{mask_url(uri)} not found in {mask_url(self.settings.tracking_uri)} ({exc}); "
                                  "register and promote one (`make run` does) or set CHATBOT_MODEL_URI") from None

@@ -113,11 +113,16 @@ def registry_loader(name: str) -> Callable[[str], Any]:
 
 
 def registry_resolver(uri: str) -> Callable[[], str | None]:
-    """Where a `models:/` URI points now (a version number); raises when the registry cannot say."""
+    """Where a `models:/` URI points now: a version number, None when the alias is gone; raises when the
+    registry cannot say (unreachable)."""
     def resolve() -> str | None:
+        from chatbot_model.errors import NotFound
         from chatbot_model.model_uri import resolve_version
 
-        return resolve_version(uri)
+        try:
+            return resolve_version(uri)
+        except NotFound:  # the alias (or the model) is gone
+            return None
     return resolve
 
 
@@ -190,6 +195,10 @@ class AliasFollower:
             return None
         self.poll_error, self.target = None, target
         if target is None:
+            if self.idle_when is not None:  # the challenger's alias was removed: no challenger any more
+                self._retire_current()
+            elif self.version is not None:
+                self.poll_error = f"{self.uri} points at no version; version {self.version} keeps serving"
             return None
         if self.idle_when is not None and target == self.idle_when():
             self._retire_current()  # both aliases on one version: nothing to compare, nothing to hold twice
