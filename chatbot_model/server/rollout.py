@@ -143,6 +143,8 @@ class AliasFollower:
         self.failed: FailedLoad | None = None
         self.poll_error: str | None = None
         self.last_poll_at: float | None = None
+        self.polls = 0
+        self.swap_poll: int | None = None  # the poll that started loading the version serving now
         self.swaps = 0
         self.failures = 0
         self.released = 0
@@ -186,6 +188,7 @@ class AliasFollower:
         """Ask the registry where the URI points; start loading a new target in the background. Returns the
         loading thread (tests join it), or None when there is nothing to do."""
         self.last_poll_at = self.clock()
+        self.polls += 1
         try:
             target = self.resolver()
         except Exception as exc:  # noqa: BLE001 - the registry is down or the alias was deleted: keep serving
@@ -209,12 +212,12 @@ class AliasFollower:
         if failed and failed.version == target and self.clock() < failed.retry_at:
             return None
         self.loading = target
-        self._thread = threading.Thread(target=self._load_and_swap, args=(target,), name=f"rollout-{self.role}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._load_and_swap, args=(target, self.polls),
+                                        name=f"rollout-{self.role}", daemon=True)
         self._thread.start()
         return self._thread
 
-    def _load_and_swap(self, version: str) -> None:
+    def _load_and_swap(self, version: str, poll: int | None = None) -> None:
         started = time.perf_counter()
         try:
             model = self.loader(version)
@@ -230,6 +233,7 @@ class AliasFollower:
             return
         finally:
             self.loading = None
+        self.swap_poll = poll
         self._swap(Loaded(version, model))
         log.info("%s: %s now serves version %s (loaded and warmed in %.1fs)", self.role, self.uri, version,
                  time.perf_counter() - started)
@@ -278,7 +282,8 @@ class AliasFollower:
             "model_uri": self.uri, "serving": self.version, "alias_target": self.target, "loading": self.loading,
             "poll_s": self.poll_s, "last_poll_ago_s": None if self.last_poll_at is None
             else round(max(0.0, self.clock() - self.last_poll_at), 1),
-            "poll_error": self.poll_error, "swaps": self.swaps, "failed_loads": self.failures,
+            "poll_error": self.poll_error, "polls": self.polls, "swapped_at_poll": self.swap_poll,
+            "swaps": self.swaps, "failed_loads": self.failures,
             "failed": None if failed is None else {"version": failed.version, "error": failed.error,
                                                    "attempts": failed.attempts,
                                                    "retry_in_s": round(max(0.0, failed.retry_at - self.clock()), 1)},
