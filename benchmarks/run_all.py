@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "rollout"]
 
 
 def summary() -> list[str]:
@@ -53,6 +53,12 @@ def summary() -> list[str]:
         lines.append(f"tracing: +{r['single_p50_cost_ms']} ms p50 single (goal <= 1 ms), batch "
                      f"{r['batch_questions_per_s']['on']} vs {r['batch_questions_per_s']['off']} q/s "
                      f"(cost {r['batch_cost_share']:.0%}, goal <= 15%) {'MET' if ok else 'MISSED'}")
+    if r := load("rollout"):
+        moves = r["moves"]
+        errors = sum(m["load_during_swap"]["errors"] for m in moves)
+        lines.append(f"rollout: swap {max(m['swap_s (alias moved -> first answer by it)'] for m in moves)} s at most "
+                     f"(alias moved -> first answer by it, poll {r['poll_s']:g} s), {errors} errors during "
+                     f"{len(moves)} swaps (goal 0) {'MET' if errors == 0 else 'MISSED'}")
     return lines
 
 

@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     model_load_max_attempts: int = Field(0, ge=0, description="model load attempts before giving up; 0 = forever")
     unhealthy_after_s: float = Field(300.0, gt=0, description="/health turns 503 `unhealthy` after this long without "
                                      "a model (a liveness probe then restarts the pod)")
+    # rollouts (server/rollout.py): follow the alias, champion/challenger
+    alias_poll_s: float = Field(30.0, ge=0, description="in-process backend: seconds between registry polls of the "
+                                "served alias; when it moves, the new version is loaded, warmed and swapped in (0 = off)")
+    challenger_alias: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="a second alias of the "
+                                         "served model (e.g. staging) answering CHATBOT_CHALLENGER_SHARE of sessions")
+    challenger_share: float = Field(0.1, ge=0, le=1, description="share of sessions (sticky per session_id) the "
+                                    "challenger answers")
 
     # human feedback
     feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")

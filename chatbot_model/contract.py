@@ -132,10 +132,12 @@ class AnswerRow(BaseModel):
     sources: list[SourceRow] = Field(default_factory=list, description="documents the answer cites, best first")
     latency_ms: float = Field(0.0, description="time the model spent on the question (its batch)")
     trace_id: str = Field("", description="MLflow trace id (empty when tracing is off); send it to /feedback")
+    model_version: str = Field("", description="registered model version that answered (ratings are attributed "
+                               "to it); empty when the model is not a registered version")
     error: str = Field("", description="why this row was not answered (bad input); empty when it was")
 
-    @field_validator("answer", "question", "standalone_question", "route", "provider", "model", "fallback", "trace_id", "error",
-                     mode="before")
+    @field_validator("answer", "question", "standalone_question", "route", "provider", "model", "fallback",
+                     "trace_id", "model_version", "error", mode="before")
     @classmethod
     def _text(cls, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -1,4 +1,4 @@
-"""CLI commands of the feedback store: `feedback stats` and `sync-feedback` (wired in cli.py)."""
+"""CLI commands of the feedback store: `feedback stats`, `feedback compare` and `sync-feedback` (wired in cli.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,53 @@ def stats(model_version: str | None) -> None:
                f"half-life {settings.adaptation_half_life_h:g} h)")
     click.echo(f"hint: {state.hint!r} ({'grounded' if state.grounded else 'default'}; negative share "
                f"{state.negative_share:.2f}, grounded from {settings.adaptation_grounded_share:.2f})")
+
+
+@feedback.command("compare")
+@click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME).")
+@click.option("--champion", "champion", default=None, help="Champion version (default: the `production` alias's).")
+@click.option("--challenger", "challenger", default=None,
+              help="Challenger version (default: the CHATBOT_CHALLENGER_ALIAS alias's, else `staging`'s).")
+@click.option("--min-ratings", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Ratings each version needs before a verdict.")
+@click.option("--max-traces", default=5000, show_default=True, type=click.IntRange(min=0),
+              help="Newest traces read per version for block/abstention rates and latency (0: skip traces).")
+def compare(name: str | None, champion: str | None, challenger: str | None, min_ratings: int, max_traces: int) -> None:
+    """Champion vs challenger on live feedback: ratings with 95% Wilson intervals, block and abstention rates,
+    latency, and whether the challenger is better, worse or not yet distinguishable (two-proportion z-test at 5%,
+    at least --min-ratings each; see chatbot_model/comparison.py)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from chatbot_model.comparison import table, verdict, version_stats
+    from chatbot_model.errors import NotFound
+    from chatbot_model.model_uri import version_by_alias
+
+    store, settings = _store_and_settings()
+    name = name or settings.registered_model_name
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient()
+    alias = settings.challenger_alias or "staging"
+    picked = {}
+    for role, given, from_alias in (("champion", champion, "production"), ("challenger", challenger, alias)):
+        if given is None:
+            found = version_by_alias(client, name, from_alias)
+            if found is None:
+                raise NotFound(f"{name} has no alias {from_alias!r}: pass --{role} VERSION, or set the alias "
+                               "(`llmops-chatbot promote-model` or the MLflow UI)")
+            given = str(found.version)
+        picked[role] = str(given)
+    experiments = []
+    if max_traces:
+        experiment = client.get_experiment_by_name(settings.experiment_name)
+        experiments = [experiment.experiment_id] if experiment is not None else []
+    rows = [version_stats(store, v, role, client=client, experiment_ids=experiments, max_traces=max_traces)
+            for role, v in picked.items()]
+    click.echo(f"{name}: champion version {picked['champion']} vs challenger version {picked['challenger']}")
+    for line in table(rows):
+        click.echo(line)
+    result = verdict(rows[0], rows[1], min_ratings)
+    click.echo(f"verdict: challenger {result.outcome} ({result.reason})")
 
 
 @click.command("sync-feedback")

@@ -7,6 +7,12 @@
 - a metric is worse than the current Production version's beyond the tolerance (`evaluation.compare`).
 The first Production version (none yet) needs only `passed`. Staging has no gate.
 
+With a feedback store (`feedback_store=`), the online comparison counts too: when both the candidate and the
+current Production version have ratings, `comparison.verdict` (two-proportion z-test on the up-share at 5%,
+each version with at least `min_ratings` ratings) is printed beside the offline table, and a candidate that is
+significantly *worse* online is refused. "Better" and "not yet distinguishable" do not block: the offline
+evaluation still decides then.
+
 With `force=True` the refusal becomes a WARNING and, once promoted, `record_forced` tags the version with
 `promotion.forced=true`, `promotion.forced_reason`, `promotion.forced_by` and `promotion.gate_refusal`.
 """
@@ -47,8 +53,11 @@ def eval_metrics(tags: dict) -> dict[str, float]:
 class EvaluationGate:
     """`gate(model_version, stage)` for `registry.promote`; `lines` holds the side-by-side table it printed."""
 
-    def __init__(self, client, name: str, *, force: bool = False):
+    def __init__(self, client, name: str, *, force: bool = False, feedback_store=None, min_ratings: int | None = None):
+        from chatbot_model.comparison import MIN_RATINGS
+
         self.client, self.name, self.force = client, name, force
+        self.feedback_store, self.min_ratings = feedback_store, min_ratings or MIN_RATINGS
         self.lines: list[str] = []
         self.refusal: str | None = None  # what the gate said when `force` overrode it
         self.production_version: str | None = None
@@ -92,6 +101,26 @@ class EvaluationGate:
         if regressions:
             return (f"{self.name} version {version} is worse than Production version {self.production_version} "
                     f"beyond the tolerance: {'; '.join(regressions)} (or promote with --force)")
+        return self.check_online(version)
+
+    def check_online(self, version: str) -> str | None:
+        """The online rule (module docstring): refuse a candidate significantly worse than Production on live
+        ratings; None when it is not, or when there is nothing to compare."""
+        if self.feedback_store is None or not self.production_version:
+            return None
+        from chatbot_model.comparison import table, verdict, version_stats
+
+        production = version_stats(self.feedback_store, self.production_version, "production")
+        candidate = version_stats(self.feedback_store, version, "candidate")
+        if not production.ratings or not candidate.ratings:
+            return None
+        result = verdict(production, candidate, self.min_ratings)
+        self.lines += ["online (live ratings):", *table([production, candidate]),
+                       f"online verdict: candidate {result.outcome} ({result.reason})"]
+        if result.outcome == "worse":
+            return (f"{self.name} version {version} is significantly worse than Production version "
+                    f"{self.production_version} on live ratings ({result.reason}); see `llmops-chatbot feedback "
+                    f"compare --name {self.name}` (or promote with --force)")
         return None
 
     def record_forced(self, version: str, reason: str | None = None) -> dict[str, str] | None:

@@ -359,7 +359,7 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
         if target is None:
             raise NotFound(f"{name} has no version {version}; versions: {[str(v.version) for v in versions]}")
     if gate is None:
-        gate = EvaluationGate(client, name, force=force)
+        gate = EvaluationGate(client, name, force=force, feedback_store=feedback_store_of(settings))
     elif force and isinstance(gate, EvaluationGate):
         gate.force = True
     gate(target, stage)
@@ -385,6 +385,15 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
     log.info("%s version %s -> %s (archived %s)", name, target.version, stage, holders)
     return Promotion(name=name, version=str(target.version), stage=stage, alias=alias, archived=holders,
                      changed=changed, forced=forced, gate_lines=list(getattr(gate, "lines", [])))
+
+
+def feedback_store_of(settings: Settings | None):
+    """The feedback store the promotion gate reads live ratings from (None without one)."""
+    if settings is None or not settings.feedback_db_url:
+        return None
+    from chatbot_model.feedback import FeedbackStore
+
+    return FeedbackStore(settings.feedback_db_url, attach=False)
 
 
 def _drop_stale_aliases(client, name: str) -> None:

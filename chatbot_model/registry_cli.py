@@ -55,12 +55,12 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
 
     from chatbot_model.config import load_settings
     from chatbot_model.gate import EvaluationGate, PromotionRefused
-    from chatbot_model.registry import name_step_run, promote, use_store
+    from chatbot_model.registry import feedback_store_of, name_step_run, promote, use_store
 
     settings = load_settings()
     name = _blank(name) or settings.registered_model_name
     use_store(settings)
-    gate = EvaluationGate(MlflowClient(), name, force=force)
+    gate = EvaluationGate(MlflowClient(), name, force=force, feedback_store=feedback_store_of(settings))
     try:
         result = promote(name, stage, _blank(version), gate=gate, force=force, reason=_blank(reason),
                          settings=settings)

@@ -90,6 +90,7 @@ class ChatResult:
     route_reasons: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
     trace_id: str | None = None
+    model_version: str | None = None  # the registered version whose service answered (None: not registered)
     error: str | None = None
     # what retrieval searched for a question with history (a follow-up resolved); "" without history
     standalone_question: str = ""

@@ -192,6 +192,8 @@ class LLMService:
             if not checks_out[i].safe:
                 result = self._blocked(q, checks_out[i], "output", elapsed_ms, result)
             results.append(result)
+        for result in results:
+            result.model_version = self.model_version
         if self.settings.tracing:
             self._trace(results, steps, checks_in, t0, hint)
         return results
@@ -347,6 +349,13 @@ class LLMService:
             return {"hint": state.hint, "bias_towards_35": state.bias_towards_35}
         bias, hint = self.current_state()
         return {"hint": hint, "bias_towards_35": bias}
+
+    def close(self) -> None:
+        """Release what this service holds beyond memory (its provider worker pool, its feedback store's
+        connections): a server that swapped in another model version calls it on the old one."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.feedback_store is not None:
+            self.feedback_store.dispose()
 
     def describe(self) -> dict:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""

@@ -74,6 +74,7 @@ class TraceRecord:
     hint: str
     steps: tuple  # (name, start_ns, end_ns)
     standalone_question: str = ""  # what retrieval searched (a follow-up resolved); "" without history
+    model_version: str = ""  # the registered version that answered ("" when not a registered model)
 
 
 def new_trace_id() -> str:
@@ -95,7 +96,7 @@ def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str
         fallback=result.fallback,
         latency_ms=float(result.latency_ms), sources=tuple(result.sources or ()), guardrail=result.guardrail,
         check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds,
-        standalone_question=result.standalone_question or "")
+        standalone_question=result.standalone_question or "", model_version=str(result.model_version or ""))
 
 
 # ---------------------------------------------------------------- building MLflow spans (exporter thread)
@@ -145,7 +146,9 @@ def build_spans(r: TraceRecord) -> list:
     root_id = (int.from_bytes(os.urandom(8), "big") >> 8) | 1  # children: root_id + n, never 0, never > 2**64
     end_ns = r.t0_ns + int(r.latency_ms * 1e6)
     tags = {"route": r.route, "provider": r.provider, "blocked": str(r.blocked).lower(),
-            TraceTagKey.TRACE_NAME: "chat"}
+            "abstained": str(r.abstained).lower(), TraceTagKey.TRACE_NAME: "chat"}
+    if r.model_version:  # `feedback compare` finds each version's answers by this tag
+        tags["model_version"] = r.model_version
     extra = {"route": dumps(r.route), "provider": dumps(r.provider), "model": dumps(r.model),
              "blocked": dumps(str(r.blocked)), "abstained": dumps(str(r.abstained)),
              "latency_ms": dumps(str(r.latency_ms)),

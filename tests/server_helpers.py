@@ -129,7 +129,7 @@ def contract_row(question: str, **fields) -> dict:
            "route": "gpt",
            "provider": "local", "model": "extractive-v1", "fallback": "", "latency_ms": 1.5,
            "sources": [{"id": "d1", "title": "Doc one", "source": "https://example.org/d1", "score": 0.9}],
-           "trace_id": f"tr-remote-{abs(hash(question)) % 10**8}", "error": ""}
+           "trace_id": f"tr-remote-{abs(hash(question)) % 10**8}", "model_version": "", "error": ""}
     row.update(fields)
     return row
 

@@ -80,7 +80,7 @@ def test_chat_answers_with_sources_route_and_trace(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained",
-                         "fallback", "trace_id", "latency_ms", "error"}
+                         "fallback", "trace_id", "model_version", "latency_ms", "error"}
     assert body["question"] == Q and body["error"] == ""
     assert body["answer"] and not body["blocked"]
     assert body["route"] in ("gpt", "claude") and body["provider"] == "local" and body["model"] == "extractive-v1"

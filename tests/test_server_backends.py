@@ -18,7 +18,7 @@ from tests.server_helpers import (FakeScoringServer, LiveServer, contract_row, m
 
 Q = "How do I promote a registered MLflow model version to Production?"
 FIELDS = {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained", "fallback",
-          "trace_id", "latency_ms", "error"}
+          "trace_id", "model_version", "latency_ms", "error"}
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Where answers come from. One small base class, one registry dict.
 
-- `in-process`: `mlflow.pyfunc.load_model(CHATBOT_MODEL_URI)` in this process.
+- `in-process`: `mlflow.pyfunc.load_model(CHATBOT_MODEL_URI)` in this process, following the alias when it moves
+  and serving a challenger alias to a share of sessions (`server/rollout.py`).
 - `remote`: POST `{CHATBOT_SCORING_URL}/invocations` of an `mlflow models serve` endpoint.
 - `service`: an `LLMService` without MLflow packaging (tests, development); same rows.
 
@@ -42,6 +43,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     loads_model: ClassVar[bool] = True  # False: nothing to load, readiness is probed
+    routes_sessions: ClassVar[bool] = False  # True: `_predict` also gets the request's session_id
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -149,20 +151,24 @@ class Backend(ABC):
         self._closing.set()
 
     # answering
-    def predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
+    def predict(self, questions: list[str], histories: list[list[dict] | None] | None = None,
+                session_id: str | None = None) -> list[dict]:
         if self.loads_model and not self._ready:
             if self.loading:
                 raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
             raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
         histories = list(histories) if histories is not None and any(histories) else None
-        rows = self._predict(list(questions), histories) if histories else self._predict(list(questions))
+        routing = {"session_id": session_id} if self.routes_sessions else {}
+        rows = (self._predict(list(questions), histories, **routing) if histories
+                else self._predict(list(questions), **routing))
         if len(rows) != len(questions):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
         return [normalise_row(r, q) for r, q in zip(rows, questions)]
 
     @abstractmethod
     def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
-        """Rows in the contract, in input order; `histories` (None: no question has one) aligned with them."""
+        """Rows in the contract, in input order; `histories` (None: no question has one) aligned with them.
+        Backends with `routes_sessions` also get `session_id`."""
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
@@ -214,51 +220,138 @@ class ServiceBackend(Backend):
 
 
 class InProcessBackend(Backend):
-    """The registered pyfunc model, loaded into this process."""
+    """The registered pyfunc model, loaded into this process, following its alias (`server/rollout.py`).
+
+    Every CHATBOT_ALIAS_POLL_S seconds (0 = never) the registry is asked where CHATBOT_MODEL_URI points; a new
+    version is loaded and warmed beside the serving one and swapped in without failing or delaying a request.
+    With CHATBOT_CHALLENGER_ALIAS, a second alias of the same model answers CHATBOT_CHALLENGER_SHARE of the
+    sessions (sticky per session_id). `poll()` is the poll loop's step (tests call it directly)."""
 
     name = "in-process"
+    routes_sessions = True
 
-    def __init__(self, settings: Settings, model: Any | None = None):
+    def __init__(self, settings: Settings, model: Any | None = None, *, loader: Callable[[str], Any] | None = None,
+                 resolver: Callable[[str], Callable[[], str | None]] | None = None):
+        from chatbot_model.model_uri import parse
+        from chatbot_model.server import rollout
+
         super().__init__(settings)
-        self.model = model
-        self.version: str | None = None
+        self.model = model  # an injected model (tests): served as is, never reloaded
+        parsed = parse(settings.model_uri)
+        self.registered_name = parsed[0] if parsed else None
+        if settings.challenger_alias and self.registered_name is None:
+            raise ConfigError(f"CHATBOT_CHALLENGER_ALIAS needs a registry CHATBOT_MODEL_URI (models:/NAME@alias), got "
+                              f"{mask_url(settings.model_uri)}")
+        make_loader = loader or (rollout.registry_loader(self.registered_name) if self.registered_name else None)
+        make_resolver = resolver or rollout.registry_resolver
+        self.champion = rollout.AliasFollower(settings.model_uri, "champion", loader=make_loader,
+                                              resolver=make_resolver(settings.model_uri), poll_s=settings.alias_poll_s)
+        self.challenger = None
+        if settings.challenger_alias:
+            uri = f"models:/{self.registered_name}@{settings.challenger_alias}"
+            self.challenger = rollout.AliasFollower(uri, "challenger", loader=make_loader,
+                                                    resolver=make_resolver(uri), poll_s=settings.alias_poll_s,
+                                                    idle_when=lambda: self.champion.version)
+        self.poll_wait: Callable[[float], Any] = self._closing.wait  # injectable: tests drive polls themselves
+        self._poller: threading.Thread | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The champion's version (what CHATBOT_MODEL_URI serves now)."""
+        return self.champion.version
+
+    def followers(self) -> list:
+        return [f for f in (self.champion, self.challenger) if f is not None]
 
     def _load(self) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(self.settings.tracking_uri)
+        if self.champion.current is not None:  # loaded already (load() called again): keep serving it
+            return
         uri = self.settings.model_uri
         try:
-            from chatbot_model.model_uri import resolve_version
-
-            self.version = resolve_version(uri)
+            version = self.champion.resolver()
+            if version is None and self.registered_name:
+                raise LookupError(f"{self.registered_name} has no such alias or version")
         except Exception as exc:  # noqa: BLE001 - a missing model is explained below
             raise ModelNotLoaded(f"{mask_url(uri)} not found in {mask_url(self.settings.tracking_uri)} ({exc}); "
                                  "register and promote one (`make run` does) or set CHATBOT_MODEL_URI") from None
-        if self.model is None:  # ratings of its answers are attributed to the version it resolved to
-            self.model = mlflow.pyfunc.load_model(uri, model_config={"model_version": self.version})
+        if self.model is not None:
+            self.champion.start(version, self.model)
+        elif version is None:  # not a registry URI (runs:/, a path): loaded as is, nothing to follow
+            self.champion.start(None, mlflow.pyfunc.load_model(uri))
+        else:  # ratings of its answers are attributed to the version it resolved to
+            self.champion.start(version)
+        if self.challenger is not None:
+            self.challenger.poll()
+        self._start_polling()
 
-    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
+    def _start_polling(self) -> None:
+        if self.settings.alias_poll_s <= 0 or self.model is not None or self._poller is not None:
+            return
+        self._poller = threading.Thread(target=self._poll_loop, name="rollout-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self.poll_wait(self.settings.alias_poll_s):
+            self.poll()
+
+    def poll(self) -> list[threading.Thread]:
+        """One poll of every followed alias; returns the loading threads it started."""
+        threads = []
+        for follower in self.followers():
+            try:
+                thread = follower.poll()
+            except Exception:  # noqa: BLE001 - the poll loop must survive anything
+                log.exception("%s: poll failed", follower.role)
+                continue
+            if thread is not None:
+                threads.append(thread)
+        return threads
+
+    def pick(self, session_id: str | None):
+        """The follower answering this session: the challenger for its sticky share, else the champion."""
+        from chatbot_model.server.rollout import assign
+
+        challenger = self.challenger
+        if (challenger is not None and challenger.version is not None
+                and challenger.version != self.champion.version
+                and assign(session_id, self.settings.challenger_share)):
+            return challenger
+        return self.champion
+
+    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None,
+                 session_id: str | None = None) -> list[dict]:
         import pandas as pd
 
         columns = {"question": questions, **({"history": [h or [] for h in histories]} if histories else {})}
-        try:
-            frame = self.model.predict(pd.DataFrame(columns))
-        except ChatbotError:
-            raise
-        except Exception as exc:  # MlflowException(INVALID_PARAMETER_VALUE) for bad input
-            if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
-                raise InvalidInput(getattr(exc, "message", str(exc))) from exc
-            raise BackendFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
-        if hasattr(frame, "to_dict"):
-            return frame.to_dict("records")
-        return list(frame)
+        with self.pick(session_id).use() as loaded:
+            try:
+                frame = loaded.model.predict(pd.DataFrame(columns))
+            except ChatbotError:
+                raise
+            except Exception as exc:  # MlflowException(INVALID_PARAMETER_VALUE) for bad input
+                if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
+                    raise InvalidInput(getattr(exc, "message", str(exc))) from exc
+                raise BackendFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+            version = loaded.version
+        rows = frame.to_dict("records") if hasattr(frame, "to_dict") else list(frame)
+        for row in rows:  # a version logged before rows carried model_version: the one it was loaded as
+            if not row.get("model_version") and version:
+                row["model_version"] = version
+        return rows
 
     def info(self) -> dict:
-        out = {**super().info(), "model_uri": mask_url(self.settings.model_uri), "model_version": self.version}
-        if self.model is not None:
+        champion = self.champion.status()
+        out = {**super().info(), "model_uri": mask_url(self.settings.model_uri), "model_version": self.version,
+               "alias_target": champion["alias_target"], "rollout": champion,
+               "challenger": None if self.challenger is None
+               else {**self.challenger.status(), "share": self.settings.challenger_share}}
+        current = self.champion.current
+        if current is not None and current.model is not None:
             try:
-                out.update(_describe(self.model.unwrap_python_model()))
+                out.update(_describe(current.model.unwrap_python_model()))
             except Exception:  # noqa: BLE001 - not a python model
                 pass
         return out

@@ -21,6 +21,7 @@ from chatbot_model.server.backends import Backend, build_backend
 from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import install_error_handlers
 from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
+from chatbot_model.server.rollout import RolloutCollector
 from chatbot_model.server.routes import chat, docs, feedback, health, metrics, page
 from chatbot_model.server.state import Metrics, TraceMemory
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | str | Non
     app.state.feedback_store = feedback_store
     app.state.traces = TraceMemory(trace_memory_size)
     app.state.metrics = Metrics()
+    app.state.metrics.registry.register(RolloutCollector(lambda: app.state.backend))  # alias swaps, failures
     install_error_handlers(app)
     for module in (chat, feedback, health, metrics, page, docs):
         app.include_router(module.router)

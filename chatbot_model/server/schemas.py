@@ -114,6 +114,12 @@ class HealthResponse(BaseModel):
     load_error: str | None = Field(None, description="the last model load error (passwords masked)")
     load_attempts: int = 0
     next_load_attempt_in_s: float | None = Field(None, description="while retrying: seconds to the next attempt")
+    alias_target: str | None = Field(None, description="in-process: the version CHATBOT_MODEL_URI points at now "
+                                     "(model_version differs while it loads, or when it failed: see rollout)")
+    rollout: dict | None = Field(None, description="in-process: alias following (serving, alias_target, loading, "
+                                 "failed, swaps, last poll)")
+    challenger: dict | None = Field(None, description="in-process with CHATBOT_CHALLENGER_ALIAS: the same for the "
+                                    "challenger, and its share of sessions")
     api_key_required: bool
     reason: str | None = Field(None, description="unhealthy only: why")
 

@@ -29,7 +29,8 @@ async def chat(body: ChatRequest, request: Request, backend: BackendDep, setting
     try:
         with anyio.fail_after(settings.backend_timeout_s):
             rows = await anyio.to_thread.run_sync(
-                functools.partial(backend.predict, [question], [history] if history else None),
+                functools.partial(backend.predict, [question], [history] if history else None,
+                                  session_id=body.session_id),
                 abandon_on_cancel=True)
     except TimeoutError:
         raise BackendTimeout(f"no answer within {settings.backend_timeout_s:g}s; try again, or raise "
@@ -38,10 +39,11 @@ async def chat(body: ChatRequest, request: Request, backend: BackendDep, setting
     if row["error"]:
         raise BackendFailed(f"the model could not answer: {row['error']}")
     metrics.observe_answer(row)
-    await conversation.store_turn(request.app, body.session_id, row, getattr(backend, "version", None))
+    await conversation.store_turn(request.app, body.session_id, row,
+                                  row["model_version"] or getattr(backend, "version", None))
     traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
                                 model=row["model"], session_id=body.session_id,
-                                model_version=getattr(backend, "version", None)))
+                                model_version=row["model_version"] or None))
     log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"],
              row["provider"], row["blocked"], row["latency_ms"])
     return ChatResponse.model_validate(row)
