@@ -183,7 +183,7 @@ def test_in_process_backend_passes_the_history_column(settings, service):
             return _PyfuncChatbot(service).predict(None, frame)
 
     model = Model()
-    backend = InProcessBackend(settings, model=model, resolver=lambda uri: lambda: None)
+    backend = InProcessBackend(settings, model=model, resolver=lambda uri: lambda: "1")
     backend.load()
     assert backend.ready
     plain = backend.predict([TRACED])
