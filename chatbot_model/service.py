@@ -24,6 +24,7 @@ from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.providers.local import KB_TOPIC
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
+from chatbot_model.streaming import STREAM_SINK, stream_answer
 from chatbot_model.tracing import record_traces
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ class LLMService:
         """One question, one result (a batch of one)."""
         return self.answer_many([question], histories=[history])[0]
 
+    def stream(self, question: str, history: list[dict] | None = None, deadline: Deadline | None = None):
+        """One question answered as a stream of events: sources, text deltas, the final row
+        (`chatbot_model.streaming`)."""
+        return stream_answer(self, question, history, deadline)
+
     def answer_many(self, questions: list[str], deadline: Deadline | None = None,
                     histories: list[list[dict] | None] | None = None) -> list[ChatResult]:
         """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
@@ -199,9 +205,12 @@ class LLMService:
         (the local answerer) is scored sentence by sentence from those vectors, unsafe when any sentence is;
         other answers are scored as whole texts. At most two guardrail calls per batch."""
         reuse = self._guardrail_shares_embedder()
-        split = [i for i, c in completions.items() if reuse and c.segments and c.segment_vectors is not None]
-        whole = [i for i in completions if i not in set(split)]
-        out = dict(zip(whole, self.guardrail.check_many([completions[i].text for i in whole]))) if whole else {}
+        out = {i: c.check for i, c in completions.items() if c.check is not None}  # checked while streamed
+        split = [i for i, c in completions.items()
+                 if i not in out and reuse and c.segments and c.segment_vectors is not None]
+        whole = [i for i in completions if i not in set(split) and i not in out]
+        if whole:
+            out.update(zip(whole, self.guardrail.check_many([completions[i].text for i in whole])))
         if split:
             texts = [t for i in split for t in completions[i].segments]
             parts = iter(self.guardrail.check_many(texts, vectors=np.concatenate(
@@ -263,10 +272,13 @@ class LLMService:
         from chatbot_model.providers.base import reason_of
 
         reasons = []
+        sink = STREAM_SINK.get()  # a streamed request (LLMService.stream): the answer goes out as it comes
         for name in chain:
             provider = self.providers[name]
             request.model = self._models.get(name, "")
             try:
+                if sink is not None:
+                    return sink.complete(self, provider, request, deadline), ("; ".join(reasons) or None)
                 return provider.complete(request, deadline=deadline), ("; ".join(reasons) or None)
             except ProviderError as exc:
                 log.log(logging.INFO if getattr(exc, "skipped", False) else logging.WARNING,
