@@ -19,7 +19,7 @@ import numpy as np
 from chatbot_model.adapter import ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import trim_history, validate_history, validate_question
-from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
+from chatbot_model.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.providers.local import KB_TOPIC
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
@@ -241,9 +241,10 @@ class LLMService:
                       deadline: Deadline | None = None):
         """Remote calls of a batch run concurrently (bounded pool); a single request and the local answerer run
         inline, so concurrent single requests (the server) are not capped by the pool. Every question of the
-        batch shares one deadline (CHATBOT_REQUEST_BUDGET_S from now unless given)."""
-        deadline = deadline or Deadline.start(self.settings.request_budget_s, self.settings.local_reserve_s,
-                                              self.clock)
+        batch shares one deadline (the one given, else the server's `REQUEST_DEADLINE`, else
+        CHATBOT_REQUEST_BUDGET_S from now)."""
+        deadline = deadline or REQUEST_DEADLINE.get() or Deadline.start(
+            self.settings.request_budget_s, self.settings.local_reserve_s, self.clock)
         futures = {}
         out = {}
         for i, req in requests.items():

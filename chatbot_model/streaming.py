@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Iterator
 
-from chatbot_model.deadline import Deadline
+from chatbot_model.deadline import REQUEST_DEADLINE, Deadline
 from chatbot_model.errors import ChatbotError, ProviderError
 from chatbot_model.schema import Completion, CompletionRequest
 
@@ -218,11 +218,12 @@ def stream_answer(service, question: str, history: list[dict] | None = None,
                   deadline: Deadline | None = None) -> Iterator[StreamEvent]:
     """The events of one answer (see the module docstring). Bad input raises InvalidInput at the first `next()`,
     before any event; a failure after the first event raises from the generator (StreamFailed, ProviderError).
-    Closing the generator early cancels `deadline` (made here when None) and with it the upstream call."""
+    Closing the generator early cancels `deadline` (default: the server's `REQUEST_DEADLINE`, else a fresh
+    CHATBOT_REQUEST_BUDGET_S) and with it the upstream call."""
     from chatbot_model.contract import AnswerRow
 
-    deadline = deadline or Deadline.start(service.settings.request_budget_s, service.settings.local_reserve_s,
-                                          service.clock)
+    deadline = deadline or REQUEST_DEADLINE.get() or Deadline.start(
+        service.settings.request_budget_s, service.settings.local_reserve_s, service.clock)
     sink, outcome = Sink(), {}
 
     def work() -> None:

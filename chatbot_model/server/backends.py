@@ -5,7 +5,10 @@
 - `service`: an `LLMService` without MLflow packaging (tests, development); same rows.
 
 Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc's output columns).
-`predict` is blocking; the routes run it in a worker thread.
+`predict` is blocking; the routes run it in a worker thread. `stream` answers one question as event dicts
+(`chatbot_model.streaming`): the service streams, the in-process model through its pyfunc `predict_stream`,
+and the remote backend cannot (`mlflow models serve` does not stream pyfunc models): it sends the whole answer
+as one delta.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 from chatbot_model.config import Settings, mask_secrets, mask_url
 from chatbot_model.contract import AnswerRow
@@ -147,19 +150,45 @@ class Backend(ABC):
         self._closing.set()
 
     # answering
-    def predict(self, questions: list[str]) -> list[dict]:
-        if self.loads_model and not self._ready:
-            if self.loading:
-                raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
-            raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
-        rows = self._predict(list(questions))
+    def predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
+        """Rows of the contract; `histories[i]`: the earlier turns of question i (a list of {role, content})."""
+        self._check_ready()
+        rows = self._predict(list(questions)) if histories is None else self._predict(list(questions), histories)
         if len(rows) != len(questions):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
         return [normalise_row(r, q) for r, q in zip(rows, questions)]
 
+    def _check_ready(self) -> None:
+        if self.loads_model and not self._ready:
+            if self.loading:
+                raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
+            raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
+
     @abstractmethod
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
         """Rows in the contract, in input order."""
+
+    def stream(self, question: str, history: list | None = None) -> Iterator[dict]:
+        """One answer as event dicts: sources, text deltas, then the final row (`{"event": "final", ...row}`).
+        Closing the iterator early stops the answer. This default answers whole and sends the answer as one
+        delta (a backend that cannot stream)."""
+        row = self.predict([question], None if history is None else [history])[0]
+        yield {"event": "sources", "sources": row["sources"]}
+        yield {"event": "delta", "text": row["answer"]}
+        yield {"event": "final", **row}
+
+    def _relay(self, events: Iterator[dict], question: str) -> Iterator[dict]:
+        """Event dicts with the final row normalised to the contract; closes `events` when stopped early."""
+        try:
+            for event in events:
+                if event.get("event") == "final":
+                    event = {"event": "final", **normalise_row({k: v for k, v in event.items() if k != "event"},
+                                                               question)}
+                yield event
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
@@ -198,12 +227,12 @@ class ServiceBackend(Backend):
                 configure_mlflow(self.settings)
             self.service = LLMService.from_settings(self.settings)
 
-    def _predict(self, questions: list[str]) -> list[dict]:
-        rows = []
-        for result in self.service.answer_many(questions):
-            row = result.to_dict()
-            rows.append(row)
-        return rows
+    def _predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
+        return [result.to_dict() for result in self.service.answer_many(questions, histories=histories)]
+
+    def stream(self, question: str, history: list | None = None) -> Iterator[dict]:
+        self._check_ready()
+        return self._relay((event.to_dict() for event in self.service.stream(question, history)), question)
 
     def info(self) -> dict:
         return {**super().info(), "model_uri": None, "model_version": None,
@@ -235,20 +264,25 @@ class InProcessBackend(Backend):
         if self.model is None:  # ratings of its answers are attributed to the version it resolved to
             self.model = mlflow.pyfunc.load_model(uri, model_config={"model_version": self.version})
 
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
         import pandas as pd
 
+        columns = {"question": questions}
+        if histories is not None and any(histories):  # the pyfunc's optional `history` column
+            columns["history"] = [list(h or []) for h in histories]
         try:
-            frame = self.model.predict(pd.DataFrame({"question": questions}))
-        except ChatbotError:
-            raise
-        except Exception as exc:  # MlflowException(INVALID_PARAMETER_VALUE) for bad input
-            if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
-                raise InvalidInput(getattr(exc, "message", str(exc))) from exc
-            raise BackendFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+            frame = self.model.predict(pd.DataFrame(columns))
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise _model_error(exc) from exc
         if hasattr(frame, "to_dict"):
             return frame.to_dict("records")
         return list(frame)
+
+    def stream(self, question: str, history: list | None = None) -> Iterator[dict]:
+        """Through the model's `predict_stream` (MLflow's schema enforcement included)."""
+        self._check_ready()
+        data = {"question": question, **({"history": history} if history else {})}
+        return self._relay(_translated(lambda: self.model.predict_stream(data)), question)
 
     def info(self) -> dict:
         out = {**super().info(), "model_uri": mask_url(self.settings.model_uri), "model_version": self.version}
@@ -309,10 +343,13 @@ class RemoteBackend(Backend):
         return (f"the scoring server at {self.shown_url} does not answer /ping; start `mlflow models serve` there "
                 "or fix CHATBOT_SCORING_URL")
 
-    def _predict(self, questions: list[str]) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
         import httpx
 
-        payload = {"dataframe_records": [{"question": q} for q in questions]}
+        records = [{"question": q} for q in questions]
+        if histories is not None and any(histories):  # the pyfunc's optional `history` column
+            records = [{**r, "history": list(h or [])} for r, h in zip(records, histories)]
+        payload = {"dataframe_records": records}
         try:
             response = self.client.post(f"{self.base_url}/invocations", json=payload)
         except httpx.TimeoutException:
@@ -342,6 +379,28 @@ class RemoteBackend(Backend):
     def info(self) -> dict:
         return {**super().info(), "ready": self.ready(), "scoring_url": self.shown_url,
                 "model_uri": None, "model_version": None}
+
+
+def _model_error(exc: Exception) -> Exception:
+    """A pyfunc model's failure at the HTTP edge: MlflowException(INVALID_PARAMETER_VALUE) is bad input."""
+    if isinstance(exc, ChatbotError):
+        return exc
+    if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
+        return InvalidInput(getattr(exc, "message", str(exc)))
+    return BackendFailed(f"the model failed: {type(exc).__name__}: {exc}")
+
+
+def _translated(make: Callable[[], Iterator[dict]]) -> Iterator[dict]:
+    """The items of `make()` with the model's failures translated (`_model_error`)."""
+    events = None
+    try:
+        events = make()
+        yield from events
+    except Exception as exc:  # noqa: BLE001 - translated
+        raise _model_error(exc) from exc
+    finally:
+        if events is not None and hasattr(events, "close"):
+            events.close()
 
 
 def _remote_message(response) -> str:

@@ -40,6 +40,10 @@ class ChatRequest(BaseModel):
     session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="groups a conversation's turns; "
                                    f"at most {MAX_ID_CHARS} characters (stored with ratings); {NUL_REJECTED}")
 
+    stream: bool = Field(False, description="true: answer as Server-Sent Events (text/event-stream): `sources`, "
+                         "`delta` pieces as each checked sentence is ready, `replace` if the output guardrail stops "
+                         "the answer, then `final` with the whole response row (`error` on a failure mid-stream)")
+
     @field_validator("session_id")
     @classmethod
     def _session(cls, value: str | None) -> str | None:
@@ -113,6 +117,12 @@ class NotReadyResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
+
+
+STREAM_RESPONSE = {200: {"description": "the answer row; with `\"stream\": true` Server-Sent Events instead",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}, "example":
+                             'event: sources\ndata: {"sources":[...]}\n\nevent: delta\ndata: {"text":"..."}\n\n'
+                             'event: final\ndata: {"answer":"...","route":"gpt",...}\n\n'}}}}
 
 
 def responses(*statuses: int) -> dict:
