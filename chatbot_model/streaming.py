@@ -25,7 +25,7 @@ import queue
 import re
 import threading
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator
 
 from chatbot_model.deadline import REQUEST_DEADLINE, Deadline
@@ -70,6 +70,7 @@ class ReplaceEvent(StreamEvent):
 class FinalEvent(StreamEvent):
     kind = "final"
     row: dict
+    result: Any = field(default=None, compare=False, repr=False)  # the ChatResult (in-process readers only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, **self.row}
@@ -251,7 +252,7 @@ def stream_answer(service, question: str, history: list[dict] | None = None,
         if not sink.text_sent:
             yield DeltaEvent(result.answer)
         finished = True
-        yield FinalEvent(AnswerRow.from_result(result).to_record())
+        yield FinalEvent(AnswerRow.from_result(result).to_record(), result)
     finally:
         if not finished and worker.is_alive():
             sink.closed.set()

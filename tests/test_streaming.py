@@ -138,3 +138,15 @@ def test_the_sentence_buffer_waits_for_the_end_of_a_sentence():
     long = "word " * 200
     cut = pieces_of(long)
     assert "".join(cut) == long and all(len(p) <= 400 for p in cut) and len(cut) > 1
+
+
+def test_the_cli_prints_the_answer_as_it_arrives(make_service, monkeypatch):
+    import click
+
+    from chatbot_model.chat import stream_answer
+
+    echoed = []
+    monkeypatch.setattr(click, "echo", lambda message="", nl=True, **_: echoed.append(str(message)))
+    result = stream_answer(make_service(), "How do I load a model by alias?")
+    pieces = echoed[1:-1]  # "bot> ", the sentences one call each, then the end of the line
+    assert echoed[0] == "bot> " and len(pieces) >= 2 and "".join(pieces) == result.answer
