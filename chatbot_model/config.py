@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     model_load_max_attempts: int = Field(0, ge=0, description="model load attempts before giving up; 0 = forever")
     unhealthy_after_s: float = Field(300.0, gt=0, description="/health turns 503 `unhealthy` after this long without "
                                      "a model (a liveness probe then restarts the pod)")
+    # OpenAI-compatible API (/v1)
+    allow_client_system_prompt: bool = Field(False, description="/v1/chat/completions: a caller's system message "
+                                             "replaces the hint (in-process backends); off: it is ignored")
 
     # human feedback
     feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chatbot_model.adapter import ControlHintAdapter
+from chatbot_model.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import trim_history, validate_history, validate_question
 from chatbot_model.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
@@ -158,6 +158,7 @@ class LLMService:
                      self.settings.abstain_below)
         prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
         bias, hint = self.current_state()  # this request's snapshot; shared components are never written
+        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
         with _timed(steps, "routing"):
             routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
         with _timed(steps, "llm"):

@@ -36,11 +36,16 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-def request_deadline(settings: Settings) -> tuple[Deadline, contextvars.Context]:
-    """A fresh deadline for one request, and a context in which the service sees it (`REQUEST_DEADLINE`)."""
+def request_deadline(settings: Settings, hint: str | None = None) -> tuple[Deadline, contextvars.Context]:
+    """A fresh deadline for one request, and a context in which the service sees it (`REQUEST_DEADLINE`) and,
+    when given, the caller's hint (`adapter.REQUEST_HINT`)."""
+    from chatbot_model.adapter import REQUEST_HINT
+
     deadline = Deadline.start(settings.request_budget_s, settings.local_reserve_s)
     context = contextvars.copy_context()
     context.run(REQUEST_DEADLINE.set, deadline)
+    if hint:
+        context.run(REQUEST_HINT.set, hint)
     return deadline, context
 
 
@@ -51,10 +56,11 @@ async def until_disconnect(receive: Receive, on_disconnect: Callable[[], Any]) -
     on_disconnect()
 
 
-async def run_cancelling_on_disconnect(request, settings: Settings, call: Callable[[], Any]) -> Any:
+async def run_cancelling_on_disconnect(request, settings: Settings, call: Callable[[], Any],
+                                       hint: str | None = None) -> Any:
     """`call()` in a worker thread under a request deadline that the client hanging up cancels (the upstream
     call stops; the local answerer finishes in moments and its answer is dropped)."""
-    deadline, context = request_deadline(settings)
+    deadline, context = request_deadline(settings, hint)
     outcome: dict[str, Any] = {}
     async with anyio.create_task_group() as group:
         group.start_soon(until_disconnect, request.receive, deadline.cancel)
