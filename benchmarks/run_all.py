@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "streaming"]
 
 
 def summary() -> list[str]:
@@ -53,6 +53,12 @@ def summary() -> list[str]:
         lines.append(f"tracing: +{r['single_p50_cost_ms']} ms p50 single (goal <= 1 ms), batch "
                      f"{r['batch_questions_per_s']['on']} vs {r['batch_questions_per_s']['off']} q/s "
                      f"(cost {r['batch_cost_share']:.0%}, goal <= 15%) {'MET' if ok else 'MISSED'}")
+    if r := load("streaming"):
+        s, w = r["ms"]["remote streamed"], r["ms"]["remote whole"]
+        lines.append(f"streaming (slow remote, {r['answer_words']} words at {r['word_s']} s): first text "
+                     f"{s['first_text_ms']:.0f} ms streamed vs {w['first_text_ms']:.0f} ms whole; last byte "
+                     f"{s['last_byte_ms']:.0f} vs {w['last_byte_ms']:.0f} ms; sentence buffering costs "
+                     f"{r['buffering_cost_ms']:.0f} ms of time to first token")
     return lines
 
 
