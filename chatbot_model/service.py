@@ -283,8 +283,8 @@ class LLMService:
                     return sink.complete(self, provider, request, deadline), ("; ".join(reasons) or None)
                 return provider.complete(request, deadline=deadline), ("; ".join(reasons) or None)
             except ProviderError as exc:
-                log.log(logging.INFO if getattr(exc, "skipped", False) else logging.WARNING,
-                        "provider %s not used: %s", name, exc)
+                quiet = getattr(exc, "skipped", False) or reason_of(exc) == "cancelled"  # the client hung up
+                log.log(logging.INFO if quiet else logging.WARNING, "provider %s not used: %s", name, exc)
                 reasons.append(f"{name}: {reason_of(exc)}")
         raise ProviderError("every provider failed: " + "; ".join(reasons))
 

@@ -20,6 +20,7 @@ the upstream call is cancelled, its connection closed, and the worker thread end
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import re
@@ -201,11 +202,6 @@ class Sink:
         self.put(DeltaEvent(text))
         return True
 
-    def _stopped(self, provider, request, passed, sentence, checks, service) -> Completion:
-        self._replace()
-        return Completion(text="".join(passed) + sentence, provider=provider.name, model=request.model,
-                          check=service.guardrail.combine(checks))
-
     def _replace(self) -> None:
         from chatbot_model.guardrail import SAFE_REPLY
 
@@ -238,7 +234,8 @@ def stream_answer(service, question: str, history: list[dict] | None = None,
         finally:
             sink.events.put(_DONE)
 
-    worker = threading.Thread(target=work, name="chat-stream", daemon=True)
+    # the worker sees this context (the server's request deadline, a caller's hint)
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="chat-stream", daemon=True)
     worker.start()
     finished = False
     try:

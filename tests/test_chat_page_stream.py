@@ -6,14 +6,14 @@ from __future__ import annotations
 from tests.test_chat_page import ARGS, Q, _chromium, live  # noqa: F401 - fixtures
 
 COUNT_GROWTH = """() => {
+  // each `textContent` assignment adds a new text node holding the text of that moment
   window.__growth = [];
   new MutationObserver((records) => {
     for (const r of records) {
-      const text = r.target.closest && r.target.closest('[data-testid="answer-text"]')
-        || (r.target.parentElement && r.target.parentElement.closest('[data-testid="answer-text"]'));
-      if (text) window.__growth.push(text.textContent.length);
+      if (!(r.target.closest && r.target.closest('[data-testid="answer-text"]'))) continue;
+      for (const node of r.addedNodes) if (node.nodeType === Node.TEXT_NODE) window.__growth.push(node.data.length);
     }
-  }).observe(document.getElementById("conversation"), {childList: true, subtree: true, characterData: true});
+  }).observe(document.getElementById("conversation"), {childList: true, subtree: true});
 }"""
 
 

@@ -115,12 +115,13 @@ def test_with_the_setting_on_the_callers_system_message_is_the_hint(service, fak
     try:
         server.wait_ready()
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-        sdk.chat.completions.create(model="llmops-chatbot", messages=[
-            {"role": "system", "content": "Answer like a pirate."}, {"role": "user", "content": Q}])
+        messages = [{"role": "system", "content": "Answer like a pirate."}, {"role": "user", "content": Q}]
+        sdk.chat.completions.create(model="llmops-chatbot", messages=messages)
+        list(sdk.chat.completions.create(model="llmops-chatbot", messages=messages, stream=True))
     finally:
         server.close()
-    assert fake.requests_to(OPENAI_PATH)[-1].body["messages"][0] == {"role": "system",
-                                                                     "content": "Answer like a pirate."}
+    sent = [r.body["messages"][0] for r in fake.requests_to(OPENAI_PATH)]
+    assert sent == [{"role": "system", "content": "Answer like a pirate."}] * 2  # whole and streamed
 
 
 def test_the_bearer_key_is_required(live):
@@ -158,3 +159,31 @@ def test_a_body_that_is_not_a_request_is_400(live):
     r = httpx.post(f"{live.url}/v1/chat/completions", json={"messages": []},
                    headers={"authorization": f"Bearer {KEY}"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_generated_requests_never_get_a_server_error(service, mode):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    from chatbot_model.server import create_app
+    from chatbot_model.server.backends import ServiceBackend
+
+    plain = service.settings.model_copy(update={"api_key": None})
+    backend = ServiceBackend(plain, service=service)
+    backend.load()
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(plain, backend=backend))
+    operation = next(r.ok() for r in schema.get_all_operations() if r.ok().label == "POST /v1/chat/completions")
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call()
+        assert response.status_code < 500, f"{case.body!r} -> {response.status_code}: {response.text}"
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            assert isinstance(error, str) or (error["message"] and error["type"]), response.text
+
+    run()

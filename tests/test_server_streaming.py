@@ -5,6 +5,7 @@ on the fake provider server, never timed)."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -133,7 +134,8 @@ def test_a_failure_mid_stream_ends_with_an_error_event(live, fake):
     assert len(fake.requests) == 1  # text had gone out: no fallback
 
 
-def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(live, fake):
+def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(live, fake, caplog):
+    caplog.set_level(logging.INFO)
     def abandon() -> None:
         fake.queue(Reply.streamed(ANSWER + " And more." * 100, chunk_delay=0.2))
         with httpx.Client() as client, post_stream(client, live.url, {"question": Q}) as response:
@@ -152,6 +154,9 @@ def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(liv
     settle(lambda: fake.open_connections == 0, "every upstream connection closing")
     settle(lambda: threading.active_count() <= baseline, "the thread count returning to baseline")
     assert fake.streams["finished"] == 0 and len(fake.requests) == 7  # one call each, none finished, no fallback
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("chatbot")]
+    assert noisy == []  # a client hanging up is not an error
+    assert sum("stream abandoned by the client" in r.getMessage() for r in caplog.records) == 7
 
 
 def test_a_client_hanging_up_on_a_whole_answer_cancels_the_upstream_call(service, shipped_index, tmp_path, keys,

@@ -180,9 +180,23 @@ async def models(settings: SettingsDep, backend: BackendDep, _auth: Authorized) 
     return {"object": "list", "data": [_served_model(settings, backend)]}
 
 
+def _inline(schema: dict) -> dict:
+    """A JSON schema with its `$defs` references replaced by the definitions (for the OpenAPI document)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(dict(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
 @router.post("/chat/completions", summary="Chat completion over the knowledge base (OpenAI-compatible)",
              openapi_extra={"requestBody": {"content": {"application/json": {
-                 "schema": ChatCompletionRequest.model_json_schema()}}, "required": True}})
+                 "schema": _inline(ChatCompletionRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request, settings: SettingsDep, backend: BackendDep, traces: TracesDep,
                            metrics: MetricsDep, _auth: Authorized):
     body = await _parse(request)
