@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbot_model.contract import validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
-from chatbot_model.server.deps import BackendDep, MetricsDep, SettingsDep, TracesDep, _bearer, require_api_key
+from chatbot_model.server.deps import (BackendDep, MetricsDep, SettingsDep, TracesDep, _bearer, check_api_key,
+                                       settings_of)
 from chatbot_model.server.errors import ServerError, Unauthorized
 from chatbot_model.server.sse import (EventStream, backend_events, record_answer, request_deadline,
                                       run_cancelling_on_disconnect)
@@ -86,11 +87,11 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(OpenAIError, _on_openai_error)
 
 
-def authorized(request: Request,
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def authorized(request: Request,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """CHATBOT_API_KEY as the bearer token (the SDK's `api_key`), checked like /chat's."""
     try:
-        require_api_key(request, credentials)
+        check_api_key(settings_of(request.app), credentials)
     except Unauthorized as exc:
         raise OpenAIError(401, str(exc), "invalid_api_key") from None
 
