@@ -20,6 +20,7 @@ golden set did not change (BENCHMARKS.md, "Memory at 1M chunks").
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -34,13 +35,12 @@ VECTOR_DTYPE = np.float16
 
 class ChunkStoreWriter:
     """Appends chunks (in `chunk_id` order, with their sentence vectors) to a new store in `root`; `close()`
-    writes the index files. Blocks keep memory flat when a corpus is written in parts."""
+    writes the index files. Blocks keep memory flat when a large corpus is written in parts."""
 
-    def __init__(self, root: Path, n_sentences: int, dim: int):
-        self.root = Path(root)
-        self.vectors = np.lib.format.open_memmap(self.root / "sentence_vectors.npy", mode="w+", dtype=VECTOR_DTYPE,
-                                                 shape=(n_sentences, dim))
+    def __init__(self, root: Path, dim: int):
+        self.root, self.dim = Path(root), dim
         self._text = open(self.root / "sentences.bin", "wb")
+        self._raw = open(self.root / "sentence_vectors.raw", "wb")
         self._bytes, self._offsets, self._docs = [0], [0], []
         self._doc_no: dict[str, int] = {}
         self._documents: list[list[str]] = []
@@ -57,17 +57,21 @@ class ChunkStoreWriter:
             for sentence in chunk.sentences:
                 self._bytes.append(self._bytes[-1] + self._text.write(sentence.encode("utf-8")))
             self._offsets.append(len(self._bytes) - 1)
-        end = self._offsets[-1]
-        if len(sentence_vectors) != end - start:
-            raise ValueError(f"{len(sentence_vectors)} sentence vectors for {end - start} sentences")
-        self.vectors[start:end] = sentence_vectors
+        count = self._offsets[-1] - start
+        if len(sentence_vectors) != count or (count and np.shape(sentence_vectors)[1:] != (self.dim,)):
+            raise ValueError(f"{np.shape(sentence_vectors)} sentence vectors for {count} sentences of dim {self.dim}")
+        if count:
+            self._raw.write(np.ascontiguousarray(sentence_vectors, dtype=VECTOR_DTYPE).tobytes())
 
     def close(self) -> None:
         self._text.close()
-        if self._offsets[-1] != len(self.vectors):
-            raise ValueError(f"{self._offsets[-1]} sentences written, {len(self.vectors)} announced")
-        self.vectors.flush()
-        del self.vectors
+        self._raw.close()
+        raw = self.root / "sentence_vectors.raw"
+        with open(self.root / "sentence_vectors.npy", "wb") as out, open(raw, "rb") as data:
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(VECTOR_DTYPE)),
+                                                      "fortran_order": False, "shape": (self._offsets[-1], self.dim)})
+            shutil.copyfileobj(data, out, 16 << 20)
+        raw.unlink()
         np.save(self.root / "sentence_bytes.npy", np.asarray(self._bytes, dtype=np.int64))
         np.save(self.root / "sentence_offsets.npy", np.asarray(self._offsets, dtype=np.int64))
         np.save(self.root / "chunk_docs.npy", np.asarray(self._docs, dtype=np.int32))
@@ -76,7 +80,7 @@ class ChunkStoreWriter:
 
 def write_store(root: Path, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
     """The store of `chunks` (all in memory) in `root`."""
-    writer = ChunkStoreWriter(root, len(sentence_vectors), sentence_vectors.shape[1] if sentence_vectors.ndim == 2 else 0)
+    writer = ChunkStoreWriter(root, sentence_vectors.shape[1] if sentence_vectors.ndim == 2 else 0)
     writer.add(chunks, sentence_vectors)
     writer.close()
 
