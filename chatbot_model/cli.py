@@ -122,6 +122,8 @@ main.add_command(evaluate)
 main.add_command(adapt)
 from chatbot_model.db_cli import db  # noqa: E402
 main.add_command(db)
+from chatbot_model.batch_score import batch_score_command  # noqa: E402
+main.add_command(batch_score_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
