@@ -277,7 +277,9 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         df = read_questions(spark, input_path)
         model_dir, version = _local_model(model_uri, tmp)
         limit = _max_question_chars(model_dir)
-        numbered = _numbered(df).persist()
+        check = _check_udf(limit)
+        numbered = _numbered(df)
+        numbered = numbered.withColumn(ERROR, check(F.col(ROW), F.col(QUESTION))).persist()  # checked once
         total = numbered.count()
         if not total:
             raise InvalidInput(f"--input {input_path} has no rows", field="input")
@@ -298,7 +300,6 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         model = mlflow.pyfunc.spark_udf(spark, model_dir, result_type=result_type(), env_manager="local",
                                         extra_env=env,
                                         model_config={"model_version": version} if version else None)
-        check = _check_udf(limit)
         extra = [c for c in df.columns if c != QUESTION]
         carried = [F.col(c).alias(c if c not in AnswerRow.model_fields and c != ROW else f"input_{c}")
                    for c in extra]
@@ -313,8 +314,7 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         for p in range(parts):
             if p in done:
                 continue
-            rows = numbered.filter((F.col(ROW) >= bounds[p]) & (F.col(ROW) < bounds[p + 1]))
-            checked = rows.withColumn(ERROR, check(F.col(ROW), F.col(QUESTION)))
+            checked = numbered.filter((F.col(ROW) >= bounds[p]) & (F.col(ROW) < bounds[p + 1]))
             good = (checked.filter(F.col(ERROR) == "").repartition(parallelism)
                     .withColumn("_a", model(F.struct(question.alias(QUESTION)))))
             answered = good.select(F.col(ROW), *carried, *[
