@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "rollout"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "rollout", "streaming"]
 
 
 def summary() -> list[str]:
@@ -59,6 +59,12 @@ def summary() -> list[str]:
         lines.append(f"rollout: swap {max(m['swap_s (alias moved -> first answer by it)'] for m in moves)} s at most "
                      f"(alias moved -> first answer by it, poll {r['poll_s']:g} s), {errors} errors during "
                      f"{len(moves)} swaps (goal 0) {'MET' if errors == 0 else 'MISSED'}")
+    if r := load("streaming"):
+        s, w = r["ms"]["remote streamed"], r["ms"]["remote whole"]
+        lines.append(f"streaming (slow remote, {r['answer_words']} words at {r['word_s']} s): first text "
+                     f"{s['first_text_ms']:.0f} ms streamed vs {w['first_text_ms']:.0f} ms whole; last byte "
+                     f"{s['last_byte_ms']:.0f} vs {w['last_byte_ms']:.0f} ms; sentence buffering costs "
+                     f"{r['buffering_cost_ms']:.0f} ms of time to first token")
     return lines
 
 

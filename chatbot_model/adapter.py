@@ -8,9 +8,14 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 
 from chatbot_model.errors import ConfigError
+
+# a hint that replaces the current one for the request being served in this context (the OpenAI-compatible API
+# with CHATBOT_ALLOW_CLIENT_SYSTEM_PROMPT on); None: the adapter's hint
+REQUEST_HINT: ContextVar[str | None] = ContextVar("chatbot_request_hint", default=None)
 
 DEFAULT_HINT = "Answer in a helpful, concise, and knowledge-sharing way"
 GROUNDED_HINT = "Be more factual, detailed, and knowledge-grounded"

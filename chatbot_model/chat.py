@@ -1,4 +1,5 @@
-"""The interactive chat loop (human in the loop): ask, read, rate y/n, see what the rating changed.
+"""The interactive chat loop (human in the loop): ask, read the answer as it arrives, rate y/n, see what the
+rating changed.
 
 The loop keeps the conversation: each question goes with the earlier turns (newest within
 CHATBOT_HISTORY_MAX_MESSAGES / _CHARS; refused questions left out), so "and how do I undo that?" follows the
@@ -17,6 +18,7 @@ import click
 
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.schema import ChatResult
+from chatbot_model.streaming import StreamFailed
 
 log = logging.getLogger(__name__)
 QUIT = {"q", "quit", "exit"}
@@ -61,6 +63,26 @@ def format_result(result: ChatResult) -> str:
     return "\n".join(lines)
 
 
+def stream_answer(service, question: str, history: list | None = None) -> ChatResult:
+    """Print the answer as it arrives ("bot> ", then each sentence once the guardrail passed it; the safe reply
+    in place of the rest if it stops the answer) and return the whole result."""
+    from chatbot_model.streaming import DeltaEvent, FinalEvent, ReplaceEvent
+
+    result, started = None, False
+    for event in service.stream(question, history):
+        if isinstance(event, (DeltaEvent, ReplaceEvent)):
+            if not started:
+                click.echo("bot> ", nl=False)
+            elif isinstance(event, ReplaceEvent):
+                click.echo("\n     ", nl=False)
+            click.echo(event.text, nl=False)
+            started = True
+        elif isinstance(event, FinalEvent):
+            result = event.result
+    click.echo()
+    return result
+
+
 def format_effect(change: dict) -> str:
     before, after = change["before"], change["after"]
     hint = (f"hint {before['hint']!r} -> {after['hint']!r}" if before["hint"] != after["hint"]
@@ -91,11 +113,11 @@ def run_chat(service, settings, stream: TextIO) -> int:
                 click.echo("     (new conversation)")
                 continue
             try:
-                result = service.answer(question, history=history)
-            except (InvalidInput, ProviderError) as exc:
+                result = stream_answer(service, question, history)
+            except (InvalidInput, ProviderError, StreamFailed) as exc:
                 click.echo(f"error: {exc}")
                 continue
-            click.echo(format_result(result))
+            click.echo(format_result(result).split("\n", 1)[1])
             if not result.blocked:
                 history = trim_history(history + [{"role": "user", "content": result.question},
                                                   {"role": "assistant", "content": result.answer}],

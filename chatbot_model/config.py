@@ -169,6 +169,9 @@ class Settings(BaseSettings):
                                          "served model (e.g. staging) answering CHATBOT_CHALLENGER_SHARE of sessions")
     challenger_share: float = Field(0.1, ge=0, le=1, description="share of sessions (sticky per session_id) the "
                                     "challenger answers")
+    # OpenAI-compatible API (/v1)
+    allow_client_system_prompt: bool = Field(False, description="/v1/chat/completions: a caller's system message "
+                                             "replaces the hint (in-process backends); off: it is ignored")
 
     # human feedback
     feedback_db_url: str = Field("sqlite:///.chatbot/feedback.db", description="SQLAlchemy URL of the feedback store")

@@ -3,13 +3,15 @@
 The budget (`CHATBOT_REQUEST_BUDGET_S`) covers the provider phase of a request or batch. Remote providers get
 the budget minus `CHATBOT_LOCAL_RESERVE_S`; the local answerer is never skipped for lack of time, so an answer
 always comes back within the budget. `Deadline.cancel()` (a server whose client hung up) ends the remote part
-at once: the running upstream call is cancelled and no other starts.
+at once: the running upstream call is cancelled and no other starts. `REQUEST_DEADLINE` carries a server's
+deadline to the service through layers that cannot pass it (the pyfunc's `predict`, MLflow's `predict_stream`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -89,3 +91,8 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.remaining() <= 0.0
+
+
+# the deadline of the request being served in this context (set by the HTTP server); the service uses it when
+# no deadline is passed explicitly
+REQUEST_DEADLINE: ContextVar[Deadline | None] = ContextVar("chatbot_request_deadline", default=None)

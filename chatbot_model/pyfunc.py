@@ -50,7 +50,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import numpy as np
@@ -290,3 +290,31 @@ class _PyfuncChatbot(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return answer_frame(self.service, *to_inputs(model_input))
+
+    def predict_stream(self, context, model_input, params=None) -> Iterator[dict]:
+        """One question answered as a stream of event dicts (`chatbot_model.streaming`): `{"event": "sources",
+        "sources": [...]}`, `{"event": "delta", "text": ...}` pieces (joined: the answer), `{"event": "replace",
+        "text": <safe reply>, "blocked_by": "output"}` when the output guardrail stops it, and last `{"event":
+        "final", <the AnswerRow columns>}`. Input: one question in any shape `predict` takes (a one-row
+        DataFrame, `{"question": str}`, a string), with an optional `history` (a list of {role, content}).
+        Closing the iterator early cancels the upstream call. MLflow's scoring server does not stream pyfunc
+        models; the FastAPI wrapper's `/chat` with `"stream": true` does."""
+        values, histories = to_inputs(model_input)
+        if len(values) != 1:
+            raise invalid(f"predict_stream answers one question at a time; got {len(values)} in column "
+                          f"{INPUT_COLUMN!r} (use predict for a batch)")
+        try:
+            question = validate_question(values[0], self.service.settings.max_question_chars, INPUT_COLUMN)
+        except InvalidInput as exc:
+            raise invalid(str(exc)) from None
+        events = self.service.stream(question, histories[0])
+        try:
+            for event in events:
+                yield event.to_dict()
+        except InvalidInput as exc:
+            raise invalid(str(exc)) from None
+        except ChatbotError as exc:
+            raise MlflowException(f"{type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from None
+        finally:
+            events.close()
+

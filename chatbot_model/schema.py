@@ -70,6 +70,8 @@ class Completion:
     # reuses index-time vectors): the output guardrail scores these instead of embedding the answer again
     segments: tuple[str, ...] = ()
     segment_vectors: np.ndarray | None = None
+    # the output guardrail's verdict when it was given already (a streamed answer is checked as it goes out)
+    check: Any = None
 
 
 @dataclass

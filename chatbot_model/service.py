@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from chatbot_model import followup
-from chatbot_model.adapter import ControlHintAdapter
+from chatbot_model.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import trim_history, validate_history, validate_question
-from chatbot_model.deadline import SYSTEM_CLOCK, Deadline
+from chatbot_model.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
 from chatbot_model.errors import InvalidInput, ProviderError
 from chatbot_model.providers.local import KB_TOPIC
 from chatbot_model.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.schema import ChatResult, Completion, CompletionRequest, Source
+from chatbot_model.streaming import STREAM_SINK, stream_answer
 from chatbot_model.tracing import record_traces
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ class LLMService:
         """One question, one result (a batch of one)."""
         return self.answer_many([question], histories=[history])[0]
 
+    def stream(self, question: str, history: list[dict] | None = None, deadline: Deadline | None = None):
+        """One question answered as a stream of events: sources, text deltas, the final row
+        (`chatbot_model.streaming`)."""
+        return stream_answer(self, question, history, deadline)
+
     def answer_many(self, questions: list[str], deadline: Deadline | None = None,
                     histories: list[list[dict] | None] | None = None) -> list[ChatResult]:
         """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
@@ -166,6 +172,7 @@ class LLMService:
                      self.settings.abstain_below)
         prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
         bias, hint = self.current_state()  # this request's snapshot; shared components are never written
+        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
         with _timed(steps, "routing"):
             routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
         with _timed(steps, "llm"):
@@ -240,9 +247,12 @@ class LLMService:
         (the local answerer) is scored sentence by sentence from those vectors, unsafe when any sentence is;
         other answers are scored as whole texts. At most two guardrail calls per batch."""
         reuse = self._guardrail_shares_embedder()
-        split = [i for i, c in completions.items() if reuse and c.segments and c.segment_vectors is not None]
-        whole = [i for i in completions if i not in set(split)]
-        out = dict(zip(whole, self.guardrail.check_many([completions[i].text for i in whole]))) if whole else {}
+        out = {i: c.check for i, c in completions.items() if c.check is not None}  # checked while streamed
+        split = [i for i, c in completions.items()
+                 if i not in out and reuse and c.segments and c.segment_vectors is not None]
+        whole = [i for i in completions if i not in set(split) and i not in out]
+        if whole:
+            out.update(zip(whole, self.guardrail.check_many([completions[i].text for i in whole])))
         if split:
             texts = [t for i in split for t in completions[i].segments]
             parts = iter(self.guardrail.check_many(texts, vectors=np.concatenate(
@@ -273,9 +283,10 @@ class LLMService:
                       deadline: Deadline | None = None):
         """Remote calls of a batch run concurrently (bounded pool); a single request and the local answerer run
         inline, so concurrent single requests (the server) are not capped by the pool. Every question of the
-        batch shares one deadline (CHATBOT_REQUEST_BUDGET_S from now unless given)."""
-        deadline = deadline or Deadline.start(self.settings.request_budget_s, self.settings.local_reserve_s,
-                                              self.clock)
+        batch shares one deadline (the one given, else the server's `REQUEST_DEADLINE`, else
+        CHATBOT_REQUEST_BUDGET_S from now)."""
+        deadline = deadline or REQUEST_DEADLINE.get() or Deadline.start(
+            self.settings.request_budget_s, self.settings.local_reserve_s, self.clock)
         futures = {}
         out = {}
         for i, req in requests.items():
@@ -304,14 +315,17 @@ class LLMService:
         from chatbot_model.providers.base import reason_of
 
         reasons = []
+        sink = STREAM_SINK.get()  # a streamed request (LLMService.stream): the answer goes out as it comes
         for name in chain:
             provider = self.providers[name]
             request.model = self._models.get(name, "")
             try:
+                if sink is not None:
+                    return sink.complete(self, provider, request, deadline), ("; ".join(reasons) or None)
                 return provider.complete(request, deadline=deadline), ("; ".join(reasons) or None)
             except ProviderError as exc:
-                log.log(logging.INFO if getattr(exc, "skipped", False) else logging.WARNING,
-                        "provider %s not used: %s", name, exc)
+                quiet = getattr(exc, "skipped", False) or reason_of(exc) == "cancelled"  # the client hung up
+                log.log(logging.INFO if quiet else logging.WARNING, "provider %s not used: %s", name, exc)
                 reasons.append(f"{name}: {reason_of(exc)}")
         raise ProviderError("every provider failed: " + "; ".join(reasons))
 

@@ -12,6 +12,12 @@
 With an empty queue the server answers "fake-openai answer from MODEL" / "fake-anthropic answer from MODEL".
 A queued `str` is a text reply and a queued `int` an HTTP error with that status.
 
+Streaming: a request with `"stream": true` gets Server-Sent Events in the provider's own format (OpenAI
+`chat.completion.chunk` lines and `data: [DONE]`; Anthropic `message_start` ... `message_stop` events), the text
+cut into word pieces. `Reply.streamed(text, chunk_delay=0.05)` waits between pieces, `Reply.stream_break(n)`
+drops the connection after n pieces. `server.streams` counts streams "started", "finished" and "abandoned" (the
+client hung up before the end).
+
 Faults: `Reply.hang()` (never replies), `Reply.trickle(interval)` (a valid reply, one byte per `interval`
 seconds), `Reply.reset()` (the connection is reset after the request is read), `Reply.error(429,
 retry_after=5)` (also as an HTTP date with `retry_after_date=True`). Waiting handlers notice when the client
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import select
 import socket
 import struct
@@ -53,6 +60,8 @@ class Reply:
     retry_after_date: bool = False  # send `retry-after` as an HTTP date (and no `retry-after-ms`)
     trickle_s: float | None = None  # seconds between the bytes of the body
     reset_connection: bool = False  # reset the connection instead of replying
+    chunk_delay: float = 0.0  # streamed replies: seconds between pieces
+    break_after: int | None = None  # streamed replies: drop the connection after this many pieces
 
     @classmethod
     def answer(cls, text: str, *, delay: float = 0.0) -> "Reply":
@@ -77,6 +86,16 @@ class Reply:
     def reset(cls) -> "Reply":
         """Reset the connection (TCP RST) once the request is read."""
         return cls(reset_connection=True)
+
+    @classmethod
+    def streamed(cls, text: str | None = None, *, chunk_delay: float = 0.0) -> "Reply":
+        """A reply that, to a streaming request, arrives piece by piece `chunk_delay` seconds apart."""
+        return cls(text=text, chunk_delay=chunk_delay)
+
+    @classmethod
+    def stream_break(cls, after: int, text: str | None = None) -> "Reply":
+        """A streamed reply whose connection drops after `after` pieces (no end of stream)."""
+        return cls(text=text, break_after=after)
 
     @classmethod
     def slow(cls, seconds: float, text: str | None = None) -> "Reply":
@@ -121,6 +140,7 @@ class FakeLLMServer:
         self.delay: float = 0.0
         self.on_request: Callable[[RecordedRequest], None] | None = None
         self.open_connections = 0
+        self.streams = {"started": 0, "finished": 0, "abandoned": 0}
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -172,6 +192,10 @@ class FakeLLMServer:
             self.on_request(request)
         return reply
 
+    def _count_stream(self, what: str) -> None:
+        with self._lock:
+            self.streams[what] += 1
+
     def _connections(self, change: int) -> None:
         with self._lock:
             self.open_connections += change
@@ -197,6 +221,47 @@ def _anthropic_body(reply: Reply, body: dict) -> dict:
         "stop_reason": "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": 11, "output_tokens": 7},
     }
+
+
+def _sse(data: dict | str, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
+
+
+def _openai_events(model: str, pieces: list[str], fields: dict):
+    """(bytes, is_text_piece) of an OpenAI chat completion stream."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+        return _sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+    yield chunk({"role": "assistant", "content": ""}), False
+    for piece in pieces:
+        yield chunk({"content": piece}), True
+    yield chunk({}, "stop"), False
+    if (fields.get("stream_options") or {}).get("include_usage"):
+        yield _sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": model, "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces),
+                              "total_tokens": 11 + len(pieces)}}), False
+    yield _sse("[DONE]"), False
+
+
+def _anthropic_events(model: str, pieces: list[str], fields: dict):
+    """(bytes, is_text_piece) of an Anthropic Messages stream."""
+    yield _sse({"type": "message_start", "message": {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 1}}},
+        "message_start"), False
+    yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+               "content_block_start"), False
+    yield _sse({"type": "ping"}, "ping"), False
+    for piece in pieces:
+        yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                   "content_block_delta"), True
+    yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"), False
+    yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(pieces)}}, "message_delta"), False
+    yield _sse({"type": "message_stop"}, "message_stop"), False
 
 
 def _error_body(path: str, status: int) -> dict:
@@ -245,6 +310,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                              "retry-after-ms": str(int(reply.retry_after * 1000))}
                 return self._send(reply.status, json.dumps(_error_body(path, reply.status)).encode(), extra)
             fields = body if isinstance(body, dict) else {}
+            if fields.get("stream") is True:
+                return self._stream(path, reply, fields)
             payload = _anthropic_body(reply, fields) if path == ANTHROPIC_PATH else _openai_body(reply, fields)
             self._send(200, json.dumps(payload).encode(), trickle=reply.trickle_s)
 
@@ -276,6 +343,43 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                         return False
                     time.sleep(0.05)  # unexpected extra bytes: keep waiting without spinning
             return False
+
+        def _stream(self, path: str, reply: Reply, fields: dict) -> None:
+            """Server-Sent Events in the provider's format, a piece at a time; counts how the stream ended."""
+            anthropic = path == ANTHROPIC_PATH
+            model = fields.get("model", "unknown")
+            text = reply.text if reply.text is not None else f"fake-{'anthropic' if anthropic else 'openai'} answer " \
+                f"from {model}"
+            pieces = re.findall(r"\s*\S+", text) or [""]
+            server._count_stream("started")
+            events = (_anthropic_events if anthropic else _openai_events)(model, pieces, fields)
+            try:
+                self.protocol_version = "HTTP/1.1"  # chunked: a dropped stream is an incomplete body
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("cache-control", "no-cache")
+                self.send_header("transfer-encoding", "chunked")
+                self.send_header("connection", "close")
+                self.end_headers()
+                sent = 0
+                for event, is_piece in events:
+                    if is_piece:
+                        if reply.break_after is not None and sent >= reply.break_after:
+                            server._count_stream("abandoned")
+                            return
+                        if sent and not self._wait(reply.chunk_delay):
+                            server._count_stream("abandoned")
+                            return
+                        sent += 1
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                server._count_stream("abandoned")
+                return
+            server._count_stream("finished")
 
         def _send(self, status: int, data: bytes, extra: dict | None = None, content_type: str = "application/json",
                   trickle: float | None = None):

@@ -183,8 +183,9 @@ def test_in_process_backend_passes_the_history_column(settings, service):
             return _PyfuncChatbot(service).predict(None, frame)
 
     model = Model()
-    backend = InProcessBackend(settings, model=model)
-    backend._ready = True
+    backend = InProcessBackend(settings, model=model, resolver=lambda uri: lambda: "1")
+    backend.load()
+    assert backend.ready
     plain = backend.predict([TRACED])
     row = backend.predict([FOLLOW], [HISTORY])[0]
     assert list(model.frames[0].columns) == ["question"] and plain[0]["standalone_question"] == ""

@@ -3,7 +3,7 @@ server."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 from chatbot_model.errors import ConfigError
 from chatbot_model.providers.messages import anthropic_messages
@@ -17,6 +17,7 @@ class AnthropicProvider(Provider):
     key_env_var = "ANTHROPIC_API_KEY"
     key_field = "anthropic_api_key"
     base_url_env_var = "ANTHROPIC_BASE_URL"
+    can_stream = True
 
     def _make_client(self) -> Any:
         try:
@@ -62,3 +63,34 @@ class AnthropicProvider(Provider):
             model=getattr(response, "model", None) or request.model,
             usage=token_usage(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)),
         )
+
+    async def _stream_once(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """`stream=True`: the text of each `content_block_delta`; `message_start` and `message_delta` carry the
+        model and the usage."""
+        system, messages = anthropic_messages(request)
+        stream = await self.client.messages.create(
+            model=request.model,
+            system=system,
+            messages=messages,
+            max_tokens=self.settings.max_answer_tokens,
+            stream=True,
+        )
+        model, tokens_in, tokens_out, finished = None, None, None, False
+        async with stream:  # closes the connection however the iteration ends (cancelled included)
+            async for event in stream:
+                kind = getattr(event, "type", None)
+                if kind == "message_start":
+                    model = getattr(event.message, "model", None)
+                    tokens_in = getattr(getattr(event.message, "usage", None), "input_tokens", None)
+                elif kind == "content_block_delta" and getattr(event.delta, "type", None) == "text_delta":
+                    if event.delta.text:
+                        yield event.delta.text
+                elif kind == "message_delta":
+                    tokens_out = getattr(getattr(event, "usage", None), "output_tokens", tokens_out)
+                elif kind == "message_stop":
+                    finished = True
+        if not finished:
+            raise provider_error("anthropic: the stream ended without message_stop (cut off)", "stream cut off",
+                                 counts=True)
+        yield Completion(text="", provider=self.name, model=model or request.model,
+                         usage=token_usage(tokens_in, tokens_out))

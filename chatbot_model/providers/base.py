@@ -21,7 +21,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, AsyncIterator, ClassVar, Iterator
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 
@@ -66,6 +66,7 @@ class Provider(ABC):
     # Retry-After is honoured up to CHATBOT_RETRY_AFTER_MAX_S instead. Tests may lower these on an instance.
     retry_wait_min: ClassVar[float] = 0.2
     retry_wait_max: ClassVar[float] = 2.0
+    can_stream: ClassVar[bool] = False  # True: `_stream_once` yields the reply as it is generated
 
     def __init__(self, settings: Settings, client: Any | None = None, *, clock: Clock | None = None):
         self.settings = settings
@@ -132,9 +133,7 @@ class Provider(ABC):
     def complete(self, request: CompletionRequest, deadline: Deadline | None = None) -> Completion:
         """One answer. A remote provider stays within `deadline` (the request budget shared with the fallbacks;
         a fresh CHATBOT_REQUEST_BUDGET_S when None)."""
-        if self.needs_key and not self._injected and not self.api_key():
-            why = f"{self.key_env_var} is not set"
-            raise provider_error(f"{self.name}: {why} — set it or choose another provider", why, skipped=True)
+        self._check_key()
         started = time.perf_counter()
         if not self.remote:
             completion = self._attempt(request, None)
@@ -145,7 +144,72 @@ class Provider(ABC):
                  (time.perf_counter() - started) * 1000, completion.usage)
         return completion
 
-    def _complete_remote(self, request: CompletionRequest, deadline: Deadline) -> Completion:
+    def _check_key(self) -> None:
+        if self.needs_key and not self._injected and not self.api_key():
+            why = f"{self.key_env_var} is not set"
+            raise provider_error(f"{self.name}: {why} — set it or choose another provider", why, skipped=True)
+
+    def stream(self, request: CompletionRequest, deadline: Deadline | None = None) -> Iterator[str | Completion]:
+        """The answer as it is generated: pieces of text, then the whole `Completion` (text, model, usage).
+
+        Retries, the circuit breaker and the deadline work as in `complete()` until the first piece of text has
+        arrived; a failure after it raises ProviderError mid-stream, without retry (the caller may have passed
+        text on already). Closing the generator early cancels the upstream call and frees its connection. A
+        provider that cannot stream (`can_stream` False) yields its whole answer as one piece."""
+        if not self.can_stream:
+            completion = self.complete(request, deadline)
+            yield completion.text
+            yield completion
+            return
+        self._check_key()
+        deadline = deadline or Deadline.start(self.settings.request_budget_s, self.settings.local_reserve_s,
+                                              self.clock)
+        started, limits = time.perf_counter(), {}
+
+        def opener(limit: float, attempt_limits: tuple) -> tuple[runner.Stream, str]:
+            stream = runner.Stream(lambda: self._stream_once(request), limit, deadline)
+            try:
+                first = next(stream, None)
+            except BaseException:
+                stream.close()
+                raise
+            if not isinstance(first, str):
+                stream.close()
+                raise provider_error(f"{self.name}: empty reply — the model returned no text; try again or another "
+                                     "model", "empty reply")
+            limits["attempt"] = attempt_limits
+            return stream, first
+
+        stream, first = self._complete_remote(request, deadline, opener)
+        parts, final = [first], None
+        try:
+            yield first
+            for item in stream:
+                if isinstance(item, Completion):
+                    final = item
+                    continue
+                parts.append(item)
+                yield item
+        except Exception as exc:  # noqa: BLE001 - a failure mid-stream (GeneratorExit is not one)
+            err = self._failure(exc, request, deadline, limits["attempt"])
+            self._judge(err)
+            raise err from exc
+        finally:
+            stream.close()
+        completion = Completion(text="".join(parts).strip(), provider=self.name,
+                                model=(final.model if final else "") or request.model,
+                                usage=final.usage if final else {})
+        log.info("provider=%s model=%s streamed latency_ms=%.0f usage=%s", self.name, completion.model,
+                 (time.perf_counter() - started) * 1000, completion.usage)
+        yield completion
+
+    async def _stream_once(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """One streamed call (`can_stream` providers): non-empty text pieces, then a Completion carrying the
+        model and usage (its text is ignored). Raise like `_complete_once`."""
+        raise NotImplementedError
+        yield  # pragma: no cover - makes this an async generator
+
+    def _complete_remote(self, request: CompletionRequest, deadline: Deadline, opener=None) -> Any:
         why = self.breaker.admit(self.api_key())
         if why is not None:
             raise provider_error(f"{self.name}: skipped, {why}", why, skipped=True)
@@ -163,7 +227,7 @@ class Provider(ABC):
             for attempt in retrying:
                 with attempt:
                     tried += 1
-                    return self._attempt(request, deadline)
+                    return self._attempt(request, deadline, opener)
         except ProviderError as exc:
             if exc.retryable and tried > 1 and not getattr(exc, "skipped", False):
                 raise provider_error(f"{exc} (gave up after {tried} attempts)", f"{reason_of(exc)} x{tried}",
@@ -171,7 +235,8 @@ class Provider(ABC):
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, request: CompletionRequest, deadline: Deadline | None) -> Completion:
+    def _attempt(self, request: CompletionRequest, deadline: Deadline | None, opener=None) -> Any:
+        """One attempt within its time limit; `opener(limit)` replaces the plain call (streaming opens a stream)."""
         limit, cut_by_budget, fair = self.settings.provider_timeout_s, False, self.settings.provider_timeout_s
         if deadline is not None:
             left = deadline.remaining()
@@ -186,33 +251,39 @@ class Provider(ABC):
                                      skipped=True)
             limit, cut_by_budget, fair = min(limit, left), left < limit, min(limit, deadline.remote_s)
         try:
-            if self.remote:
+            if opener is not None:
+                self.client  # made (SDK imported) outside the time limit of the call
+                completion = opener(limit, (limit, cut_by_budget, fair))
+            elif self.remote:
                 self.client  # made (SDK imported) outside the time limit of the call
                 completion = runner.run(lambda: self._complete_once(request), limit, deadline)
             else:
                 completion = self._complete_once(request)
-        except ProviderError as exc:
-            err = exc
-        except ChatbotError as exc:  # e.g. a ConfigError of the embedder: keep its how-to-fix message
-            err = provider_error(f"{self.name}: {exc}", str(exc))
-            err.__cause__ = exc
-        except TimeoutError as exc:  # the total time limit of the attempt, or the request was cancelled
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+            err = self._failure(exc, request, deadline, (limit, cut_by_budget, fair))
+            self._judge(err)
+            if err is exc:
+                raise
+            raise err from exc
+        if self.breaker:
+            self.breaker.success()
+        return completion
+
+    def _failure(self, exc: Exception, request: CompletionRequest, deadline: Deadline | None,
+                 limits: tuple[float, bool, float]) -> ProviderError:
+        """The ProviderError of a failed call; `limits`: (time limit, cut by the budget, fair limit)."""
+        limit, cut_by_budget, fair = limits
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, ChatbotError):  # e.g. a ConfigError of the embedder: keep its how-to-fix message
+            return provider_error(f"{self.name}: {exc}", str(exc))
+        if isinstance(exc, TimeoutError):  # the total time limit of the attempt, or the request was cancelled
             if deadline is not None and deadline.cancelled.is_set():
-                err = provider_error(f"{self.name}: call cancelled with the request", "cancelled")
-            else:
-                # a call cut short by the budget counts against the provider only when it had a fair chance
-                # (at least half of its limit): a hang counts, the leftovers of a fallback do not
-                err = self._timeout(limit, cut_by_budget, counts=limit >= fair / 2)
-            err.__cause__ = exc
-        except Exception as exc:  # noqa: BLE001 - every SDK/HTTP failure becomes a ProviderError
-            err = self._translate(exc, request)
-            err.__cause__ = exc
-        else:
-            if self.breaker:
-                self.breaker.success()
-            return completion
-        self._judge(err)
-        raise err
+                return provider_error(f"{self.name}: call cancelled with the request", "cancelled")
+            # a call cut short by the budget counts against the provider only when it had a fair chance
+            # (at least half of its limit): a hang counts, the leftovers of a fallback do not
+            return self._timeout(limit, cut_by_budget, counts=limit >= fair / 2)
+        return self._translate(exc, request)
 
     def _judge(self, err: ProviderError) -> None:
         """Tell the breaker what an attempt's failure says about the provider."""

@@ -3,7 +3,7 @@ compatible server (vLLM, Ollama, LiteLLM)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 from chatbot_model.errors import ConfigError
 from chatbot_model.providers.messages import openai_messages
@@ -17,6 +17,7 @@ class OpenAIProvider(Provider):
     key_env_var = "OPENAI_API_KEY"
     key_field = "openai_api_key"
     base_url_env_var = "OPENAI_BASE_URL"
+    can_stream = True
 
     def _make_client(self) -> Any:
         try:
@@ -60,3 +61,29 @@ class OpenAIProvider(Provider):
             model=getattr(response, "model", None) or request.model,
             usage=token_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)),
         )
+
+    async def _stream_once(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """`stream=True`: the content of each chunk's delta; the last chunk carries the usage."""
+        stream = await self.client.chat.completions.create(
+            model=request.model,
+            messages=openai_messages(request),
+            max_tokens=self.settings.max_answer_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        model, usage, finished = None, None, False
+        async with stream:  # closes the connection however the iteration ends (cancelled included)
+            async for chunk in stream:
+                model = getattr(chunk, "model", None) or model
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in getattr(chunk, "choices", None) or ():
+                    finished = finished or getattr(choice, "finish_reason", None) is not None
+                    text = getattr(getattr(choice, "delta", None), "content", None)
+                    if isinstance(text, str) and text:
+                        yield text
+        if not finished:
+            raise provider_error("openai: the stream ended without a finish_reason (cut off)", "stream cut off",
+                                 counts=True)
+        yield Completion(text="", provider=self.name, model=model or request.model,
+                         usage=token_usage(getattr(usage, "prompt_tokens", None),
+                                           getattr(usage, "completion_tokens", None)))

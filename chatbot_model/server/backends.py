@@ -9,6 +9,10 @@ Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc
 `predict` is blocking; the routes run it in a worker thread. `predict(questions, histories)` carries each
 question's conversation (validated messages) to the model: `answer_many(histories=)` in the service, the
 pyfunc's `history` column in-process and over `/invocations`; a question without one is sent exactly as before.
+`stream` answers one question as event dicts
+(`chatbot_model.streaming`): the service streams, the in-process model through its pyfunc `predict_stream`,
+and the remote backend cannot (`mlflow models serve` does not stream pyfunc models): it sends the whole answer
+as one delta.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 from chatbot_model.config import Settings, mask_secrets, mask_url
 from chatbot_model.contract import AnswerRow
@@ -153,10 +157,9 @@ class Backend(ABC):
     # answering
     def predict(self, questions: list[str], histories: list[list[dict] | None] | None = None,
                 session_id: str | None = None) -> list[dict]:
-        if self.loads_model and not self._ready:
-            if self.loading:
-                raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
-            raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
+        """Rows of the contract; `histories[i]`: the earlier turns of question i (a list of {role, content});
+        `session_id` picks the version for backends that route sessions (champion/challenger)."""
+        self._check_ready()
         histories = list(histories) if histories is not None and any(histories) else None
         routing = {"session_id": session_id} if self.routes_sessions else {}
         rows = (self._predict(list(questions), histories, **routing) if histories
@@ -165,10 +168,38 @@ class Backend(ABC):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
         return [normalise_row(r, q) for r, q in zip(rows, questions)]
 
+    def _check_ready(self) -> None:
+        if self.loads_model and not self._ready:
+            if self.loading:
+                raise ModelNotLoaded("the model is still loading; retry in a few seconds (see /ready)")
+            raise ModelNotLoaded(f"{self.not_ready_reason()} (see /ready; CHATBOT_MODEL_URI, MLFLOW_TRACKING_URI)")
+
     @abstractmethod
     def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
         """Rows in the contract, in input order; `histories` (None: no question has one) aligned with them.
         Backends with `routes_sessions` also get `session_id`."""
+
+    def stream(self, question: str, history: list | None = None, session_id: str | None = None) -> Iterator[dict]:
+        """One answer as event dicts: sources, text deltas, then the final row (`{"event": "final", ...row}`).
+        Closing the iterator early stops the answer. This default answers whole and sends the answer as one
+        delta (a backend that cannot stream)."""
+        row = self.predict([question], None if history is None else [history], session_id=session_id)[0]
+        yield {"event": "sources", "sources": row["sources"]}
+        yield {"event": "delta", "text": row["answer"]}
+        yield {"event": "final", **row}
+
+    def _relay(self, events: Iterator[dict], question: str) -> Iterator[dict]:
+        """Event dicts with the final row normalised to the contract; closes `events` when stopped early."""
+        try:
+            for event in events:
+                if event.get("event") == "final":
+                    event = {"event": "final", **normalise_row({k: v for k, v in event.items() if k != "event"},
+                                                               question)}
+                yield event
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
@@ -208,11 +239,11 @@ class ServiceBackend(Backend):
             self.service = LLMService.from_settings(self.settings)
 
     def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
-        rows = []
-        for result in self.service.answer_many(questions, histories=histories):
-            row = result.to_dict()
-            rows.append(row)
-        return rows
+        return [result.to_dict() for result in self.service.answer_many(questions, histories=histories)]
+
+    def stream(self, question: str, history: list | None = None, session_id: str | None = None) -> Iterator[dict]:
+        self._check_ready()
+        return self._relay((event.to_dict() for event in self.service.stream(question, history)), question)
 
     def info(self) -> dict:
         return {**super().info(), "model_uri": None, "model_version": None,
@@ -329,18 +360,29 @@ class InProcessBackend(Backend):
         with self.pick(session_id).use() as loaded:
             try:
                 frame = loaded.model.predict(pd.DataFrame(columns))
-            except ChatbotError:
-                raise
-            except Exception as exc:  # MlflowException(INVALID_PARAMETER_VALUE) for bad input
-                if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
-                    raise InvalidInput(getattr(exc, "message", str(exc))) from exc
-                raise BackendFailed(f"the model failed: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - translated
+                raise _model_error(exc) from exc
             version = loaded.version
         rows = frame.to_dict("records") if hasattr(frame, "to_dict") else list(frame)
         for row in rows:  # a version logged before rows carried model_version: the one it was loaded as
             if not row.get("model_version") and version:
                 row["model_version"] = version
         return rows
+
+    def stream(self, question: str, history: list | None = None, session_id: str | None = None) -> Iterator[dict]:
+        """Through the `predict_stream` of the version serving this session (MLflow's schema enforcement
+        included); the version is held until the stream ends."""
+        self._check_ready()
+        data = {"question": question, **({"history": history} if history else {})}
+        return self._relay(self._stream_on(self.pick(session_id), data), question)
+
+    @staticmethod
+    def _stream_on(follower, data: dict) -> Iterator[dict]:
+        with follower.use() as loaded:
+            for event in _translated(lambda: loaded.model.predict_stream(data)):
+                if event.get("event") == "final" and not event.get("model_version") and loaded.version:
+                    event = {**event, "model_version": loaded.version}
+                yield event
 
     def info(self) -> dict:
         champion = self.champion.status()
@@ -406,13 +448,12 @@ class RemoteBackend(Backend):
         return (f"the scoring server at {self.shown_url} does not answer /ping; start `mlflow models serve` there "
                 "or fix CHATBOT_SCORING_URL")
 
-    def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
+    def _predict(self, questions: list[str], histories: list | None = None) -> list[dict]:
         import httpx
 
         records = [{"question": q} for q in questions]
-        for record, history in zip(records, histories or []):
-            if history:
-                record["history"] = history
+        if histories is not None and any(histories):  # the pyfunc's optional `history` column
+            records = [{**r, "history": list(h or [])} for r, h in zip(records, histories)]
         payload = {"dataframe_records": records}
         try:
             response = self.client.post(f"{self.base_url}/invocations", json=payload)
@@ -443,6 +484,28 @@ class RemoteBackend(Backend):
     def info(self) -> dict:
         return {**super().info(), "ready": self.ready(), "scoring_url": self.shown_url,
                 "model_uri": None, "model_version": None}
+
+
+def _model_error(exc: Exception) -> Exception:
+    """A pyfunc model's failure at the HTTP edge: MlflowException(INVALID_PARAMETER_VALUE) is bad input."""
+    if isinstance(exc, ChatbotError):
+        return exc
+    if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
+        return InvalidInput(getattr(exc, "message", str(exc)))
+    return BackendFailed(f"the model failed: {type(exc).__name__}: {exc}")
+
+
+def _translated(make: Callable[[], Iterator[dict]]) -> Iterator[dict]:
+    """The items of `make()` with the model's failures translated (`_model_error`)."""
+    events = None
+    try:
+        events = make()
+        yield from events
+    except Exception as exc:  # noqa: BLE001 - translated
+        raise _model_error(exc) from exc
+    finally:
+        if events is not None and hasattr(events, "close"):
+            events.close()
 
 
 def _remote_message(response) -> str:

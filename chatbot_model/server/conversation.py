@@ -61,13 +61,18 @@ async def history_for(app, settings: Settings, session_id: str | None, history: 
 
 async def store_turn(app, session_id: str | None, row: dict, model_version: str | None) -> int | None:
     """Store the answered turn of `session_id`; returns its turn number (None when nothing was stored)."""
+    return await run_in_threadpool(store_turn_now, app, session_id, row, model_version)
+
+
+def store_turn_now(app, session_id: str | None, row: dict, model_version: str | None) -> int | None:
+    """`store_turn` in the calling thread (a streamed answer stores its turn as its final event is sent)."""
     if not session_id or row.get("error"):
         return None
     try:
         store = conversation_store(app)
         if store is None:
             return None
-        return await run_in_threadpool(store.append_row, session_id, row, model_version)
+        return store.append_row(session_id, row, model_version)
     except Exception as exc:  # noqa: BLE001 - the answer is given; the turn is missing from the history
         log.warning("conversation %s: turn of trace %s not stored: %s", session_id, row.get("trace_id"),
                     type(exc).__name__)

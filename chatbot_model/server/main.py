@@ -22,7 +22,7 @@ from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import install_error_handlers
 from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
 from chatbot_model.server.rollout import RolloutCollector
-from chatbot_model.server.routes import chat, docs, feedback, health, metrics, page
+from chatbot_model.server.routes import chat, docs, feedback, health, metrics, openai_compat, page
 from chatbot_model.server.state import Metrics, TraceMemory
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | str | Non
     install_error_handlers(app)
     for module in (chat, feedback, health, metrics, page, docs):
         app.include_router(module.router)
+    openai_compat.install(app)  # /v1: OpenAI-compatible, errors in OpenAI's shape
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings_of(app).max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)  # sees 413s too

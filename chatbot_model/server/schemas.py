@@ -57,6 +57,10 @@ class ChatRequest(BaseModel):
                                                  "CHATBOT_HISTORY_MAX_MESSAGES messages and "
                                                  "CHATBOT_HISTORY_MAX_CHARS characters (else 422 naming `history`)")
 
+    stream: bool = Field(False, description="true: answer as Server-Sent Events (text/event-stream): `sources`, "
+                         "`delta` pieces as each checked sentence is ready, `replace` if the output guardrail stops "
+                         "the answer, then `final` with the whole response row (`error` on a failure mid-stream)")
+
     @field_validator("session_id")
     @classmethod
     def _session(cls, value: str | None) -> str | None:
@@ -136,6 +140,12 @@ class NotReadyResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
+
+
+STREAM_RESPONSE = {200: {"description": "the answer row; with `\"stream\": true` Server-Sent Events instead",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}, "example":
+                             'event: sources\ndata: {"sources":[...]}\n\nevent: delta\ndata: {"text":"..."}\n\n'
+                             'event: final\ndata: {"answer":"...","route":"gpt",...}\n\n'}}}}
 
 
 def responses(*statuses: int) -> dict:

@@ -1,37 +1,40 @@
-"""POST /chat: one question, answered by the backend in a worker thread (requests never serialise)."""
+"""POST /chat: one question, answered by the backend in a worker thread (requests never serialise); with
+`"stream": true` as Server-Sent Events (`server/sse.py`). A client that hangs up cancels the upstream call."""
 
 from __future__ import annotations
 
 import functools
 import logging
 
-import anyio
 from fastapi import APIRouter, Request
 
 from chatbot_model.contract import validate_question
 from chatbot_model.server import conversation
 from chatbot_model.server.deps import Authorized, BackendDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import BackendFailed, BackendTimeout
-from chatbot_model.server.schemas import ChatRequest, ChatResponse, responses
+from chatbot_model.server.schemas import STREAM_RESPONSE, ChatRequest, ChatResponse, responses
+from chatbot_model.server.sse import record_answer, run_cancelling_on_disconnect, stream_chat
 from chatbot_model.server.state import ServedTrace
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/chat", response_model=ChatResponse, responses=responses(400, 401, 413, 422, 502, 503, 504))
-async def chat(body: ChatRequest, request: Request, backend: BackendDep, settings: SettingsDep,
-               traces: TracesDep, metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
+@router.post("/chat", response_model=ChatResponse,
+             responses={**responses(400, 401, 413, 422, 502, 503, 504), **STREAM_RESPONSE})
+async def chat(request: Request, body: ChatRequest, backend: BackendDep, settings: SettingsDep, traces: TracesDep,
+               metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
     """Answer `question` from the knowledge base; the reply says which route, provider and model answered.
     A follow-up uses its conversation: `history` when sent, else the stored turns of `session_id`."""
     question = validate_question(body.question, settings.max_question_chars)
     history = await conversation.history_for(request.app, settings, body.session_id, body.history)
+    if body.stream:
+        return await stream_chat(question, backend, settings, functools.partial(
+            record_answer, session_id=body.session_id, backend=backend, traces=traces, metrics=metrics,
+            app=request.app), history=history or None, session_id=body.session_id)
     try:
-        with anyio.fail_after(settings.backend_timeout_s):
-            rows = await anyio.to_thread.run_sync(
-                functools.partial(backend.predict, [question], [history] if history else None,
-                                  session_id=body.session_id),
-                abandon_on_cancel=True)
+        rows = await run_cancelling_on_disconnect(request, settings, functools.partial(
+            backend.predict, [question], [history] if history else None, session_id=body.session_id))
     except TimeoutError:
         raise BackendTimeout(f"no answer within {settings.backend_timeout_s:g}s; try again, or raise "
                              "CHATBOT_BACKEND_TIMEOUT_S") from None

@@ -1,4 +1,5 @@
-// The chat page: ask /chat, show the answer with its sources, route and model; rate it through /feedback.
+// The chat page: ask /chat as a stream (Server-Sent Events read with fetch + ReadableStream), show the answer
+// as it arrives, then its sources, route and model; rate it through /feedback.
 // The page keeps one conversation per tab (its session id); the server stores its turns, so follow-ups use
 // the earlier ones. "New conversation" starts another session.
 "use strict";
@@ -73,8 +74,8 @@ function rating(traceId) {
   return box;
 }
 
-function showAnswer(a) {
-  const meta = el("div", { class: "meta", "data-testid": "meta" },
+function meta(a) {
+  return el("div", { class: "meta", "data-testid": "meta" },
     el("span", {}, "route ", el("b", { textContent: a.route })),
     el("span", {}, "provider ", el("b", { textContent: a.provider })),
     el("span", {}, "model ", el("b", { textContent: a.model })),
@@ -84,8 +85,60 @@ function showAnswer(a) {
     a.standalone_question && a.standalone_question !== a.question
       ? el("span", { class: "standalone", "data-testid": "standalone", title: "what retrieval searched",
                      textContent: "retrieved as: " + a.standalone_question }) : null);
-  conversation.append(el("li", { class: "msg bot" + (a.blocked ? " blocked" : ""), "data-testid": "answer" },
-    el("div", { class: "text", textContent: a.answer }), sourceList(a.sources), meta, rating(a.trace_id)));
+}
+
+function showError(text) {
+  conversation.append(el("li", { class: "msg error", "data-testid": "error", textContent: text }));
+}
+
+// Each SSE block ("event: NAME\ndata: JSON") as [name, data]; `buffer` keeps an unfinished block.
+function parseEvents(buffer) {
+  const blocks = buffer.split("\n\n");
+  const rest = blocks.pop();
+  const events = blocks.map((block) => {
+    let name = "message", data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event: ")) name = line.slice(7);
+      else if (line.startsWith("data: ")) data += line.slice(6);
+    }
+    return [name, data ? JSON.parse(data) : {}];
+  });
+  return [events, rest];
+}
+
+// Ask with "stream": true; the answer's text grows with each delta event, the rest comes with the final one.
+async function streamAnswer(question) {
+  const response = await fetch("/chat", { method: "POST", headers: headers(),
+    body: JSON.stringify({ question, session_id: sessionId, stream: true }) });
+  if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
+    let data = {};
+    try { data = await response.json(); } catch (e) { data = { error: "bad_reply", message: response.statusText }; }
+    if (response.status === 401) $("keybox").hidden = false;
+    showError(`${response.status} ${data.error}: ${data.message}`);
+    return;
+  }
+  const text = el("div", { class: "text", "data-testid": "answer-text" });
+  const item = el("li", { class: "msg bot streaming", "data-testid": "answer" }, text);
+  conversation.append(item);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    let events;
+    [events, buffer] = parseEvents(buffer + value);
+    for (const [name, data] of events) {
+      if (name === "delta") text.textContent += data.text;
+      else if (name === "replace") { text.textContent = data.text; item.classList.add("blocked"); }
+      else if (name === "final") {
+        text.textContent = data.answer;
+        item.classList.toggle("blocked", data.blocked);
+        item.append(...[sourceList(data.sources), meta(data), rating(data.trace_id)].filter(Boolean));
+      } else if (name === "error") showError(`${data.error}: ${data.message}`);
+      scroll();
+    }
+  }
+  item.classList.remove("streaming");
 }
 
 async function ask(event) {
@@ -98,12 +151,9 @@ async function ask(event) {
   $("send").disabled = true;
   scroll();
   try {
-    const result = await post("/chat", { question, session_id: sessionId });
-    if (result.ok) showAnswer(result.data);
-    else conversation.append(el("li", { class: "msg error", "data-testid": "error",
-      textContent: `${result.status} ${result.data.error}: ${result.data.message}` }));
+    await streamAnswer(question);
   } catch (e) {
-    conversation.append(el("li", { class: "msg error", "data-testid": "error", textContent: "Network error: " + e }));
+    showError("Network error: " + e);
   } finally {
     $("send").disabled = false;
     input.focus();
