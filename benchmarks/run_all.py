@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "spark"]
 
 
 def summary() -> list[str]:
@@ -53,6 +53,10 @@ def summary() -> list[str]:
         lines.append(f"tracing: +{r['single_p50_cost_ms']} ms p50 single (goal <= 1 ms), batch "
                      f"{r['batch_questions_per_s']['on']} vs {r['batch_questions_per_s']['off']} q/s "
                      f"(cost {r['batch_cost_share']:.0%}, goal <= 15%) {'MET' if ok else 'MISSED'}")
+    if r := load("spark"):
+        lines.append(f"spark: batch-score local[2] {r['spark_local2_rows_per_s']} rows/s scoring "
+                     f"({r['spark_wall_rows_per_s']} rows/s with JVM start and model load) vs one-process predict "
+                     f"{r['predict_rows_per_s']} rows/s, {r['rows']:,} rows")
     return lines
 
 
