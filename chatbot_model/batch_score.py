@@ -257,8 +257,8 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
                 partitions: int | None = None, tracing: bool = False, spark=None,
                 progress: Callable[[str], None] = print) -> BatchReport:
     """Score `input_path` into the Parquet directory `output`, skipping parts a previous run finished."""
-    from pyspark.sql import functions as F
     import mlflow
+    from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, DoubleType, StringType
 
     from chatbot_model.contract import AnswerRow
