@@ -196,3 +196,13 @@ def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, ma
             os.killpg(proc.pid, 9)
         log.close()
     assert sorted(p.name for p in pod.iterdir()) == ["models"], "the model wrote state into the working directory"
+
+
+def test_export_refuses_a_non_empty_destination(tmp_path):
+    from chatbot_model.errors import InvalidInput
+    from chatbot_model.export import export_model
+
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "old.txt").write_text("an older export")
+    with pytest.raises(InvalidInput, match="exists and is not an empty directory"):
+        export_model("models:/llmops-chatbot@production", str(tmp_path / "dest"))
