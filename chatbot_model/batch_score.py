@@ -93,14 +93,20 @@ def spark_session(master: str = "local[*]", conf: dict[str, str] | None = None):
     return spark
 
 
-def read_questions(spark, path: str):
-    """The input as a Spark DataFrame with a `question` column; unknown formats and a missing column raise."""
+def input_format(path: str) -> str:
+    """Spark's format name for the input's extension; an unknown one raises (before Spark starts)."""
     suffix = Path(path.rstrip("/")).suffix.lower()
     if suffix not in FORMATS:
         raise InvalidInput(f"--input {path}: unknown format {suffix or '(no extension)'!r}; use a file (or a "
                            f"Spark output directory) ending in one of {sorted(FORMATS)}", field="input")
-    reader = spark.read.format(FORMATS[suffix])
-    if FORMATS[suffix] == "csv":
+    return FORMATS[suffix]
+
+
+def read_questions(spark, path: str):
+    """The input as a Spark DataFrame with a `question` column; unknown formats and a missing column raise."""
+    fmt = input_format(path)
+    reader = spark.read.format(fmt)
+    if fmt == "csv":
         reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
     try:
         df = reader.load(path)
@@ -257,16 +263,19 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
                 partitions: int | None = None, tracing: bool = False, spark=None,
                 progress: Callable[[str], None] = print) -> BatchReport:
     """Score `input_path` into the Parquet directory `output`, skipping parts a previous run finished."""
-    from pyspark.sql import functions as F
     import mlflow
+    from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, DoubleType, StringType
 
     from chatbot_model.contract import AnswerRow
 
     if partitions is not None and partitions < 1:
         raise InvalidInput(f"--partitions must be at least 1, got {partitions}", field="partitions")
+    input_format(input_path)
     if "://" not in input_path:
         input_path = str(Path(input_path).resolve())
+        if not Path(input_path).exists():
+            raise InvalidInput(f"--input {input_path} does not exist", field="input")
     if "://" not in output:
         output = str(Path(output).resolve())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our progress lines, not its bars

@@ -148,7 +148,8 @@ def exported(tmp_path_factory, shipped_index) -> Path:
 def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, manifest, tmp_path):
     """`mlserver start` with the MLflow runtime on the exported directory, the manifest's env, no
     MLFLOW_TRACKING_URI and no CHATBOT_* settings of the host."""
-    repo = tmp_path / "models" / NAME
+    pod = tmp_path / "pod"  # MLServer's working directory (tmp_path holds the test's own tracking store)
+    repo = pod / "models" / NAME
     repo.mkdir(parents=True)
     (repo / "model-settings.json").write_text(
         f'{{"name": "{NAME}", "implementation": "mlserver_mlflow.MLflowRuntime", '
@@ -160,7 +161,7 @@ def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, ma
                MLSERVER_METRICS_PORT=str(_free_port()), MLSERVER_PARALLEL_WORKERS="0",
                PATH=f"{mlserver_bin.parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH="")
     log = open(tmp_path / "mlserver.log", "w")
-    proc = subprocess.Popen([str(mlserver_bin), "start", str(tmp_path / "models")], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([str(mlserver_bin), "start", str(pod / "models")], env=env, cwd=pod,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -194,4 +195,14 @@ def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, ma
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
-    assert not list(tmp_path.glob("mlflow.db")) and not (tmp_path / ".chatbot").exists(), "the pod wrote state"
+    assert sorted(p.name for p in pod.iterdir()) == ["models"], "the model wrote state into the working directory"
+
+
+def test_export_refuses_a_non_empty_destination(tmp_path):
+    from chatbot_model.errors import InvalidInput
+    from chatbot_model.export import export_model
+
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "old.txt").write_text("an older export")
+    with pytest.raises(InvalidInput, match="exists and is not an empty directory"):
+        export_model("models:/llmops-chatbot@production", str(tmp_path / "dest"))
