@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install install-test install-bench system-test-deps run chat index test serve-model bench soak clean
+.PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test serve-model bench soak clean
 
 help:
 	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
@@ -24,14 +24,29 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e '.[serve]'
 	touch $@
 
+# the KServe SDK without its dependencies: tests/test_kserve.py validates the InferenceService against its
+# generated models only; its model-server pins (psutil<6, protobuf<7, grpcio) would downgrade ours
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps kserve==0.21.0
 	touch $@
 
 # the benchmark peer (LlamaIndex) and tools: the `bench` extra, never a runtime dependency
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[bench]'
 	touch $@
+
+# KServe's MLflow runtime (MLServer + mlserver-mlflow) in its own virtualenv, reused when present: MLServer pins
+# fastapi<0.116 and protobuf<7, ours are newer. torch first (the CPU wheel), then the runtime and this project
+# without its serve extra. tests/test_kserve.py serves an exported model with it.
+MLSERVER_VENV ?= .venv-mlserver
+$(MLSERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet mlserver==1.7.1 mlserver-mlflow==1.7.1 .
+	touch $@
+mlserver-venv: $(MLSERVER_VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -48,12 +63,13 @@ chat: index
 	$(BIN)/llmops-chatbot chat
 
 # system packages the tests run for real: Debian's chromium (the chat page's browser test; Playwright never
-# downloads a browser) and PostgreSQL server binaries (the feedback store's migrations and stores on a real
-# server). Installed when missing and we are root (as on a fresh CI machine); otherwise the command is printed.
+# downloads a browser), PostgreSQL server binaries (the feedback store's migrations and stores on a real
+# server) and a Java runtime (local Spark for batch-score). Installed when missing and we are root (as on a fresh CI machine); otherwise the command is printed.
 system-test-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing for the tests (apt-get, ~1 min)"; \
@@ -63,7 +79,7 @@ system-test-deps:
 	  fi; \
 	fi
 
-test: install-test system-test-deps
+test: install-test system-test-deps mlserver-venv
 	$(BIN)/python -m pytest
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "rollout", "streaming"]
+ORDER = ["embedder", "overhead", "peer", "batch", "scale", "guardrail", "coldstart", "tracing", "rollout", "streaming", "spark"]
 
 
 def summary() -> list[str]:
@@ -65,6 +65,10 @@ def summary() -> list[str]:
                      f"{s['first_text_ms']:.0f} ms streamed vs {w['first_text_ms']:.0f} ms whole; last byte "
                      f"{s['last_byte_ms']:.0f} vs {w['last_byte_ms']:.0f} ms; sentence buffering costs "
                      f"{r['buffering_cost_ms']:.0f} ms of time to first token")
+    if r := load("spark"):
+        lines.append(f"spark: batch-score local[2] {r['spark_local2_rows_per_s']} rows/s scoring "
+                     f"({r['spark_wall_rows_per_s']} rows/s with JVM start and model load) vs one-process predict "
+                     f"{r['predict_rows_per_s']} rows/s, {r['rows']:,} rows")
     return lines
 
 

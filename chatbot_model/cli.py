@@ -124,6 +124,10 @@ from chatbot_model.db_cli import db  # noqa: E402
 main.add_command(db)
 from chatbot_model.conversations_cli import conversations  # noqa: E402
 main.add_command(conversations)
+from chatbot_model.batch_score import batch_score_command  # noqa: E402
+main.add_command(batch_score_command)
+from chatbot_model.export import export_model_command  # noqa: E402
+main.add_command(export_model_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

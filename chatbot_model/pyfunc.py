@@ -137,7 +137,9 @@ def _index_matches(index_dir: Path, expected: str) -> bool:
         manifest = json.loads((index_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    files = ("index.faiss", "chunks.json", "sentence_vectors.npy", "sentence_offsets.npy")
+    from chatbot_model.chunk_store import STORE_FILES
+
+    files = ("index.faiss", *STORE_FILES)
     return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
 
 

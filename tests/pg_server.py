@@ -1,8 +1,10 @@
 """A real PostgreSQL server for tests: Debian's binaries (`apt-get install postgresql`), on 127.0.0.1.
 
 `PostgresServer.start()` runs initdb in a fresh directory and starts the server on a free loopback port (as the
-`postgres` user when the tests run as root: PostgreSQL refuses root); `create_database()` gives each test a
-database of its own; `stop()` ends the server and removes its directory. `find_bin()` is None when no server
+`postgres` user when the tests run as root: PostgreSQL refuses root), with a password-protected superuser as
+the Kubernetes overlay has (`user`, a random hex `password`, scram-sha-256); `create_database()` gives each test
+a database of its own, `run_sql()` runs a script such as the overlay's init SQL; `stop()` ends the server and
+removes its directory. `find_bin()` is None when no server
 binaries are installed (the tests then skip and say how to install them).
 """
 
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import secrets
 import uuid
 from pathlib import Path
 
@@ -35,10 +38,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    user = "postgres"
-
-    def __init__(self, bin_dir: Path):
+    def __init__(self, bin_dir: Path, user: str = "postgres", password: str | None = None):
         self.bin_dir = bin_dir
+        self.user, self.password = user, password or secrets.token_hex(16)
         self.dir = Path(tempfile.mkdtemp(prefix="llmops-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -56,27 +58,41 @@ class PostgresServer:
                                f"{log.read_text() if log.exists() else ''}")
 
     def start(self) -> "PostgresServer":
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust",
-                  "-E", "UTF8", "--no-sync")
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self._as:
+            account = pwd.getpwnam("postgres")
+            os.chown(pwfile, account.pw_uid, account.pw_gid)
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+                  "--auth=scram-sha-256", "-E", "UTF8", "--no-sync")
+        pwfile.unlink()
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w",
                   "-o", f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off", "start")
         return self
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"  # the driver as users name it: none
+        # the driver as users name it: none (SQLAlchemy's default for postgresql://, psycopg2)
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; its SQLAlchemy URL."""
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database (a random name unless given); its SQLAlchemy URL."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        self.run_sql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def run_sql(self, script: str, database: str = "postgres") -> None:
+        """The statements of `script` (separated by `;`, `--` comments allowed), each in its own transaction."""
         from chatbot_model.feedback import FeedbackStore
 
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        engine = FeedbackStore(self.url()).make_engine()  # the installed driver
+        lines = [line.split("--", 1)[0] for line in script.splitlines()]
+        engine = FeedbackStore(self.url(database)).make_engine()  # the installed driver
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                for statement in " ".join(lines).split(";"):
+                    if statement.strip():
+                        conn.exec_driver_sql(statement)
         finally:
             engine.dispose()
-        return self.url(name)
 
     def stop(self) -> None:
         try:

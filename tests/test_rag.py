@@ -127,7 +127,46 @@ def test_sentence_vectors_align_with_chunk_sentences(rag):
     source = rag.retrieve("exact inner product search", k=1)[0]
     assert source.sentence_vectors.shape == (len(source.chunk.sentences), rag.embedder.dim)
     direct = rag.embedder.encode(list(source.chunk.sentences))
-    assert np.allclose(direct, source.sentence_vectors, atol=1e-5)
+    assert source.sentence_vectors.dtype == np.float32
+    assert np.allclose(direct, source.sentence_vectors, atol=1e-3)  # stored as float16
+    cosines = np.sum(direct * source.sentence_vectors, axis=1) / np.linalg.norm(source.sentence_vectors, axis=1)
+    assert np.all(cosines > 0.9999)
+
+
+def test_the_chunk_store_is_memory_mapped_and_gives_back_every_chunk(corpus, tmp_path):
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
+    built = RAGPipeline(settings).load_or_build()
+    expected = chunk_documents(load_documents(corpus), settings.chunk_size, settings.chunk_overlap)
+    loaded = RAGPipeline(settings).load_or_build()
+    assert list(loaded.chunks) == list(built.chunks) == expected
+    assert isinstance(loaded.chunks.vectors, np.memmap) and loaded.chunks.vectors.dtype == np.float16
+    assert [loaded.chunks.documents[n][0] for n in loaded.chunks.chunk_docs] == [c.doc_id for c in expected]
+
+
+def test_an_index_directory_of_the_previous_format_is_rebuilt(corpus, tmp_path, monkeypatch):
+    import chatbot_model.rag as rag_module
+
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
+    monkeypatch.setattr(rag_module, "INDEX_FORMAT", 1)
+    old_fp = rag_module.fingerprint(load_documents(corpus), RAGPipeline(settings).embedder_name, settings)
+    monkeypatch.undo()
+    RAGPipeline(settings).load_or_build()
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, "format": 1, "fingerprint": old_fp}))
+    (tmp_path / "idx" / "sentences.bin").unlink()  # what a format-1 directory lacks
+    rebuilt = RAGPipeline(settings).load_or_build()
+    assert rebuilt.retrieve("exact inner product search", k=1)[0].chunk.doc_id == "faiss"
+    assert (tmp_path / "idx" / "sentences.bin").is_file()
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["format"] == 2
+
+
+def test_a_truncated_chunk_store_is_rebuilt_not_served(corpus, tmp_path):
+    settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
+    RAGPipeline(settings).load_or_build()
+    blob = tmp_path / "idx" / "sentences.bin"
+    blob.write_bytes(blob.read_bytes()[:10])
+    rag = RAGPipeline(settings).load_or_build()
+    assert len(blob.read_bytes()) > 10 and rag.retrieve("exact inner product search", k=1)[0].chunk.doc_id == "faiss"
 
 
 def test_empty_question_is_rejected(rag):

