@@ -11,6 +11,7 @@ Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -315,10 +316,23 @@ class InProcessBackend(Backend):
             return challenger
         return self.champion
 
+    def _hold(self, session_id: str | None) -> tuple[contextlib.ExitStack, Any]:
+        """The version answering this session, held until the stack closes; the champion's when the challenger
+        was retired between the pick and the hold."""
+        stack = contextlib.ExitStack()
+        follower = self.pick(session_id)
+        try:
+            return stack, stack.enter_context(follower.use())
+        except LookupError:
+            if follower is self.champion:
+                raise
+            return stack, stack.enter_context(self.champion.use())
+
     def _predict(self, questions: list[str], session_id: str | None = None) -> list[dict]:
         import pandas as pd
 
-        with self.pick(session_id).use() as loaded:
+        stack, loaded = self._hold(session_id)
+        with stack:
             try:
                 frame = loaded.model.predict(pd.DataFrame({"question": questions}))
             except ChatbotError:
