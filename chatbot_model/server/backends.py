@@ -11,7 +11,6 @@ Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -246,7 +245,7 @@ class InProcessBackend(Backend):
             uri = f"models:/{self.registered_name}@{settings.challenger_alias}"
             self.challenger = rollout.AliasFollower(uri, "challenger", loader=make_loader,
                                                     resolver=make_resolver(uri), poll_s=settings.alias_poll_s,
-                                                    idle_when=lambda: self.champion.version)
+                                                    idle_when=lambda: self.champion.version, fallback=self.champion)
         self.poll_wait: Callable[[float], Any] = self._closing.wait  # injectable: tests drive polls themselves
         self._poller: threading.Thread | None = None
 
@@ -316,23 +315,10 @@ class InProcessBackend(Backend):
             return challenger
         return self.champion
 
-    def _hold(self, session_id: str | None) -> tuple[contextlib.ExitStack, Any]:
-        """The version answering this session, held until the stack closes; the champion's when the challenger
-        was retired between the pick and the hold."""
-        stack = contextlib.ExitStack()
-        follower = self.pick(session_id)
-        try:
-            return stack, stack.enter_context(follower.use())
-        except LookupError:
-            if follower is self.champion:
-                raise
-            return stack, stack.enter_context(self.champion.use())
-
     def _predict(self, questions: list[str], session_id: str | None = None) -> list[dict]:
         import pandas as pd
 
-        stack, loaded = self._hold(session_id)
-        with stack:
+        with self.pick(session_id).use() as loaded:
             try:
                 frame = loaded.model.predict(pd.DataFrame({"question": questions}))
             except ChatbotError:
