@@ -291,7 +291,10 @@ def test_model_config_attributes_ratings_to_the_version_and_can_freeze_adaptatio
     from chatbot_model.adapter import DEFAULT_HINT
 
     uri = f"models:/{NAME}/1"
-    served = mlflow.pyfunc.load_model(uri, model_config={"model_version": "1"}).unwrap_python_model().service
+    model = mlflow.pyfunc.load_model(uri, model_config={"model_version": "1"})
+    frame = model.predict(pd.DataFrame({"question": QUESTIONS[:2]}))
+    assert frame["model_version"].tolist() == ["1", "1"]  # every answer says which version answered
+    served = model.unwrap_python_model().service
     result = served.answer(QUESTIONS[0])
     effect = served.feedback(False, result=result)
     (row,) = [r for r in served.feedback_store.ratings() if r.id == effect["feedback_id"]]

@@ -283,3 +283,14 @@ def test_poll_loop_runs_on_its_interval_and_stops_with_the_app():
     backend._poller.join(30)
     backend.champion.wait_idle(30)
     assert waits == [30, 30, 30] and backend.version == "2"
+
+
+def test_a_session_picked_for_a_challenger_retired_meanwhile_gets_the_champion():
+    registry = Registry(production="1", staging="2")
+    backend = make_backend(registry, challenger_alias="staging", challenger_share=1.0)
+    backend.challenger.wait_idle(30)
+    assert backend.predict(["q"], session_id="s")[0]["model_version"] == "2"
+    challenger = backend.challenger
+    backend.pick = lambda session_id: challenger  # picked just before the next line retires it
+    challenger._retire_current()
+    assert backend.predict(["q"], session_id="s")[0]["model_version"] == "1"

@@ -282,7 +282,7 @@ class InProcessBackend(Backend):
             uri = f"models:/{self.registered_name}@{settings.challenger_alias}"
             self.challenger = rollout.AliasFollower(uri, "challenger", loader=make_loader,
                                                     resolver=make_resolver(uri), poll_s=settings.alias_poll_s,
-                                                    idle_when=lambda: self.champion.version)
+                                                    idle_when=lambda: self.champion.version, fallback=self.champion)
         self.poll_wait: Callable[[float], Any] = self._closing.wait  # injectable: tests drive polls themselves
         self._poller: threading.Thread | None = None
 

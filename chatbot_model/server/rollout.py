@@ -133,10 +133,11 @@ class AliasFollower:
 
     def __init__(self, uri: str, role: str, *, loader: Callable[[str], Any], resolver: Callable[[], str | None],
                  poll_s: float = 30.0, warmer: Callable[[Any], None] = warm, clock: Callable[[], float] = time.monotonic,
-                 idle_when: Callable[[], str | None] | None = None):
+                 idle_when: Callable[[], str | None] | None = None, fallback: "AliasFollower | None" = None):
         self.uri, self.role, self.poll_s = uri, role, poll_s
         self.loader, self.resolver, self.warmer, self.clock = loader, resolver, warmer, clock
         self.idle_when = idle_when  # challenger: the champion's version (nothing to load when the same)
+        self.fallback = fallback  # challenger: the champion answers when it holds nothing (retired after a pick)
         self.current: Loaded | None = None
         self.target: str | None = None  # where the URI pointed at the last poll
         self.loading: str | None = None
@@ -159,12 +160,18 @@ class AliasFollower:
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Loaded]:
-        """The version current now, held until the block ends (a swap meanwhile does not release it)."""
+        """The version current now, held until the block ends (a swap meanwhile does not release it); the
+        fallback's when this follower holds none (a challenger retired between the pick and the request)."""
         with self._lock:
             loaded = self.current
-            if loaded is None:
+            if loaded is not None:
+                loaded.in_flight += 1
+        if loaded is None:
+            if self.fallback is None:
                 raise LookupError(f"{self.role}: no version loaded")
-            loaded.in_flight += 1
+            with self.fallback.use() as held:
+                yield held
+            return
         try:
             yield loaded
         finally:
