@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
 from starlette.responses import Response
@@ -103,11 +103,10 @@ class EventStream(Response):
 
     def __init__(self, events: Iterator[dict], deadline: Deadline, context: contextvars.Context,
                  timeout_s: float, *, format_event: Callable[[dict], bytes | None],
-                 on_error: Callable[[BaseException], bytes], end: bytes = b"",
-                 on_final: Callable[[dict], Awaitable[None]] | None = None):
+                 on_error: Callable[[BaseException], bytes], end: bytes = b""):
         super().__init__(media_type=self.media_type)
         self.events, self.deadline, self.context, self.timeout_s = events, deadline, context, timeout_s
-        self.format_event, self.on_error, self.end, self.on_final = format_event, on_error, end, on_final
+        self.format_event, self.on_error, self.end = format_event, on_error, end
         self.first: dict | None = None
         self.disconnected = False
         self.extra_headers: list[tuple[bytes, bytes]] = []
@@ -133,8 +132,6 @@ class EventStream(Response):
         event = self.first
         try:
             while event is not _END and not self.disconnected:
-                if self.on_final is not None and event.get("event") == "final":
-                    await self.on_final({k: v for k, v in event.items() if k != "event"})  # before it is sent
                 data = self.format_event(event)
                 if data:
                     yield data
@@ -196,18 +193,23 @@ def chat_event(event: dict) -> bytes:
     return sse(kind, data)
 
 
-async def stream_chat(question: str, backend, settings: Settings, on_final: Callable[[dict], Awaitable[None]],
+async def stream_chat(question: str, backend, settings: Settings, on_final: Callable[[dict], None],
                       history: list | None = None) -> EventStream:
-    """`/chat` with `"stream": true`: the backend's events as SSE; `await on_final(row)` records the answer
-    (metrics, served traces, a stored turn) like a whole one, before the final event goes out."""
+    """`/chat` with `"stream": true`: the backend's events as SSE; `on_final(row)` records the answer (metrics,
+    served traces) like a whole one."""
     deadline, context = request_deadline(settings)
+
+    def as_sse(event: dict) -> bytes:
+        if event.get("event") == "final":
+            on_final({k: v for k, v in event.items() if k != "event"})
+        return chat_event(event)
+
     stream = EventStream(backend_events(backend, question, history), deadline, context, settings.backend_timeout_s,
-                         format_event=chat_event, on_error=lambda exc: sse("error", error_event(exc)),
-                         on_final=on_final)
+                         format_event=as_sse, on_error=lambda exc: sse("error", error_event(exc)))
     return await stream.open()
 
 
-async def record_answer(row: dict, session_id: str | None, backend, traces, metrics) -> None:
+def record_answer(row: dict, session_id: str | None, backend, traces, metrics) -> None:
     """What the server keeps of an answer it gave: metrics, and the served trace for /feedback."""
     from chatbot_model.server.state import ServedTrace
 

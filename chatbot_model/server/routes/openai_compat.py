@@ -213,16 +213,16 @@ async def chat_completions(request: Request, settings: SettingsDep, backend: Bac
         log.info("ignored a client system message (CHATBOT_ALLOW_CLIENT_SYSTEM_PROMPT is off)")
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    async def served(row: dict) -> None:
-        await record_answer(row, None, backend, traces, metrics)
+    def served(row: dict) -> None:
+        record_answer(row, None, backend, traces, metrics)
 
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        chunks = _Chunks(completion_id, created, name, question, history, include_usage)
+        chunks = _Chunks(completion_id, created, name, question, history, include_usage, served)
         deadline, context = request_deadline(settings, hint)
         stream = EventStream(backend_events(backend, question, history), deadline, context,
                              settings.backend_timeout_s, format_event=chunks, on_error=chunks.error,
-                             end=b"data: [DONE]\n\n", on_final=served)
+                             end=b"data: [DONE]\n\n")
         try:
             return await stream.open()
         except Exception as exc:  # noqa: BLE001 - before the first chunk: an HTTP error in OpenAI's shape
@@ -235,7 +235,7 @@ async def chat_completions(request: Request, settings: SettingsDep, backend: Bac
     row = rows[0]
     if row["error"]:
         raise OpenAIError(502, f"the model could not answer: {row['error']}", "backend_error")
-    await served(row)
+    served(row)
     return {"id": completion_id, "object": "chat.completion", "created": created, "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": row["answer"]},
                          "finish_reason": "content_filter" if row["blocked"] else "stop", "logprobs": None}],
@@ -246,9 +246,9 @@ class _Chunks:
     """The backend's events as `chat.completion.chunk` lines."""
 
     def __init__(self, completion_id: str, created: int, model: str, question: str, history: list[dict],
-                 include_usage: bool):
+                 include_usage: bool, served):
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        self.question, self.history, self.include_usage = question, history, include_usage
+        self.question, self.history, self.include_usage, self.served = question, history, include_usage, served
         self.text, self.filtered = "", False
 
     def _line(self, **fields: Any) -> bytes:
@@ -271,6 +271,7 @@ class _Chunks:
             return self._choice({"content": piece})
         if kind == "final":
             row = {k: v for k, v in event.items() if k != "event"}
+            self.served(row)
             finish = "content_filter" if self.filtered or row.get("blocked") else "stop"
             out = self._line(choices=[{"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None}],
                              **{EXTRA_FIELD: _extra(row)})
