@@ -79,7 +79,7 @@ def test_chat_answers_with_sources_route_and_trace(client):
     r = client.post("/chat", json={"question": Q, "session_id": "s1"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained",
+    assert set(body) == {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked", "abstained",
                          "fallback", "trace_id", "latency_ms", "error"}
     assert body["question"] == Q and body["error"] == ""
     assert body["answer"] and not body["blocked"]

@@ -17,7 +17,7 @@ from tests.server_helpers import (FakeScoringServer, LiveServer, contract_row, m
                                        service_app, sibling_service)
 
 Q = "How do I promote a registered MLflow model version to Production?"
-FIELDS = {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained", "fallback",
+FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked", "abstained", "fallback",
           "trace_id", "latency_ms", "error"}
 
 
