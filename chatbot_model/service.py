@@ -152,8 +152,8 @@ class LLMService:
             shared = vectors if self._guardrail_shares_embedder() else None
             checks_in = self.guardrail.check_many(qs, vectors=shared)
         ok = [i for i, c in enumerate(checks_in) if c.safe]
-        rows_of = {i: [i if c == qs[i] else len(qs) + extra.index((i, c)) for c in resolutions[i].candidates]
-                   for i in ok}
+        row_of_extra = {key: len(qs) + n for n, key in enumerate(extra)}
+        rows_of = {i: [i if c == qs[i] else row_of_extra[i, c] for c in resolutions[i].candidates] for i in ok}
         with _timed(steps, "retrieval"):
             wanted = [row for i in ok for row in rows_of[i]]
             found = dict(zip(wanted, self.rag.search(encoded[wanted]))) if wanted else {}

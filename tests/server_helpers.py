@@ -125,7 +125,8 @@ class LiveServer:
 
 
 def contract_row(question: str, **fields) -> dict:
-    row = {"question": question, "standalone_question": "", "answer": f"remote answer to {question}", "blocked": False, "abstained": False,
+    row = {"question": question, "standalone_question": "", "answer": f"remote answer to {question}", "blocked": False,
+           "abstained": False,
            "route": "gpt",
            "provider": "local", "model": "extractive-v1", "fallback": "", "latency_ms": 1.5,
            "sources": [{"id": "d1", "title": "Doc one", "source": "https://example.org/d1", "score": 0.9}],

@@ -79,8 +79,8 @@ def test_chat_answers_with_sources_route_and_trace(client):
     r = client.post("/chat", json={"question": Q, "session_id": "s1"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained",
-                         "fallback", "trace_id", "model_version", "latency_ms", "error"}
+    assert set(body) == {"answer", "question", "standalone_question", "sources", "route", "provider", "model",
+                         "blocked", "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
     assert body["question"] == Q and body["error"] == ""
     assert body["answer"] and not body["blocked"]
     assert body["route"] in ("gpt", "claude") and body["provider"] == "local" and body["model"] == "extractive-v1"

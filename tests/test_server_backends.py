@@ -17,8 +17,8 @@ from tests.server_helpers import (FakeScoringServer, LiveServer, contract_row, m
                                        service_app, sibling_service)
 
 Q = "How do I promote a registered MLflow model version to Production?"
-FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked", "abstained", "fallback",
-          "trace_id", "model_version", "latency_ms", "error"}
+FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
+          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from tests.server_helpers import make_settings, mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 Q = "How do I promote a registered MLflow model version to Production?"
-FIELDS = {"answer", "question", "sources", "route", "provider", "model", "blocked", "abstained", "fallback",
-          "trace_id", "model_version", "latency_ms", "error"}
+FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
+          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
 
 
 @pytest.fixture(scope="module")
