@@ -1,6 +1,6 @@
 """Train the embedded guardrail (per-label linear heads on MiniLM vectors + character n-grams) and measure it.
 
-    python scripts/train_guardrail.py --data-dir DIR [--report] [--dry-run] [--baseline OLD.npz]
+    python scripts/train_guardrail.py --data-dir DIR [--report] [--dry-run] [--baseline OLD.npz] [--previous PREV.npz]
 
 --data-dir DIR is a folder holding davidson_labeled_data.csv, toxigen_statements.csv and
 nq_open_efficientqa_dev.jsonl, directly or in subfolders (public sets; see docs/guardrail.md for their sources and
@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                           "and print every held-out table")
     ap.add_argument("--baseline", type=Path, help="weights of the previous embedded model (coef, intercept, "
                                                   "profanity_offset) to add to the comparison")
+    ap.add_argument("--previous", type=Path, help="weights in the current format (e.g. the shipped embedded.npz "
+                                                  "before a change) to add to the comparison, scored as shipped")
     ap.add_argument("--dry-run", action="store_true", help="write nothing")
     args = ap.parse_args(argv)
 
@@ -310,6 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.baseline:
         results.append(measure("previous model (MiniLM head + profanity-check)",
                                lambda t, v: old_scores(args.baseline, t, v), rows, vectors, extra))
+    if args.previous:
+        previous = EmbeddedModel(args.previous)
+        results.append(measure("previous shipped", lambda t, v: previous.probabilities(t, v, encode), rows, vectors,
+                               extra))
     for name, use in candidates.items():
         model = fit(rows, vectors, grams, use)
         s = raw_scores(model, vectors, grams)
@@ -341,6 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
         iv = embed(ISSUE_SENTENCES, args.cache)
         for text, p in zip(ISSUE_SENTENCES, inference.probabilities(ISSUE_SENTENCES, iv, encode)):
             print(f"  {p.max():.2f} {text}")
+    target = args.out / "embedded.npz"
+    if target.exists():  # reproducibility: the same data and code must give the same arrays as the shipped file
+        with np.load(target, allow_pickle=False) as old:
+            differ = [k for k in packed if k not in old or not np.array_equal(old[k], packed[k])]
+        print(f"same arrays as {target}: " + ("yes" if not differ else f"NO ({', '.join(differ)} differ)"))
     if not args.dry_run:
         args.out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out / "embedded.npz", **packed)
