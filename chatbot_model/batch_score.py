@@ -62,6 +62,10 @@ class BatchReport:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def part_name(part: int) -> str:
     return f"part-{part:05d}.parquet"
 
@@ -302,8 +306,8 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         done = {p for p in range(parts) if fs.exists(f"{output}/{part_name(p)}")}
         bounds = [total * p // parts for p in range(parts + 1)]
         rows_done = sum(bounds[p + 1] - bounds[p] for p in done)
-        progress(f"{total:,} questions in {parts} parts; {len(done)} parts ({rows_done:,} rows) already done"
-                 + (", skipped" if done else ""))
+        progress(f"{total:,} questions in {_n(parts, 'part')}; {_n(len(done), 'part')} ({rows_done:,} rows) "
+                 "already done" + (", skipped" if done else ""))
 
         env = {"CHATBOT_TRACING": "true" if tracing else "false"}
         model = mlflow.pyfunc.spark_udf(spark, model_dir, result_type=result_type(), env_manager="local",
@@ -377,6 +381,6 @@ def batch_score_command(model_uri: str, input_path: str, output: str, master: st
     """Answer every question of a file on Spark (mlflow.pyfunc.spark_udf) into Parquet; resumable."""
     report = batch_score(model_uri, input_path, output, master=master, partitions=partitions, tracing=tracing,
                          progress=click.echo)
-    click.echo(f"done: {report.rows:,} rows in {report.parts} parts -> {report.output} ({report.skipped} parts "
-               f"skipped, {report.scored:,} rows scored now at {report.rows_per_s:.1f} rows/s; "
-               f"{report.errors:,} rows with an error)")
+    click.echo(f"done: {report.rows:,} rows in {_n(report.parts, 'part')} -> {report.output} "
+               f"({_n(report.skipped, 'part')} skipped, {report.scored:,} rows scored now at "
+               f"{report.rows_per_s:.1f} rows/s; {report.errors:,} rows with an error)")

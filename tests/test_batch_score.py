@@ -94,8 +94,9 @@ def resumed(project):
 
 def test_a_killed_run_resumes_skipping_the_finished_parts(resumed, project):
     first, out = resumed["first"], resumed["rerun"]
-    assert f"{ROWS:,} questions in {PARTS} parts; {len(first)} parts" in out and "skipped" in out
-    assert f"done: {ROWS:,} rows in {PARTS} parts" in out and f"{len(first)} parts skipped" in out
+    done = f"{len(first)} part" + ("s" if len(first) > 1 else "")
+    assert f"{ROWS:,} questions in {PARTS} parts; {done} (" in out and "already done, skipped" in out
+    assert f"done: {ROWS:,} rows in {PARTS} parts" in out and f"({done} skipped" in out
     after = _parts(project["output"])
     assert set(after) == {f"part-{p:05d}.parquet" for p in range(PARTS)}
     assert {name: after[name] for name in first} == first, "a finished part was rewritten"

@@ -82,7 +82,17 @@ def test_mlproject_maps_always_and_keeps_the_other_entry_points_parsing():
         assert argv[0] == name
         main.commands[name].make_context(name, argv[1:])
     assert set(yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]) == {
-        "register_model", "promote_model", "evaluate", "adapt"}
+        "register_model", "promote_model", "evaluate", "adapt", "batch_score"}
+
+
+@pytest.mark.parametrize("partitions, expected", [("", None), ("4", 4)])
+def test_mlproject_batch_score_entry_point_parses(partitions, expected):
+    argv = entry_point_argv("batch_score", input=str(ROOT / "MLproject"), output="/data/answers.parquet",
+                            partitions=partitions)
+    assert argv[0] == "batch-score"
+    params = main.commands["batch-score"].make_context("batch-score", argv[1:]).params
+    assert params["partitions"] == expected and params["master"] == "local[*]"
+    assert params["output"] == "/data/answers.parquet" and params["model_uri"] == "models:/llmops-chatbot@production"
 
 
 # ------------------------------------------------------------------ serve on a taken port
