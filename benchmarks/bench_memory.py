@@ -13,6 +13,7 @@
    RSS after start-up, after answering, and the peak (ru_maxrss).
 3. `--old-code DIR`: the same corpus in the previous index format (chunks.json, float32 sentence vectors held
    in memory), served by the checkout in DIR, for the before/after comparison.
+`--reuse --dir DIR` serves again what an earlier run built in DIR (its build figures are kept).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DOCS, ROOT, main
+from common import DOCS, RESULTS, ROOT, main
 
 SERVE = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 from pathlib import Path
-def rss():
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss(field="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the parent's, from before exec)
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 started = time.perf_counter()
 from chatbot_model.config import load_settings
 from chatbot_model.service import LLMService
@@ -50,7 +52,7 @@ loaded, rss_loaded = time.perf_counter() - started, rss()
 answers = [service.answer(q).answer for q in questions]
 print(json.dumps({"chunks": service.rag.manifest["chunks"], "start_s": round(loaded, 1),
                   "rss_after_start_mb": round(rss_loaded), "rss_after_answers_mb": round(rss()),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                  "peak_rss_mb": round(rss("VmHWM")),
                   "answers": answers}))
 """
 
@@ -206,9 +208,13 @@ def run(quick: bool) -> dict:
     work = Path(option("--dir") or tempfile.mkdtemp(prefix="bench-memory-"))
     old_code = option("--old-code")
     questions = [r["question"] for r in eval_questions()]
-    print(f"building {n:,} chunks in {work}", file=sys.stderr, flush=True)
-    built = build(work / "new", n, work / "old" if old_code else None)
-    built["build_process_peak_rss_mb"] = round(_peak_mb())
+    if "--reuse" in sys.argv:  # serve what an earlier run built in --dir
+        built = json.loads((RESULTS / "memory.json").read_text())["build"]
+        n = built["chunks"]
+    else:
+        print(f"building {n:,} chunks in {work}", file=sys.stderr, flush=True)
+        built = build(work / "new", n, work / "old" if old_code else None)
+        built["build_process_peak_rss_mb"] = round(_peak_mb())
     result = {"chunks": n, "build": built}
     after = serve(ROOT, work / "new" / "index", work / "new" / "docs.jsonl", questions)
     result["after"] = {k: v for k, v in after.items() if k != "answers"}

@@ -152,7 +152,7 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
     `mlflow.pyfunc.load_model(uri, model_config=...)`): `model_version` attributes this model's ratings to
     that registered version; `adaptation: "frozen"` serves the version alone, without the feedback store
     (the evaluation gate scores it so)."""
-    from chatbot_model.rag import RAGPipeline, fingerprint, load_documents
+    from chatbot_model.rag import RAGPipeline, fingerprint, iter_documents
     from chatbot_model.service import LLMService
 
     config = dict(model_config or {})
@@ -164,7 +164,7 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
         from chatbot_model.onnx_export import register_onnx_dir
 
         register_onnx_dir(artifacts[ONNX_ARTIFACT])
-    expected = fingerprint(load_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
+    expected = fingerprint(iter_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
     if not _index_matches(Path(settings.index_dir), expected):
         rebuilt = Path(tempfile.mkdtemp(prefix="llmops-chatbot-index-")) / "index"
         log.warning("the logged index is missing or stale (want fingerprint %s): rebuilding it in %s", expected, rebuilt)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +37,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
 # ---------------------------------------------------------------- documents
 def load_documents(path: str | Path) -> list[Document]:
     """Documents from a `.json` (list of {id,title,text,source}), `.jsonl`, `.md`, `.txt` file or a folder of them."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"knowledge base {str(path)!r} does not exist; pass a file or folder of "
-                          f"{', '.join(DOC_SUFFIXES)} files (or set CHATBOT_DOCS_PATH)")
-    files = sorted(p for p in path.rglob("*") if p.suffix in DOC_SUFFIXES and p.is_file()) if path.is_dir() else [path]
-    if path.is_file() and path.suffix not in DOC_SUFFIXES:
-        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DOC_SUFFIXES)}")
-    docs: list[Document] = []
-    for file in files:
-        docs.extend(_load_file(file, base=path if path.is_dir() else file.parent))
+    docs = list(iter_documents(path))
     if not docs:
         raise ConfigError(f"no documents found in {path}; add {', '.join(DOC_SUFFIXES)} files with some text")
     seen: set[str] = set()
@@ -57,8 +48,40 @@ def load_documents(path: str | Path) -> list[Document]:
     return docs
 
 
-def _load_file(file: Path, base: Path) -> list[Document]:
+def iter_documents(path: str | Path) -> Iterator[Document]:
+    """The documents of `path` one at a time (`.jsonl` line by line), unchecked for duplicates: enough to
+    fingerprint a large corpus without holding it in memory. `load_documents` is the checked list."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"knowledge base {str(path)!r} does not exist; pass a file or folder of "
+                          f"{', '.join(DOC_SUFFIXES)} files (or set CHATBOT_DOCS_PATH)")
+    files = sorted(p for p in path.rglob("*") if p.suffix in DOC_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+    if path.is_file() and path.suffix not in DOC_SUFFIXES:
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DOC_SUFFIXES)}")
+    for file in files:
+        yield from _load_file(file, base=path if path.is_dir() else file.parent)
+
+
+def _load_jsonl(file: Path, rel: str) -> Iterator[Document]:
+    try:
+        with open(file, encoding="utf-8") as lines:
+            i = 0
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(f"{file}:{n}: not valid JSON ({exc.msg}); one JSON object per line") from None
+                    yield _to_document(record, file, i, rel)
+                    i += 1
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}; documents must be UTF-8 text") from None
+
+
+def _load_file(file: Path, base: Path) -> Iterable[Document]:
     rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.name
+    if file.suffix == ".jsonl":
+        return _load_jsonl(file, rel)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -68,22 +91,13 @@ def _load_file(file: Path, base: Path) -> list[Document]:
             return []
         title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
         return [Document(id=Path(rel).with_suffix("").as_posix(), title=title, text=text.strip(), source=rel)]
-    if file.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{file}:{n}: not valid JSON ({exc.msg}); one JSON object per line") from None
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of "
-                              '{"id", "title", "text", "source"} objects') from None
-        if isinstance(records, dict) and isinstance(records.get("documents"), list):
-            records = records["documents"]
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of "
+                          '{"id", "title", "text", "source"} objects') from None
+    if isinstance(records, dict) and isinstance(records.get("documents"), list):
+        records = records["documents"]
     if not isinstance(records, list):
         raise ConfigError(f"{file}: expected a JSON list of documents, got {type(records).__name__}")
     return [_to_document(r, file, i, rel) for i, r in enumerate(records)]
@@ -134,7 +148,7 @@ def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk
     return chunks
 
 
-def fingerprint(docs: list[Document], embedder_name: str, settings: Settings) -> str:
+def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings) -> str:
     """Changes when the documents, the embedder or the chunking change (and only then)."""
     h = hashlib.sha256()
     h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap]).encode())
@@ -171,10 +185,11 @@ class RAGPipeline:
     # -- building and loading
     def load_or_build(self, docs_path: str | Path | None = None, *, progress: bool = False) -> "RAGPipeline":
         """Load the persisted index when its fingerprint matches the documents, else build and persist it."""
-        docs = load_documents(docs_path or self.settings.docs_path)
-        fp = fingerprint(docs, self.embedder_name, self.settings)
+        path = docs_path or self.settings.docs_path
+        fp = fingerprint(iter_documents(path), self.embedder_name, self.settings)  # streamed: nothing held
         if self._load(fp):
             return self
+        docs = load_documents(path)
         log.info("building index for %d documents (fingerprint %s)", len(docs), fp)
         return self.build(docs, fp, progress=progress)
 

@@ -184,3 +184,21 @@ def test_sources_are_distinct_documents_even_when_one_document_has_many_close_ch
     assert sum(c.doc_id == "aliases-long" for c in rag.chunks) > 5
     ids = [s.chunk.doc_id for s in rag.retrieve("How do I load a model by its alias?", k=3)]
     assert len(ids) == len(set(ids)) == 3 and set(ids[:2]) == {"aliases-long", "aliases"}
+
+
+def test_a_matching_index_is_checked_by_streaming_the_documents_not_loading_them(tmp_path, monkeypatch):
+    import chatbot_model.rag as rag_module
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(d) for d in CORPUS) + "\n")
+    settings = load_settings(docs_path=docs, index_dir=tmp_path / "idx")
+    RAGPipeline(settings).load_or_build()
+
+    def no_list(path):
+        raise AssertionError("a matching index must not need the documents as a list")
+
+    monkeypatch.setattr(rag_module, "load_documents", no_list)
+    assert RAGPipeline(settings).load_or_build().retrieve("exact inner product search", k=1)[0].chunk.doc_id == "faiss"
+    docs.write_text(docs.read_text() + json.dumps({"id": "new", "text": "A new document."}) + "\n")
+    with pytest.raises(AssertionError, match="as a list"):  # changed documents: a rebuild, which needs them all
+        RAGPipeline(settings).load_or_build()
