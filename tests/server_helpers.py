@@ -124,6 +124,17 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
+@contextmanager
+def serving(service, settings=None):
+    """`service` behind a ready LiveServer (the service backend), closed at the end."""
+    server = LiveServer(service_app(settings or service.settings, service))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()
+
+
 def contract_row(question: str, **fields) -> dict:
     row = {"question": question, "standalone_question": "", "answer": f"remote answer to {question}", "blocked": False,
            "abstained": False,

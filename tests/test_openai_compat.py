@@ -10,7 +10,8 @@ import pytest
 
 from chatbot_model.adapter import DEFAULT_HINT
 from tests.fake_llm_server import OPENAI_PATH, FakeLLMServer, Reply
-from tests.server_helpers import LiveServer, make_service, make_settings, service_app, sibling_service
+from tests.server_helpers import (LiveServer, make_service, make_settings, service_app, serving,
+                                  sibling_service)
 
 KEY = "test-server-key"
 Q = "How do I promote a registered MLflow model version to Production?"
@@ -35,10 +36,8 @@ def service(shipped_index, tmp_path_factory, upstream):
 
 @pytest.fixture(scope="module")
 def live(service):
-    server = LiveServer(service_app(service.settings, service))
-    server.wait_ready()
-    yield server
-    server.close()
+    with serving(service) as server:
+        yield server
 
 
 @pytest.fixture

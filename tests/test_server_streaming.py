@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.fake_llm_server import FakeLLMServer, Reply
-from tests.server_helpers import LiveServer, make_service, make_settings, service_app, sibling_service
+from tests.server_helpers import (LiveServer, make_service, make_settings, service_app, serving,
+                                  sibling_service)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]. Done."
@@ -41,10 +42,8 @@ def service(shipped_index, tmp_path_factory, keys):
 
 @pytest.fixture(scope="module")
 def live(service):
-    server = LiveServer(service_app(service.settings, service))
-    server.wait_ready()
-    yield server
-    server.close()
+    with serving(service) as server:
+        yield server
 
 
 @pytest.fixture
