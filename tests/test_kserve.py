@@ -187,7 +187,9 @@ def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, ma
         assert "MLflow" in answers[0] and outputs["provider"]["data"] == ["local", "local"]
         assert outputs["error"]["data"] == ["", ""]
         metadata = httpx.get(f"{base}/v2/models/{NAME}", timeout=10).json()
-        assert [i["name"] for i in metadata["inputs"]] == ["question"]
+        # the signature's inputs: the question and the optional conversation history (a request without it is a
+        # single-turn question, as above)
+        assert [i["name"] for i in metadata["inputs"]] == ["question", "history"]
     finally:
         os.killpg(proc.pid, 15)
         try:
