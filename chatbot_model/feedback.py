@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RATINGS = ("up", "down")
 ASSESSMENT_NAME = "user_rating"
 MAX_COMMENT_CHARS = 4000
+OPEN_ATTEMPTS = 5  # opening a SQLite database another process is migrating: tries, 0.2 s doubling
 
 # the schema at the newest migration (chatbot_model/migrations; a test keeps the two equal)
 metadata = MetaData()
@@ -210,7 +211,15 @@ class FeedbackStore:
 
         engine = self.make_engine()
         try:
-            migrations.upgrade(engine)  # safe when several processes start at once (see migrations)
+            for attempt in range(OPEN_ATTEMPTS):  # safe when several processes start at once (see migrations)
+                try:
+                    migrations.upgrade(engine)
+                    break
+                except OperationalError as exc:  # SQLite can refuse a connection at once while another migrates
+                    if attempt == OPEN_ATTEMPTS - 1 or "database is locked" not in str(exc):
+                        raise
+                    log.info("feedback database busy (another process is migrating it): retrying")
+                    time.sleep(0.2 * 2 ** attempt)
         except (OperationalError, ProgrammingError) as exc:
             engine.dispose()
             raise ConfigError(f"cannot open or migrate the feedback database {self!r}: {_oneline(exc)}; check "

@@ -142,8 +142,13 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
 
 
+# one event of the stream, as OpenAPI 3.2's event-stream item (`event` names it, `data` is one line of JSON)
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"event": {"type": "string", "enum": ["sources", "delta", "replace", "final", "error"]},
+                            "data": {"type": "string", "description": "JSON: sources, {text}, the row, or an error"},
+                            "id": {"type": "string"}, "retry": {"type": "integer"}}}
 STREAM_RESPONSE = {200: {"description": "the answer row; with `\"stream\": true` Server-Sent Events instead",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}, "example":
+                         "content": {"text/event-stream": {"schema": SSE_EVENT, "example":
                              'event: sources\ndata: {"sources":[...]}\n\nevent: delta\ndata: {"text":"..."}\n\n'
                              'event: final\ndata: {"answer":"...","route":"gpt",...}\n\n'}}}}
 
