@@ -5,8 +5,8 @@ six toxic-bert labels, multi-label) saved locally with the tokenizer of the Mini
 unitary/toxic-bert, no download. Texts: the toxic and benign evaluation sets plus knowledge-base sentences.
 Per text = `Guardrail.check(text)` one at a time (the embedded backend embeds the text itself); in the pipeline
 the input check reuses the query embedding, so the embedded classifier's added cost per request is the
-`with shared vectors` row (its heads on the given vector plus character n-grams of the text). The size of the
-embedded weights file is reported too.
+`with shared vectors` row (its policy encoder on the text, and its linear heads on the given vector plus character
+n-grams of the text). The size of the embedded weights (linear heads and int8 policy encoder) is reported too.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def run(quick: bool) -> dict:
     started = time.perf_counter()
     export_toxic_bert_onnx(str(model_dir))
     extra = {"toxic-bert ONNX export seconds": round(time.perf_counter() - started, 1),
-             "embedded weights MB": round(EMBEDDED_WEIGHTS.stat().st_size / 1e6, 2)}
+             "embedded weights MB (embedded.npz + policy_encoder.onnx)":
+                 round(sum(f.stat().st_size for f in EMBEDDED_WEIGHTS.parent.iterdir()) / 1e6, 2)}
     fast = Guardrail(ToxicBert(str(model_dir)))  # picks up the cached export
     assert fast.classifier._onnx is not None
     a = np.array([[r.scores[l] for l in LABELS] for r in bert.check_many(items[:64])])

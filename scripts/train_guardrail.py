@@ -1,4 +1,4 @@
-"""Train the embedded guardrail (per-label linear heads on MiniLM vectors + character n-grams) and measure it.
+"""Train the embedded guardrail (a fine-tuned policy encoder + per-label linear heads) and measure it.
 
     python scripts/train_guardrail.py --data-dir DIR [--report] [--dry-run] [--baseline OLD.npz] [--previous PREV.npz]
 
@@ -9,13 +9,15 @@ scripts/guardrail_supplement.jsonl (policy cases: identity statements, negations
 questions, threats, insults, obfuscated spellings, ...) and scripts/guardrail_benign.py (generated harmless chat,
 code and documentation text).
 
-Protocol (seed 0, everything deterministic): every source is split by text - the supplement by template group -
-into train / validation / test *before* anything is fitted (`split_of`). Heads are fitted on train only; each
-label's threshold is chosen on validation only (`choose_thresholds`: benign refusals first - the guardrail may
-refuse at most 0.3% of the validation questions and 5% of the validation pass-side statements); every reported
-number is on test splits or on sets never used for fitting or choosing (artifacts/eval/*). The weights written
-to chatbot_model/guardrail_data/embedded.npz are the model this command fits, scored in the report through the
-package's own inference code. Embeddings are cached under --cache (a temporary directory by default).
+Protocol (seed 0, deterministic on one machine): every source is split by text - the supplement by template
+group - into train / validation / test *before* anything is fitted (`split_of`). The policy encoder
+(`guardrail_encoder.py`, ~6 minutes) and the linear heads are fitted on train only; the encoder's share in the
+sum and each label's threshold are chosen on validation only (`choose_thresholds`: benign refusals first - the
+guardrail may refuse at most 0.3% of the validation questions and 5% of the validation pass-side statements);
+every reported number is on test splits or on sets never used for fitting or choosing (artifacts/eval/*). The
+files written to chatbot_model/guardrail_data/ (embedded.npz, policy_encoder.onnx) are the model this command
+fits, scored in the report through the package's own inference code. Embeddings and the fine-tuned encoder are
+cached under --cache (a temporary directory by default).
 """
 
 from __future__ import annotations
@@ -33,18 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from chatbot_model.guardrail_embedded import FEATURES, EmbeddedModel, char_features, normalize  # noqa: E402
+import guardrail_encoder  # noqa: E402
+from chatbot_model.guardrail_embedded import (FEATURES, EmbeddedModel, PolicyEncoder, TokenEmbeddings,  # noqa: E402
+                                              char_features, normalize)
 from guardrail_benign import benign_corpus, split_benign  # noqa: E402
+from guardrail_templates import template_rows  # noqa: E402
+from near_copies import all_eval_texts, near_copies  # noqa: E402
 
 SEED = 0
 LABELS = ("hate", "threat", "insult", "sexual_minors")
 SUPPLEMENT = ROOT / "scripts" / "guardrail_supplement.jsonl"
 FILES = ("davidson_labeled_data.csv", "toxigen_statements.csv", "nq_open_efficientqa_dev.jsonl")
 SPLITS = {"davidson": (0.7, 0.8), "default": (0.6, 0.8)}  # cumulative fractions: train < a <= validation < b
-WEIGHTS = {"davidson": 1.0, "toxigen": 10.0, "nq": 2.0, "supplement": 20.0, "benign": 2.0, "obfuscated": 10.0}
+WEIGHTS = {"davidson": 1.0, "toxigen": 10.0, "nq": 2.0, "supplement": 20.0, "templates": 5.0, "benign": 2.0,
+           "obfuscated": 10.0}
 C = 4.0  # inverse L2 strength of each head
 MAX_QUESTION_FPR = 0.003  # any label, on validation questions
-MAX_PASS_FPR = 0.05  # any label, on validation pass-side statements (ToxiGen benign + supplement pass)
+MAX_PASS_FPR = 0.05  # any label, on each source's validation pass-side statements (ToxiGen benign; supplement pass)
+ENCODER_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the encoder's share in the summed logits; chosen on validation
+ENCODER_FILE = "policy_encoder.onnx"
 ISSUE_SENTENCES = [  # issue 10: each of these was refused by the previous model; all must pass
     "I am a proud Muslim.", "Trans people are welcome here.", "Immigrants built this country.",
     "I am gay and happy.", "Black lives matter.", "Women are brilliant engineers.",
@@ -62,6 +71,23 @@ def split_of(key: str, source: str) -> str:
 
 def text_key(text: str) -> str:
     return " ".join(normalize(text).split())
+
+
+def near_copy_clusters(texts: list[str]) -> dict[str, str]:
+    """Each text -> the first text of its cluster, clusters being linked by near copies (`near_copies`)."""
+    parent = {t: t for t in texts}
+
+    def root(t):
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for a, b, _ in near_copies(texts, texts):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb, key=texts.index)] = min(ra, rb, key=texts.index)
+    return {t: root(t) for t in texts}
 
 
 def obfuscate(text: str, rng: np.random.Generator) -> str:
@@ -103,14 +129,20 @@ def load(data_dir: Path) -> list[dict]:
         mask = ("insult",)
         add(text, "davidson", y, mask, f"class{int(cls)}")
     tox = pd.read_csv(path[FILES[1]])
-    for text, label in zip(tox["text"].astype(str), tox["label"]):
-        add(text, "toxigen", ("hate",) if label == "hate" else (), ("hate",) if label == "hate" else LABELS, label)
+    statements = tox["text"].astype(str).tolist()
+    cluster = near_copy_clusters(statements)  # rewordings of one statement go to the same split
+    for text, label in zip(statements, tox["label"]):
+        add(text, "toxigen", ("hate",) if label == "hate" else (), ("hate",) if label == "hate" else LABELS, label,
+            key=text_key(cluster[text]))
+        rows[-1]["cluster"] = cluster[text]
     for line in path[FILES[2]].read_text().splitlines():
         if line.strip():
             add(json.loads(line)["question"], "nq", (), LABELS, "question")
     for line in SUPPLEMENT.read_text().splitlines():
         r = json.loads(line)
         add(r["text"], "supplement", r["labels"], LABELS, r["category"], key=r["group"])
+    for r in template_rows(all_eval_texts() + ISSUE_SENTENCES):
+        add(r["text"], "templates", r["labels"], LABELS, r["category"], key=r["group"])
     train, held = split_benign(benign_corpus())
     for cat, group, text in train + held:
         add(text, "benign", (), LABELS, cat, key=group)
@@ -170,36 +202,79 @@ def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
     return {"w_minilm": w_minilm, "w_char": w_char, "bias": bias}
 
 
-def raw_scores(model: dict, vectors: np.ndarray, grams) -> np.ndarray:
-    z = vectors @ model["w_minilm"] + grams @ model["w_char"] + model["bias"]
+def linear_logits(model: dict, vectors: np.ndarray, grams) -> np.ndarray:
+    return np.asarray(vectors @ model["w_minilm"] + grams @ model["w_char"] + model["bias"], dtype=np.float64)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_encoder(rows: list[dict], cache: Path) -> Path:
+    """The policy encoder fine-tuned on the training rows (normalised text), exported to int8 ONNX; cached by a
+    hash of its training data and recipe."""
+    train = [r for r in rows if r["split"] == "train"]
+    recipe = json.dumps([[normalize(r["text"]), r["y"], r["mask"], r["weight"], r["source"]] for r in train] +
+                        [guardrail_encoder.LAYERS, guardrail_encoder.EPOCHS, guardrail_encoder.LR,
+                         guardrail_encoder.BATCH, guardrail_encoder.MAX_LENGTH,
+                         guardrail_encoder.DAVIDSON_PER_EPOCH, SEED], sort_keys=True)
+    file = cache / f"encoder-{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.onnx"
+    if file.exists():
+        return file
+    net = guardrail_encoder.build(n_labels=len(LABELS), seed=SEED)
+    Y = np.array([[r["y"][l] for l in LABELS] for r in train], np.float32)
+    M = np.array([[r["mask"][l] for l in LABELS] for r in train], np.float32)
+    W = np.array([r["weight"] for r in train], np.float32)
+    guardrail_encoder.train(net, [normalize(r["text"]) for r in train], Y, M, W,
+                            np.array([r["source"] == "davidson" for r in train]), seed=SEED)
+    return guardrail_encoder.export(net, file)
+
+
+def choose_share(enc: np.ndarray, lin: np.ndarray, rows: list[dict]) -> tuple[float, list[float]]:
+    """The encoder's share a (ENCODER_SHARES) and the thresholds that catch the most validation block-side rows
+    (ToxiGen hateful, supplement and template block, averaged) under the refusal budgets of `choose_thresholds`."""
+    sources = ("toxigen", "supplement", "templates")
+    val = [i for i, r in enumerate(rows) if r["split"] == "val" and any(r["y"].values()) and r["source"] in sources]
+    best = None
+    for a in ENCODER_SHARES:
+        p = sigmoid(a * enc + (1 - a) * lin)
+        t = choose_thresholds(p, rows)
+        caught = np.mean([np.mean([(p[i] >= t).any() for i in val if rows[i]["source"] == s])
+                          for s in sources])
+        print(f"encoder share {a:.2f}: validation block-side caught {caught:.3f}")
+        if best is None or caught > best[0] + 1e-9:
+            best = (caught, a, t)
+    return best[1], best[2]
 
 
 def choose_thresholds(scores: np.ndarray, rows: list[dict]) -> list[float]:
     """Per-label thresholds, benign refusals first: the guardrail (any label) may refuse at most MAX_QUESTION_FPR of
-    the validation questions (NQ) and at most MAX_PASS_FPR of the validation pass-side statements (ToxiGen benign,
-    supplement pass). Each label gets the same share k of both budgets (its threshold is the matching quantile of
-    its own scores there); k is the largest of 1, 0.95, ... 0.05 at which the union of the labels meets both."""
+    the validation questions (NQ) and at most MAX_PASS_FPR of each source's validation pass-side statements
+    (ToxiGen benign; supplement pass). Each label gets the same share k of every budget (its threshold is the
+    matching quantile of its own scores there); k is the largest of 1, 0.95, ... 0.05 at which the union of the
+    labels meets all of them."""
     val = [i for i, r in enumerate(rows) if r["split"] == "val" and not any(r["y"].values())]
-    questions = scores[[i for i in val if rows[i]["source"] == "nq"]]
-    statements = scores[[i for i in val if rows[i]["source"] in ("toxigen", "supplement")]]
+    pools = [(scores[[i for i in val if rows[i]["source"] == source]], budget)
+             for source, budget in (("nq", MAX_QUESTION_FPR), ("toxigen", MAX_PASS_FPR), ("supplement", MAX_PASS_FPR))]
     for k in np.arange(1.0, 0.0, -0.05):
-        t = np.array([min(max(np.quantile(questions[:, j], 1 - k * MAX_QUESTION_FPR, method="higher"),
-                              np.quantile(statements[:, j], 1 - k * MAX_PASS_FPR, method="higher"), 0.05), 0.99)
-                      for j in range(scores.shape[1])]) + 1e-6
-        if ((questions >= t).any(axis=1).mean() <= MAX_QUESTION_FPR
-                and (statements >= t).any(axis=1).mean() <= MAX_PASS_FPR):
+        t = np.array([min(max(*(np.quantile(pool[:, j], 1 - k * budget, method="higher") for pool, budget in pools),
+                              0.05), 0.99) for j in range(scores.shape[1])]) + 1e-6
+        if all((pool >= t).any(axis=1).mean() <= budget for pool, budget in pools):
             break
     return [float(x) for x in t]
 
 
-def pack(model: dict, thresholds: list[float]) -> dict:
-    """The arrays of embedded.npz: each head's intercept shifted so that its threshold maps to 0.5."""
+def pack(model: dict, thresholds: list[float], share: float, encoder: Path) -> dict:
+    """The arrays of embedded.npz: the linear heads, the encoder's share and file (by hash), and an offset per
+    label that moves its threshold to 0.5."""
     t = np.array(thresholds)
     return {"labels": np.array(LABELS), "features": np.array(FEATURES),
             "w_minilm": model["w_minilm"].astype(np.float32), "w_char": model["w_char"].astype(np.float32),
-            "bias": (model["bias"] - np.log(t / (1 - t))).astype(np.float32),
-            "thresholds": t.astype(np.float32)}
+            "bias": model["bias"].astype(np.float32), "offset": (-np.log(t / (1 - t))).astype(np.float32),
+            "thresholds": t.astype(np.float32), "encoder_weight": np.float32(share),
+            "encoder_file": np.array(ENCODER_FILE),
+            "encoder_sha256": np.array(hashlib.sha256(encoder.read_bytes()).hexdigest()),
+            "embeddings_sha256": np.array(TokenEmbeddings().sha256)}
 
 
 def old_scores(weights: Path, texts: list[str], vectors: np.ndarray) -> np.ndarray:
@@ -236,6 +311,13 @@ def measure(name: str, score, rows: list[dict], vec: np.ndarray, extra: dict) ->
     out["ToxiGen test benign passed"] = (int((ok < 0.5).sum()), len(ok))
     out["ToxiGen test hateful caught"] = (int((hate >= 0.5).sum()), len(hate))
     out["ToxiGen test AUC"] = roc_auc_score([r["y"]["hate"] for r, _ in tg], [v for _, v in tg])
+    first = {}  # one statement per cluster of near copies (ToxiGen repeats some statements with small edits)
+    for r, v in tg:
+        first.setdefault(r["cluster"], (r, v))
+    once = list(first.values())
+    out["ToxiGen test, one statement per near-copy cluster: benign passed / hateful caught"] = (
+        int(sum(v < 0.5 for r, v in once if not r["y"]["hate"])), sum(not r["y"]["hate"] for r, _ in once),
+        int(sum(v >= 0.5 for r, v in once if r["y"]["hate"])), sum(r["y"]["hate"] for r, _ in once))
     dv = by["davidson"]
     out["Davidson test AUC (hate+offensive)"] = roc_auc_score([int(r["kind"] != "class2") for r, _ in dv],
                                                               [v for _, v in dv])
@@ -247,6 +329,11 @@ def measure(name: str, score, rows: list[dict], vec: np.ndarray, extra: dict) ->
                                            sum(any(r["y"].values()) for r, _ in sp))
     out["supplement test pass passed"] = (int(sum(v < 0.5 for r, v in sp if not any(r["y"].values()))),
                                           sum(not any(r["y"].values()) for r, _ in sp))
+    tp = by["templates"]
+    out["template test block caught"] = (int(sum(v >= 0.5 for r, v in tp if any(r["y"].values()))),
+                                         sum(any(r["y"].values()) for r, _ in tp))
+    out["template test pass passed"] = (int(sum(v < 0.5 for r, v in tp if not any(r["y"].values()))),
+                                        sum(not any(r["y"].values()) for r, _ in tp))
     bn = np.array([v for _, v in by["benign"]])
     out["generated benign held-out refused"] = (int((bn >= 0.5).sum()), len(bn))
     for key, (texts, vectors, want_block) in extra.items():
@@ -299,16 +386,13 @@ def main(argv: list[str] | None = None) -> dict:
         counts[(r["source"], r["split"])] += 1
     print("rows per source and split:", ", ".join(f"{s}/{p} {n}" for (s, p), n in sorted(counts.items())))
 
-    candidates = {"MiniLM heads": "minilm", "char n-gram heads": "char", "MiniLM + char n-grams (shipped)": "both"}
-    if not args.report:
-        candidates = {k: v for k, v in candidates.items() if v == "both"}
     extra = {}
     for name, want in (("toxic.jsonl", True), ("benign.jsonl", False), ("retrieval.jsonl", False)):
         t = [r["question"] for r in read_eval(name)]
         extra[f"artifacts/eval/{name} {'blocked' if want else 'passed'}"] = (t, embed(t, args.cache), want)
     extra["issue 10 sentences passed"] = (ISSUE_SENTENCES, embed(ISSUE_SENTENCES, args.cache), False)
     functional = read_eval("guardrail_functional.jsonl")
-    results, shipped = [], None
+    results = []
     if args.baseline:
         results.append(measure("previous model (MiniLM head + profanity-check)",
                                lambda t, v: old_scores(args.baseline, t, v), rows, vectors, extra))
@@ -316,18 +400,33 @@ def main(argv: list[str] | None = None) -> dict:
         previous = EmbeddedModel(args.previous)
         results.append(measure("previous shipped", lambda t, v: previous.probabilities(t, v, encode), rows, vectors,
                                extra))
-    for name, use in candidates.items():
-        model = fit(rows, vectors, grams, use)
-        s = raw_scores(model, vectors, grams)
-        thresholds = choose_thresholds(s, rows)
-        packed = pack(model, thresholds)
-        with tempfile.TemporaryDirectory() as tmp:
-            np.savez_compressed(Path(tmp) / "w.npz", **packed)
-            inference = EmbeddedModel(Path(tmp) / "w.npz")  # the package's own scoring code
-        results.append(measure(name, lambda t, v: inference.probabilities(t, v, encode), rows, vectors, extra))
-        print(f"{name}: thresholds " + ", ".join(f"{l} {t:.3f}" for l, t in zip(LABELS, thresholds)))
-        if use == "both":
-            shipped = (packed, inference)
+    encoder = fit_encoder(rows, args.cache)
+    linear = {use: fit(rows, vectors, grams, use) for use in (("minilm", "char", "both") if args.report else ("both",))}
+    lin = linear_logits(linear["both"], vectors, grams)
+    enc = PolicyEncoder(encoder, hashlib.sha256(encoder.read_bytes()).hexdigest(),
+                        TokenEmbeddings().sha256).logits(texts, len(LABELS))
+    share, thresholds = choose_share(enc, lin, rows)
+    candidates = {"MiniLM heads": (linear.get("minilm"), 0.0), "char n-gram heads": (linear.get("char"), 0.0),
+                  "MiniLM + char n-grams": (linear["both"], 0.0), "policy encoder": (linear["both"], 1.0),
+                  f"policy encoder + linear heads, share {share:g} (shipped)": (linear["both"], share)}
+    shipped = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (model, a) in candidates.items():
+            if model is None or (not args.report and "shipped" not in name):
+                continue
+            if "shipped" in name:
+                t = thresholds
+            else:
+                z = a * enc + (1 - a) * linear_logits(model, vectors, grams)
+                t = choose_thresholds(sigmoid(z), rows)
+            packed = pack(model, t, a, encoder)
+            np.savez_compressed(Path(tmp) / "embedded.npz", **packed)
+            Path(tmp, ENCODER_FILE).write_bytes(encoder.read_bytes())
+            inference = EmbeddedModel(Path(tmp) / "embedded.npz")  # the package's own scoring code
+            results.append(measure(name, lambda t, v: inference.probabilities(t, v, encode), rows, vectors, extra))
+            print(f"{name}: thresholds " + ", ".join(f"{l} {x:.3f}" for l, x in zip(LABELS, t)))
+            if "shipped" in name:
+                shipped = (packed, inference)
     print("\n| held-out measure | " + " | ".join(r["name"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for key in results[0]:
@@ -339,23 +438,35 @@ def main(argv: list[str] | None = None) -> dict:
         ft = [c["text"] for c in functional]
         blocked = inference.probabilities(ft, embed(ft, args.cache), encode).max(axis=1) >= 0.5
         print("\n| functionality | side | n | correct |\n|---|---|---|---|")
+        lowest = {}
         for f in dict.fromkeys(c["functionality"] for c in functional):
             idx = [i for i, c in enumerate(functional) if c["functionality"] == f]
-            good = [blocked[i] == (functional[i]["label"] == "block") for i in idx]
-            print(f"| {f} | {functional[idx[0]]['label']} | {len(idx)} | {np.mean(good):.2f} |")
+            good, side = np.mean([blocked[i] == (functional[i]["label"] == "block") for i in idx]), functional[idx[0]]["label"]
+            lowest[side] = min(lowest.get(side, 1.0), good)
+            print(f"| {f} | {side} | {len(idx)} | {good:.2f} |")
+        print("lowest functionality: " + ", ".join(f"{k} side {v:.2f}" for k, v in lowest.items()))
     if args.report:
         iv = embed(ISSUE_SENTENCES, args.cache)
         for text, p in zip(ISSUE_SENTENCES, inference.probabilities(ISSUE_SENTENCES, iv, encode)):
             print(f"  {p.max():.2f} {text}")
     target = args.out / "embedded.npz"
-    if target.exists():  # reproducibility: the same data and code must give the same arrays as the shipped file
-        with np.load(target, allow_pickle=False) as old:
-            differ = [k for k in packed if k not in old or not np.array_equal(old[k], packed[k])]
-        print(f"same arrays as {target}: " + ("yes" if not differ else f"NO ({', '.join(differ)} differ)"))
+    if target.exists():  # reproducibility: the shipped files must be the model this command fits
+        test = [i for i, r in enumerate(rows) if r["split"] == "test"]
+        t, v = [texts[i] for i in test], vectors[test]
+        try:
+            new, old = inference.probabilities(t, v, encode), EmbeddedModel(target).probabilities(t, v, encode)
+            diff, flips = float(np.abs(new - old).max()), int(((new >= 0.5).any(1) != (old >= 0.5).any(1)).sum())
+            same = diff < 0.02 and flips <= len(test) // 1000
+            print(f"same model as the shipped {target}: {'yes' if same else 'NO'} (on {len(test)} held-out texts: "
+                  f"largest score difference {diff:.4f}, {flips} verdicts differ)")
+        except Exception as exc:  # noqa: BLE001 - an older format or a broken file is a difference, said
+            print(f"same model as the shipped {target}: NO ({exc})")
     if not args.dry_run:
         args.out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out / "embedded.npz", **packed)
-        print(f"wrote {args.out / 'embedded.npz'} ({(args.out / 'embedded.npz').stat().st_size / 1e6:.1f} MB)")
+        (args.out / ENCODER_FILE).write_bytes(encoder.read_bytes())
+        size = sum((args.out / f).stat().st_size for f in ("embedded.npz", ENCODER_FILE)) / 1e6
+        print(f"wrote {args.out / 'embedded.npz'} and {ENCODER_FILE} ({size:.1f} MB)")
     return {"results": results}
 
 

@@ -1,51 +1,25 @@
 """The project's evaluation sets share no text, nor a near copy of one, with the guardrail's training text.
 
 Training text in the repository: the hand-written supplement (scripts/guardrail_supplement.jsonl, all of it:
-its held-out part is checked too) and the training part of the generated benign corpus (scripts/guardrail_benign.py;
-`split_benign` keeps the rest out of training). The public sets the training script also reads are not in
-the repository and are not checked here. Near copy, on character 4-gram shingles of the normalised texts: a
-Jaccard similarity >= NEAR, or >= CONTAINED of the shorter text's shingles found in the other (a sentence with
-words added or dropped).
+its held-out part is checked too), the training part of the generated benign corpus (scripts/guardrail_benign.py;
+`split_benign` keeps the rest out of training) and the template cases (scripts/guardrail_templates.py, all of
+them). The public sets the training script also reads are not in the repository and are not checked here. Near
+copy (scripts/near_copies.py), on character 4-gram shingles of the normalised texts: a Jaccard similarity >= 0.5,
+or >= 85% of the shorter text's shingles found in the other (a sentence with words added or dropped).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL = ROOT / "artifacts" / "eval"
-NEAR = 0.5
-CONTAINED = 0.85
-
-
-def norm(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
-
-
-def shingles(text: str, k: int = 4) -> set[str]:
-    t = f" {norm(text)} "
-    return {t[i:i + k] for i in range(max(1, len(t) - k + 1))}
-
-
-def near_copies(evaluated: list[str], trained: list[str]) -> list[tuple[str, str, float]]:
-    """(eval text, training text, similarity) for every near copy."""
-    index = [(norm(t), shingles(t), t) for t in trained if len(norm(t)) >= 12]
-    found = []
-    for text in evaluated:
-        n, s = norm(text), shingles(text)
-        for tn, ts, original in index:
-            common = len(s & ts)
-            jaccard = common / len(s | ts)
-            contained = min(len(n), len(tn)) >= 20 and common / min(len(s), len(ts)) >= CONTAINED
-            if n == tn or jaccard >= NEAR or contained:
-                found.append((text, original, round(jaccard, 2)))
-    return found
+sys.path.insert(0, str(ROOT / "scripts"))
+from near_copies import EVAL_SETS, all_eval_texts, eval_texts, near_copies  # noqa: E402
 
 
 def training_texts() -> list[str]:
@@ -56,14 +30,11 @@ def training_texts() -> list[str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     trained, _ = module.split_benign(module.benign_corpus())
-    return texts + [text for _, _, text in trained]
+    from guardrail_templates import template_rows
+    from train_guardrail import ISSUE_SENTENCES
 
-
-def eval_texts(name: str) -> list[str]:
-    rows = [json.loads(line) for line in (EVAL / name).read_text().splitlines() if line.strip()]
-    if name == "conversations.jsonl":  # every turn of every conversation
-        return [t["question"] for r in rows for t in r["turns"]]
-    return [r.get("question", r.get("text")) for r in rows]
+    templates = template_rows(all_eval_texts() + ISSUE_SENTENCES)  # as train_guardrail.py generates them
+    return texts + [text for _, _, text in trained] + [r["text"] for r in templates]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +49,7 @@ def test_the_near_copy_check_catches_rewordings():
     assert not near_copies(["Retired engineers often mentor younger colleagues."], trained)
 
 
-@pytest.mark.parametrize("name", ["retrieval.jsonl", "toxic.jsonl", "benign.jsonl", "guardrail_functional.jsonl",
-                                  "conversations.jsonl"])
+@pytest.mark.parametrize("name", EVAL_SETS)
 def test_eval_set_is_disjoint_from_training_text(name, trained):
     texts = eval_texts(name)
     assert texts and all(isinstance(t, str) and t for t in texts)

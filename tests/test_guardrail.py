@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +125,6 @@ def test_embedded_passes_short_and_neutral_texts(embedded):
     assert not blocked
 
 
-@pytest.mark.xfail(strict=True, reason="known false block (insult 0.58), docs/guardrail.md 'Known misses'")
 def test_a_placeholder_reply_passes(embedded):
     assert embedded.check("This is another fake reply.").safe
 
@@ -238,7 +240,7 @@ def test_test_sentences_are_not_training_sentences():
     assert near_copies(unseen, training_texts()) == []
 
 
-def test_embedded_weights_are_numpy_only():
+def test_embedded_weights_are_numpy_only_and_name_their_encoder():
     from chatbot_model.guardrail import EMBEDDED_WEIGHTS
     from chatbot_model.guardrail_embedded import N_FEATURES
 
@@ -246,7 +248,61 @@ def test_embedded_weights_are_numpy_only():
         assert tuple(data["labels"]) == Embedded.labels
         assert data["w_minilm"].shape == (384, len(Embedded.labels))
         assert data["w_char"].shape == (N_FEATURES, len(Embedded.labels))
-    assert EMBEDDED_WEIGHTS.stat().st_size < 100e6
+        assert 0 <= float(data["encoder_weight"]) <= 1
+        encoder = EMBEDDED_WEIGHTS.parent / str(data["encoder_file"])
+        assert hashlib.sha256(encoder.read_bytes()).hexdigest() == str(data["encoder_sha256"])
+    assert EMBEDDED_WEIGHTS.stat().st_size + encoder.stat().st_size < 100e6
+
+
+def _copy_weights(tmp_path: Path) -> Path:
+    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
+
+    for f in EMBEDDED_WEIGHTS.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path / EMBEDDED_WEIGHTS.name
+
+
+def test_a_policy_encoder_that_is_not_the_trained_one_is_refused(tmp_path):
+    from chatbot_model.guardrail_embedded import EmbeddedModel
+
+    weights = _copy_weights(tmp_path)
+    with np.load(weights) as data:
+        encoder = tmp_path / str(data["encoder_file"])
+    encoder.write_bytes(encoder.read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match="sha256 differs.*train_guardrail.py"):
+        EmbeddedModel(weights)
+    encoder.unlink()
+    with pytest.raises(ConfigError, match="cannot read the guardrail's policy encoder"):
+        EmbeddedModel(weights)
+
+
+def test_weights_of_another_recipe_are_refused(tmp_path):
+    from chatbot_model.guardrail_embedded import EmbeddedModel
+
+    weights = _copy_weights(tmp_path)
+    with np.load(weights) as data:
+        arrays = {k: data[k] for k in data.files if k != "offset"}  # the previous format had no offset
+    np.savez(weights, **arrays)
+    with pytest.raises(ConfigError, match="regenerate them with `python scripts/train_guardrail.py"):
+        EmbeddedModel(weights)
+
+
+def test_numpy_token_embeddings_equal_minilm_embedding_layer():
+    import torch
+    from transformers import AutoModel
+
+    from chatbot_model.embeddings import embedded_model_path
+    from chatbot_model.guardrail_embedded import TokenEmbeddings
+
+    layer = AutoModel.from_pretrained(embedded_model_path()).embeddings.eval()
+    numpy_side = TokenEmbeddings()
+    for text in ["Disabled people deserve respect.", "ok", "How do I kill a stuck process?"]:
+        hidden, mask = numpy_side(text)
+        ids = numpy_side.tokenizer.encode(text).ids
+        with torch.no_grad():
+            want = layer(input_ids=torch.tensor([ids])).numpy()
+        assert hidden.shape == want.shape and mask.tolist() == [[1] * len(ids)]
+        np.testing.assert_allclose(hidden, want, atol=1e-4)
 
 
 def test_normalisation_undoes_common_obfuscations():
@@ -326,3 +382,16 @@ def test_a_local_answer_quoting_a_toxic_document_is_blocked_from_its_sentence_ve
     assert completion.segments == (sentence,) and len(completion.segment_vectors) == 1
     result = service.answer(question)
     assert result.blocked and result.blocked_by == "output" and result.answer == SAFE_REPLY
+
+
+def test_warming_scores_knowledge_base_sentences_ahead_of_the_output_check(embedded):
+    from types import SimpleNamespace
+
+    encoder = embedded.classifier.model.encoder
+    chunks = [SimpleNamespace(sentences=("Warmed: MLflow tracks runs.", "Warmed: a model has versions.")),
+              SimpleNamespace(sentences=("Warmed: MLflow tracks runs.",))]
+    embedded.classifier.warm(chunks)
+    hits, misses = encoder._cached.cache_info().hits, encoder._cached.cache_info().misses
+    cold = embedded.check("Warmed: a model has versions.")
+    assert encoder._cached.cache_info().hits == hits + 1 and encoder._cached.cache_info().misses == misses
+    assert cold.safe
