@@ -179,17 +179,17 @@ def _resolve(model: str) -> str:
 
 
 class Embedded(Classifier):
-    """Offline default: the policy encoder, and linear heads on the MiniLM vector and on character n-grams of the normalised
-    text (`chatbot_model.guardrail_embedded`), each rescaled so that 0.5 is its operating point; the policy and
-    the measurements are in docs/guardrail.md."""
+    """Offline default: the policy encoder, and linear heads on the MiniLM vector and on character n-grams of the
+    normalised text (`chatbot_model.guardrail_embedded`), rescaled so that 0.5 is each label's operating point; one
+    loaded model per weights file and process. The policy and the measurements are in docs/guardrail.md."""
 
     name = "embedded"
     labels = ("hate", "threat", "insult", "sexual_minors")
 
     def __init__(self, weights: str | Path = EMBEDDED_WEIGHTS, embedder=None):
-        from chatbot_model.guardrail_embedded import EmbeddedModel
+        from chatbot_model.guardrail_embedded import load_model
 
-        self.model = EmbeddedModel(weights)
+        self.model = load_model(str(weights))
         self.labels = self.model.labels
         self._embedder = embedder
 

@@ -206,3 +206,10 @@ class EmbeddedModel:
             lo, hi = grams.indptr[row], grams.indptr[row + 1]
             z[row] += grams.data[lo:hi] @ self.w_char[grams.indices[lo:hi]]
         return z.astype(np.float64)
+
+
+@lru_cache(maxsize=4)
+def load_model(weights: str) -> EmbeddedModel:
+    """The model of one weights file, loaded once per process and shared (read-only; ONNX Runtime runs are
+    thread-safe), with the encoder's remembered scores."""
+    return EmbeddedModel(weights)
