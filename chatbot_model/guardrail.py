@@ -208,7 +208,10 @@ class Embedded(Classifier):
 
         if self.model.encoder is not None:
             sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
-            self.model.encoder.logits(sentences, len(self.labels))
+            for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
+                if not threading.main_thread().is_alive():
+                    return
+                self.model.encoder.logits([sentence], len(self.labels))
 
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
         if not texts:

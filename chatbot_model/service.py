@@ -84,7 +84,9 @@ class LLMService:
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
         warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
         if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
-            threading.Thread(target=warm, args=(rag.chunks,), name="guardrail-warm", daemon=True).start()
+            # not a daemon: a daemon thread inside ONNX Runtime at interpreter exit aborts the process; `warm` stops
+            # as soon as the main thread has finished
+            threading.Thread(target=warm, args=(rag.chunks,), name="guardrail-warm").start()
         # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
         self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
         if feedback_store is not None:
