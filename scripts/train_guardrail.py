@@ -11,7 +11,7 @@ code and documentation text).
 
 Protocol (seed 0, deterministic on one machine): every source is split by text - the supplement by template
 group - into train / validation / test *before* anything is fitted (`split_of`). The policy encoder
-(`guardrail_encoder.py`, ~6 minutes) and the linear heads are fitted on train only; the encoder's share in the
+(`guardrail_encoder.py`, ~8 minutes) and the linear heads are fitted on train only; the encoder's share in the
 sum and each label's threshold are chosen on validation only (`choose_thresholds`: benign refusals first - the
 guardrail may refuse at most 0.3% of the validation questions and 5% of the validation pass-side statements);
 every reported number is on test splits or on sets never used for fitting or choosing (artifacts/eval/*). The
