@@ -1,12 +1,14 @@
 """Benchmark 1: our pipeline overhead per single request, everything but a remote LLM.
 
 Default config (guardrail `auto` -> embedded offline, ONNX embedder, flat index, `local` answerer), shipped
-corpus, one distinct question per request. Reports `LLMService.answer` end to end (tracing off, and on: one MLflow
+corpus, one distinct question per request (a counter is appended to each question text, so the guardrail's policy
+encoder, which remembers the texts it has scored, sees every question for the first time). Reports `LLMService.answer` end to end (tracing off, and on: one MLflow
 trace per request into a sqlite store) and each step alone, timed side by side in rotating order.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -53,12 +55,17 @@ def run(quick: bool) -> dict:
     steps = {"1 embed query": embed, "2 guardrail in": guard_in, "3 search": search,
              "4 route + prompt": route_prompt, "5 local answer": answer_local, "6 guardrail out": guard_out}
 
-    totals = rotate({"answer (tracing off)": service.answer, "answer (tracing on)": traced.answer}, qs,
-                    repeats=1 if quick else 2)
+    counter = itertools.count()
+
+    def unseen(q: str) -> str:
+        return f"{q} [{next(counter)}]"
+
+    totals = rotate({"answer (tracing off)": lambda q: service.answer(unseen(q)),
+                     "answer (tracing on)": lambda q: traced.answer(unseen(q))}, qs, repeats=1 if quick else 2)
     import time
 
     per_step = {name: [] for name in steps}
-    for q in qs:
+    for q in map(unseen, qs):
         for name, fn in steps.items():
             started = time.perf_counter()
             fn(q)
