@@ -32,6 +32,7 @@ from chatbot_model.errors import ConfigError, InvalidInput
 WEIGHTS = Path(__file__).resolve().parent / "guardrail_data" / "embedded.npz"
 FEATURES = "char_wb-2-5-v1+encoder-v1"  # the recipe; a weights file trained with another one is refused
 MAX_TOKENS = 256  # the encoder reads at most this many tokens of a text (MiniLM's own limit)
+ENCODER_FILE = "policy_encoder.onnx"  # beside the weights file, which names it with its sha256
 CACHED_TEXTS = 4096  # the policy encoder's scores of the most recent distinct texts, per process
 N_FEATURES = 2**18
 NGRAMS = (2, 5)
@@ -207,8 +208,20 @@ class EmbeddedModel:
         return z.astype(np.float64)
 
 
-@lru_cache(maxsize=4)
 def load_model(weights: str) -> EmbeddedModel:
     """The model of one weights file, loaded once per process and shared (read-only; ONNX Runtime runs are
-    thread-safe), with the encoder's remembered scores."""
-    return EmbeddedModel(weights)
+    thread-safe) with the encoder's remembered scores - also by every copy of the same files, such as the ones
+    each logged MLflow model version carries."""
+    try:
+        files = (Path(weights), Path(weights).parent / ENCODER_FILE)
+        key = tuple(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    except OSError:
+        key = (str(weights),)  # a missing file: EmbeddedModel says which, with the fix
+    with _loaded_lock:
+        if key not in _loaded:
+            _loaded[key] = EmbeddedModel(weights)
+        return _loaded[key]
+
+
+_loaded: dict[tuple, EmbeddedModel] = {}
+_loaded_lock = threading.Lock()

@@ -395,3 +395,12 @@ def test_warming_scores_knowledge_base_sentences_ahead_of_the_output_check(embed
     cold = embedded.check("Warmed: a model has versions.")
     assert encoder._cached.cache_info().hits == hits + 1 and encoder._cached.cache_info().misses == misses
     assert cold.safe
+
+
+def test_copies_of_the_same_weights_share_one_loaded_model(tmp_path):
+    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
+    from chatbot_model.guardrail_embedded import load_model
+
+    (tmp_path / "a").mkdir()
+    copy = _copy_weights(tmp_path / "a")  # as each logged MLflow model version carries the package's files
+    assert load_model(str(copy)) is load_model(str(EMBEDDED_WEIGHTS))
