@@ -263,7 +263,7 @@ def choose_thresholds(scores: np.ndarray, rows: list[dict]) -> list[float]:
     return [float(x) for x in t]
 
 
-def pack(model: dict, thresholds: list[float], share: float, encoder: Path) -> dict:
+def pack(model: dict, thresholds: list[float], share: float, encoder: Path, embeddings_sha256: str) -> dict:
     """The arrays of embedded.npz: the linear heads, the encoder's share and file (by hash), and an offset per
     label that moves its threshold to 0.5."""
     t = np.array(thresholds)
@@ -273,7 +273,7 @@ def pack(model: dict, thresholds: list[float], share: float, encoder: Path) -> d
             "thresholds": t.astype(np.float32), "encoder_weight": np.float32(share),
             "encoder_file": np.array(ENCODER_FILE),
             "encoder_sha256": np.array(hashlib.sha256(encoder.read_bytes()).hexdigest()),
-            "embeddings_sha256": np.array(TokenEmbeddings().sha256)}
+            "embeddings_sha256": np.array(embeddings_sha256)}
 
 
 def old_scores(weights: Path, texts: list[str], vectors: np.ndarray) -> np.ndarray:
@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = fit_encoder(rows, args.cache)
     linear = {use: fit(rows, vectors, grams, use) for use in (("minilm", "char", "both") if args.report else ("both",))}
     lin = linear_logits(linear["both"], vectors, grams)
+    embeddings_sha256 = TokenEmbeddings().sha256  # the packaged MiniLM's token embeddings, read once
     enc = PolicyEncoder(encoder, hashlib.sha256(encoder.read_bytes()).hexdigest(),
-                        TokenEmbeddings().sha256).logits(texts, len(LABELS))
+                        embeddings_sha256).logits(texts, len(LABELS))
     share, thresholds = choose_share(enc, lin, rows)
     candidates = {"MiniLM heads": (linear.get("minilm"), 0.0), "char n-gram heads": (linear.get("char"), 0.0),
                   "MiniLM + char n-grams": (linear["both"], 0.0), "policy encoder": (linear["both"], 1.0),
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 z = a * enc + (1 - a) * linear_logits(model, vectors, grams)
                 t = choose_thresholds(sigmoid(z), rows)
-            packed = pack(model, t, a, encoder)
+            packed = pack(model, t, a, encoder, embeddings_sha256)
             np.savez_compressed(Path(tmp) / "embedded.npz", **packed)
             Path(tmp, ENCODER_FILE).write_bytes(encoder.read_bytes())
             inference = EmbeddedModel(Path(tmp) / "embedded.npz")  # the package's own scoring code
