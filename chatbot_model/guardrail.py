@@ -202,16 +202,15 @@ class Embedded(Classifier):
         return self._embedder
 
     def warm(self, chunks) -> None:
-        """Score the knowledge base's sentences ahead of the output checks that cite them (the policy encoder
-        remembers its recent texts); run by the service in a background thread."""
+        """Score the knowledge base's sentences ahead of the output checks that cite them (the model remembers its
+        recent texts); run by the service in a background thread."""
         from chatbot_model.guardrail_embedded import CACHED_TEXTS
 
-        if self.model.encoder is not None:
-            sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
-            for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
-                if not threading.main_thread().is_alive():
-                    return
-                self.model.encoder.logits([sentence], len(self.labels))
+        sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
+        for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
+            if not threading.main_thread().is_alive():
+                return
+            self.model.remember([sentence], self.embedder.encode)
 
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
         if not texts:

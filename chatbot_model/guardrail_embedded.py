@@ -8,10 +8,11 @@
 - **linear heads** on the all-MiniLM-L6-v2 sentence vector of the raw text (reused from the query embedding
   when given) and on hashed character n-grams (`char_wb`, 2-5) of the normalised text.
 
-score(label) = sigmoid(a * encoder + (1 - a) * (vector . W_minilm + ngrams . W_char + b) + offset), where
-`offset` moves the label's chosen threshold to 0.5 (the `Guardrail` rule). A text that normalisation changes
-beyond case and accents (an obfuscated spelling, rare in real traffic) is also scored by the linear heads from
-the vector of its normalised form, keeping the higher score: one extra embedding for those texts only. Weights are
+score(label) = sigmoid(a * encoder + (1 - a) * (vector . W_minilm + ngrams . W_char + b) + offset), where a is
+the encoder's share for that label and `offset` moves the label's chosen threshold to 0.5 (the `Guardrail` rule).
+A text that normalisation changes beyond case and accents (an obfuscated spelling, or a token such as "gpt-4o") is
+also scored by the linear heads from the vector of its normalised form, keeping the higher score: one extra
+embedding for those texts only, remembered per normalised text. Weights are
 numpy arrays in `guardrail_data/embedded.npz` (no pickle) and the ONNX graph it names by hash, both written by
 `scripts/train_guardrail.py`; see docs/guardrail.md.
 """
@@ -162,7 +163,8 @@ class EmbeddedModel:
                 self.w_char = data["w_char"].astype(np.float32)
                 self.bias = data["bias"].astype(np.float32)
                 self.offset = data["offset"].astype(np.float32)
-                self.encoder_weight = float(data["encoder_weight"])
+                self.encoder_weight = np.broadcast_to(  # the encoder's share, one per label (or one for all)
+                    np.asarray(data["encoder_weight"], dtype=np.float32), (len(self.labels),)).copy()
                 encoder = (str(data["encoder_file"]), str(data["encoder_sha256"]), str(data["embeddings_sha256"]))
                 features = str(data["features"])
         except (OSError, KeyError, ValueError) as exc:
@@ -173,12 +175,14 @@ class EmbeddedModel:
                               f"this code computes {FEATURES!r}; retrain with `python scripts/train_guardrail.py`")
         self.dimension = self.w_minilm.shape[0]
         self.encoder = (PolicyEncoder(Path(weights).parent / encoder[0], encoder[1], encoder[2])
-                        if self.encoder_weight > 0 else None)
+                        if (self.encoder_weight > 0).any() else None)
+        self._form_linear = lru_cache(maxsize=CACHED_TEXTS)(self._linear_of_form)
+        self._uses_ngrams = bool(self.w_char[:, self.encoder_weight < 1].any())  # else n-grams carry no weight
 
     @property
     def needs_vectors(self) -> bool:
         """False when the linear heads carry no weight (the encoder alone decides): no sentence vector needed."""
-        return self.encoder_weight < 1
+        return bool((self.encoder_weight < 1).any())
 
     def probabilities(self, texts: list[str], vectors: np.ndarray | None, encode=None) -> np.ndarray:
         """(len(texts), len(labels)) scores; 0.5 is each label's operating point. `vectors`: the texts' normalised
@@ -188,20 +192,37 @@ class EmbeddedModel:
             linear = self._linear(texts, vectors)
             changed = [i for i, t in enumerate(texts) if normalize(t) != _plain(t)] if encode is not None else []
             if changed:
-                forms = [normalize(texts[i]) for i in changed]
-                linear[changed] = np.maximum(linear[changed], self._linear(forms, encode(forms)))
+                forms = np.array([self._form_linear(normalize(texts[i]), encode) for i in changed])
+                linear[changed] = np.maximum(linear[changed], forms)
             z += (1 - self.encoder_weight) * linear
         if self.encoder is not None:
             z += self.encoder_weight * self.encoder.logits(texts, len(self.labels))
         return 1.0 / (1.0 + np.exp(-z))
+
+    def remember(self, texts: list[str], encode) -> None:
+        """Score `texts` ahead of their checks: the encoder's logits and, for texts that normalisation changes, the
+        linear heads on their normalised form (its embedding), both remembered per normalised text."""
+        if self.encoder is not None:
+            self.encoder.logits(texts, len(self.labels))
+        if self.needs_vectors:
+            for text in texts:
+                if normalize(text) != _plain(text):
+                    self._form_linear(normalize(text), encode)
+
+    def _linear_of_form(self, form: str, encode) -> tuple[float, ...]:
+        """The linear heads on one normalised text, embedded by `encode` (remembered: a knowledge-base sentence
+        such as "gpt-4o supports ..." recurs in every answer that cites it)."""
+        return tuple(self._linear([form], encode([form]))[0].tolist())
 
     def _linear(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
         if vectors.shape[1] != self.dimension:
             raise InvalidInput(f"guardrail vectors have dimension {vectors.shape[1]}, expected "
                                f"{self.dimension} (normalised all-MiniLM-L6-v2 embeddings)")
-        grams = char_features(texts)
         z = vectors @ self.w_minilm + self.bias
+        if not self._uses_ngrams:
+            return z.astype(np.float64)
+        grams = char_features(texts)
         for row in range(len(texts)):
             lo, hi = grams.indptr[row], grams.indptr[row + 1]
             z[row] += grams.data[lo:hi] @ self.w_char[grams.indices[lo:hi]]

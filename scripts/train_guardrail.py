@@ -11,7 +11,7 @@ code and documentation text).
 
 Protocol (seed 0, deterministic on one machine): every source is split by text - the supplement by template
 group - into train / validation / test *before* anything is fitted (`split_of`). The policy encoder
-(`guardrail_encoder.py`, ~8 minutes) and the linear heads are fitted on train only; the encoder's share in the
+(`guardrail_encoder.py`, ~8 minutes) and the linear heads are fitted on train only; the encoder's shares in the
 sum and each label's threshold are chosen on validation only (`choose_thresholds`: benign refusals first - the
 guardrail may refuse at most 0.3% of the validation questions and 5% of the validation pass-side statements);
 every reported number is on test splits or on sets never used for fitting or choosing (artifacts/eval/*). The
@@ -53,6 +53,8 @@ C = 4.0  # inverse L2 strength of each head
 MAX_QUESTION_FPR = 0.003  # any label, on validation questions
 MAX_PASS_FPR = 0.05  # any label, on each source's validation pass-side statements (ToxiGen benign; supplement pass)
 ENCODER_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the encoder's share in the summed logits; chosen on validation
+HATE_VECTOR_WEIGHTS = {"toxigen": 1.0, "supplement": 0.3, "templates": 0.3}  # the hate label's MiniLM head (below)
+C_HATE = 1.0
 ISSUE_SENTENCES = [  # issue 10: each of these was refused by the previous model; all must pass
     "I am a proud Muslim.", "Trans people are welcome here.", "Immigrants built this country.",
     "I am gay and happy.", "Black lives matter.", "Women are brilliant engineers.",
@@ -201,6 +203,22 @@ def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
     return {"w_minilm": w_minilm, "w_char": w_char, "bias": bias}
 
 
+def fit_hate_vector_head(rows: list[dict], vectors: np.ndarray, model: dict) -> dict:
+    """`model` with its hate head replaced by one on the MiniLM vector alone, fitted on the statements that teach
+    implicit hate (HATE_VECTOR_WEIGHTS: ToxiGen's hateful and benign statements about the same groups weigh
+    most). Hate without strong words is what the policy encoder misses most; in the joint heads these 364
+    statements are outweighed by the hand-written and generated cases."""
+    from sklearn.linear_model import LogisticRegression
+
+    idx = [i for i, r in enumerate(rows) if r["split"] == "train" and r["source"] in HATE_VECTOR_WEIGHTS]
+    head = LogisticRegression(C=C_HATE, max_iter=3000).fit(
+        vectors[idx], [rows[i]["y"]["hate"] for i in idx],
+        sample_weight=[HATE_VECTOR_WEIGHTS[rows[i]["source"]] for i in idx])
+    model = {k: v.copy() for k, v in model.items()}
+    model["w_minilm"][:, 0], model["w_char"][:, 0], model["bias"][0] = head.coef_[0], 0.0, head.intercept_[0]
+    return model
+
+
 def linear_logits(model: dict, vectors: np.ndarray, grams) -> np.ndarray:
     return np.asarray(vectors @ model["w_minilm"] + grams @ model["w_char"] + model["bias"], dtype=np.float64)
 
@@ -229,20 +247,24 @@ def fit_encoder(rows: list[dict], cache: Path) -> Path:
     return guardrail_encoder.export(net, file)
 
 
-def choose_share(enc: np.ndarray, lin: np.ndarray, rows: list[dict]) -> tuple[float, list[float]]:
-    """The encoder's share a (ENCODER_SHARES) and the thresholds that catch the most validation block-side rows
-    (ToxiGen hateful, supplement and template block, averaged) under the refusal budgets of `choose_thresholds`."""
+def choose_share(enc: np.ndarray, lin: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[float]]:
+    """The encoder's share per label - one for hate, one for the other labels, each from ENCODER_SHARES - and the
+    thresholds that catch the most validation block-side rows (ToxiGen hateful, supplement and template block,
+    averaged) under the refusal budgets of `choose_thresholds`."""
     sources = ("toxigen", "supplement", "templates")
     val = [i for i, r in enumerate(rows) if r["split"] == "val" and any(r["y"].values()) and r["source"] in sources]
     best = None
-    for a in ENCODER_SHARES:
-        p = sigmoid(a * enc + (1 - a) * lin)
-        t = choose_thresholds(p, rows)
-        caught = np.mean([np.mean([(p[i] >= t).any() for i in val if rows[i]["source"] == s])
-                          for s in sources])
-        print(f"encoder share {a:.2f}: validation block-side caught {caught:.3f}")
-        if best is None or caught > best[0] + 1e-9:
-            best = (caught, a, t)
+    for a_hate in ENCODER_SHARES:
+        for a_rest in ENCODER_SHARES:
+            a = np.array([a_hate] + [a_rest] * (len(LABELS) - 1))
+            p = sigmoid(a * enc + (1 - a) * lin)
+            t = choose_thresholds(p, rows)
+            caught = np.mean([np.mean([(p[i] >= t).any() for i in val if rows[i]["source"] == s])
+                              for s in sources])
+            print(f"encoder share hate {a_hate:.2f}, other labels {a_rest:.2f}: validation block-side caught "
+                  f"{caught:.3f}")
+            if best is None or caught > best[0] + 1e-9:
+                best = (caught, a, t)
     return best[1], best[2]
 
 
@@ -263,14 +285,15 @@ def choose_thresholds(scores: np.ndarray, rows: list[dict]) -> list[float]:
     return [float(x) for x in t]
 
 
-def pack(model: dict, thresholds: list[float], share: float, encoder: Path, embeddings_sha256: str) -> dict:
+def pack(model: dict, thresholds: list[float], share, encoder: Path, embeddings_sha256: str) -> dict:
     """The arrays of embedded.npz: the linear heads, the encoder's share and file (by hash), and an offset per
     label that moves its threshold to 0.5."""
     t = np.array(thresholds)
     return {"labels": np.array(LABELS), "features": np.array(FEATURES),
             "w_minilm": model["w_minilm"].astype(np.float32), "w_char": model["w_char"].astype(np.float32),
             "bias": model["bias"].astype(np.float32), "offset": (-np.log(t / (1 - t))).astype(np.float32),
-            "thresholds": t.astype(np.float32), "encoder_weight": np.float32(share),
+            "thresholds": t.astype(np.float32),
+            "encoder_weight": np.broadcast_to(np.float32(share), (len(LABELS),)).astype(np.float32),
             "encoder_file": np.array(ENCODER_FILE),
             "encoder_sha256": np.array(hashlib.sha256(encoder.read_bytes()).hexdigest()),
             "embeddings_sha256": np.array(embeddings_sha256)}
@@ -401,14 +424,16 @@ def main(argv: list[str] | None = None) -> dict:
                                extra))
     encoder = fit_encoder(rows, args.cache)
     linear = {use: fit(rows, vectors, grams, use) for use in (("minilm", "char", "both") if args.report else ("both",))}
-    lin = linear_logits(linear["both"], vectors, grams)
+    combined = fit_hate_vector_head(rows, vectors, linear["both"])
+    lin = linear_logits(combined, vectors, grams)
     embeddings_sha256 = TokenEmbeddings().sha256  # the packaged MiniLM's token embeddings, read once
     enc = PolicyEncoder(encoder, hashlib.sha256(encoder.read_bytes()).hexdigest(),
                         embeddings_sha256).logits(texts, len(LABELS))
     share, thresholds = choose_share(enc, lin, rows)
     candidates = {"MiniLM heads": (linear.get("minilm"), 0.0), "char n-gram heads": (linear.get("char"), 0.0),
                   "MiniLM + char n-grams": (linear["both"], 0.0), "policy encoder": (linear["both"], 1.0),
-                  f"policy encoder + linear heads, share {share:g} (shipped)": (linear["both"], share)}
+                  f"policy encoder + linear heads, shares hate {share[0]:g} / others {share[1]:g} (shipped)":
+                      (combined, share)}
     shipped = None
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, a) in candidates.items():

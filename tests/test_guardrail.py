@@ -248,7 +248,8 @@ def test_embedded_weights_are_numpy_only_and_name_their_encoder():
         assert tuple(data["labels"]) == Embedded.labels
         assert data["w_minilm"].shape == (384, len(Embedded.labels))
         assert data["w_char"].shape == (N_FEATURES, len(Embedded.labels))
-        assert 0 <= float(data["encoder_weight"]) <= 1
+        assert data["encoder_weight"].shape == (len(Embedded.labels),)
+        assert ((0 <= data["encoder_weight"]) & (data["encoder_weight"] <= 1)).all()
         encoder = EMBEDDED_WEIGHTS.parent / str(data["encoder_file"])
         assert hashlib.sha256(encoder.read_bytes()).hexdigest() == str(data["encoder_sha256"])
     assert EMBEDDED_WEIGHTS.stat().st_size + encoder.stat().st_size < 100e6
@@ -285,6 +286,28 @@ def test_weights_of_another_recipe_are_refused(tmp_path):
     np.savez(weights, **arrays)
     with pytest.raises(ConfigError, match="regenerate them with `python scripts/train_guardrail.py"):
         EmbeddedModel(weights)
+
+
+def test_each_label_has_its_own_encoder_share(tmp_path):
+    from chatbot_model.embeddings import get_embedder
+    from chatbot_model.guardrail_embedded import EmbeddedModel
+
+    weights = _copy_weights(tmp_path)
+    with np.load(weights) as data:
+        arrays = {k: data[k] for k in data.files}
+    texts = ["Immigrants built this country.", "Why do my tests hang on CI?"]
+    vectors = get_embedder("").encode(texts)
+    shipped = EmbeddedModel(weights)
+    assert shipped.needs_vectors  # the hate label's share is below 1: its head reads the sentence vector
+    moved = shipped.probabilities(texts, vectors[::-1])  # another text's vector moves the hate score only
+    base = shipped.probabilities(texts, vectors)
+    shares = shipped.encoder_weight
+    assert np.allclose(moved[:, shares == 1], base[:, shares == 1]) and not np.allclose(moved, base)
+
+    np.savez(weights, **{**arrays, "encoder_weight": np.float32(1.0)})  # one share for every label
+    alone = EmbeddedModel(weights)
+    assert not alone.needs_vectors and (alone.encoder_weight == 1).all()
+    assert np.allclose(alone.probabilities(texts, None)[:, shares == 1], base[:, shares == 1], atol=1e-6)
 
 
 def test_numpy_token_embeddings_equal_minilm_embedding_layer():
@@ -387,14 +410,18 @@ def test_a_local_answer_quoting_a_toxic_document_is_blocked_from_its_sentence_ve
 def test_warming_scores_knowledge_base_sentences_ahead_of_the_output_check(embedded):
     from types import SimpleNamespace
 
-    encoder = embedded.classifier.model.encoder
+    model = embedded.classifier.model
     chunks = [SimpleNamespace(sentences=("Warmed: MLflow tracks runs.", "Warmed: a model has versions.")),
-              SimpleNamespace(sentences=("Warmed: MLflow tracks runs.",))]
+              SimpleNamespace(sentences=("Warmed: MLflow tracks runs.", "Warmed: gpt-4o reads s3 paths."))]
     embedded.classifier.warm(chunks)
-    hits, misses = encoder._cached.cache_info().hits, encoder._cached.cache_info().misses
+    caches = [model.encoder._cached, model._form_linear]  # the encoder's logits; the linear heads on a changed form
+    before = [(c.cache_info().hits, c.cache_info().misses) for c in caches]
     cold = embedded.check("Warmed: a model has versions.")
-    assert encoder._cached.cache_info().hits == hits + 1 and encoder._cached.cache_info().misses == misses
-    assert cold.safe
+    changed = embedded.check("Warmed: gpt-4o reads s3 paths.")  # normalisation changes it: its form is embedded
+    after = [(c.cache_info().hits, c.cache_info().misses) for c in caches]
+    assert after[0] == (before[0][0] + 2, before[0][1])
+    assert after[1] == (before[1][0] + 1, before[1][1])
+    assert cold.safe and changed.safe
 
 
 def test_copies_of_the_same_weights_share_one_loaded_model(tmp_path):
