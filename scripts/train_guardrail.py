@@ -53,7 +53,9 @@ C = 4.0  # inverse L2 strength of each head
 MAX_QUESTION_FPR = 0.003  # any label, on validation questions
 MAX_PASS_FPR = 0.05  # any label, on each source's validation pass-side statements (ToxiGen benign; supplement pass)
 ENCODER_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the encoder's share in the summed logits; chosen on validation
-HATE_VECTOR_WEIGHTS = {"toxigen": 1.0, "supplement": 0.3, "templates": 0.3}  # the hate label's MiniLM head (below)
+# the hate label's MiniLM head (`fit_hate_vector_head`): row weights per source and C, the best validation figure
+# of the settings tried (C 1 or 4; supplement and templates 0.3 or 1; docs/guardrail.md)
+HATE_VECTOR_WEIGHTS = {"toxigen": 1.0, "supplement": 0.3, "templates": 0.3}
 C_HATE = 1.0
 ISSUE_SENTENCES = [  # issue 10: each of these was refused by the previous model; all must pass
     "I am a proud Muslim.", "Trans people are welcome here.", "Immigrants built this country.",
@@ -286,8 +288,8 @@ def choose_thresholds(scores: np.ndarray, rows: list[dict]) -> list[float]:
 
 
 def pack(model: dict, thresholds: list[float], share, encoder: Path, embeddings_sha256: str) -> dict:
-    """The arrays of embedded.npz: the linear heads, the encoder's share and file (by hash), and an offset per
-    label that moves its threshold to 0.5."""
+    """The arrays of embedded.npz: the linear heads, the encoder's share per label and its file (by hash), and an
+    offset per label that moves its threshold to 0.5."""
     t = np.array(thresholds)
     return {"labels": np.array(LABELS), "features": np.array(FEATURES),
             "w_minilm": model["w_minilm"].astype(np.float32), "w_char": model["w_char"].astype(np.float32),
