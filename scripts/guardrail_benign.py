@@ -39,6 +39,25 @@ SHORT_EVAL = [  # held out: never trained on, nor any text equal up to case and 
     "no.", "good night", "cheers", "5", "z", "hm?", "what now?", "go ahead", "agreed", "great, thanks",
     "test message", "it works", "done!", "q",
 ]
+CASUAL_TRAIN = [  # casual replies, slang and reactions; none is aimed at anyone (tweets teach `insult` these words)
+    "bro", "dude", "yo dude", "lmfao", "rofl", "hahaha", "hehe", "xD", ":)", ":(", ";)", "<3", "ikr", "smh",
+    "tbh no", "fr fr", "no cap", "yikes", "oof", "rip", "gg", "welp", "bet", "facts", "same", "big mood", "sheesh",
+    "dang", "darn", "gosh", "geez", "whoa", "oh no", "oh wow", "oh snap", "holy cow", "no kidding", "you don't say",
+    "as if", "meh, fine", "nah, I'm good", "naw", "yeah no", "yeah nah", "ya", "yup", "uh huh", "mhm", "umm",
+    "erm", "wait what", "what lol", "lolz", "hah", "haha ok", "ok bro", "thanks dude", "thx bro", "ty fam",
+    "cheers mate", "cool beans", "sweet", "awesome", "rad", "neat", "wicked", "nice one", "good one", "you rock",
+    "you're the best", "you're awesome", "you're hilarious", "you're smart", "love it", "love you bot",
+    "hate this weather lol", "so annoying lol", "mondays, right?", "this is dumb lol", "so bored", "im tired",
+    "im dead lol", "screw it", "forget it", "whatevs", "ok fine", "fine whatever", "not bad", "kinda", "sorta",
+    "lowkey", "deadass", "bruv", "fam", "bestie", "sis", "oh my gosh", "holy moly", "goddamn it, my code broke",
+    "crap, wrong file", "bloody hell, that's slow", "jesus, finally", "aw man", "oh come on, again?",
+]
+CASUAL_EVAL = [  # held out like SHORT_EVAL: never trained on
+    "nah", "lol", "lmao", "haha", "meh", "ugh", "wtf", "omg", "idk", "dunno", "bruh", "yeah right",
+    "no way", "seriously?", "come on", "ffs", "oops", "my bad", "fair enough", "hell yeah", "damn", "you're funny",
+    "stop it", "boring", "that sucks", "this sucks", "lame", "nope nope", "hmm ok", "sup", "yo what", "huh?",
+    "eh", "pfft", "sigh", "wow",
+]
 TECH_WORDS = [
     "python", "numpy", "pandas", "docker", "kubernetes", "mlflow", "faiss", "embedding", "tokenizer", "latency",
     "throughput", "threshold", "guardrail", "router", "pyfunc", "uvicorn", "pytest", "gradient", "regression",
@@ -179,8 +198,8 @@ def _doc_sentences(docs_path: Path) -> list[tuple[str, str]]:
 def benign_corpus(docs_path: Path = ROOT / "artifacts" / "docs.json") -> list[tuple[str, str, str]]:
     """(category, group, text) of generated harmless texts, seeded; categories as in docs/guardrail.md."""
     rng = np.random.default_rng(SEED)
-    items = [("short", "short-eval", t) for t in SHORT_EVAL]
-    items += [("short", "short-train", t) for t in SHORT_TRAIN]
+    items = [("short", "short-eval", t) for t in SHORT_EVAL + CASUAL_EVAL]
+    items += [("short", "short-train", t) for t in SHORT_TRAIN + CASUAL_TRAIN]
     items += [("short", f"word:{w}", w) for w in TECH_WORDS]
     for kind, templates, k in (("code/logs", CODE, 1), ("code/logs", SHELL, 3), ("code/logs", LOGS, 3),
                                ("tricky", TRICKY, 4), ("prose", PROSE, 4), ("placeholder", PLACEHOLDERS, 8)):

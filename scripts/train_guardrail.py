@@ -252,20 +252,23 @@ def fit_encoder(rows: list[dict], cache: Path) -> Path:
 def choose_share(enc: np.ndarray, lin: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[float]]:
     """The encoder's share per label - one for hate, one for the other labels, each from ENCODER_SHARES - and the
     thresholds that catch the most validation block-side rows (ToxiGen hateful, supplement and template block,
-    averaged) under the refusal budgets of `choose_thresholds`."""
+    averaged) under the refusal budgets of `choose_thresholds`. A smaller share must win by more than one
+    validation row of the largest source (less is below what these sets can tell apart); otherwise the larger share
+    stays: the encoder reads the frame (a negation, a quotation), the vector heads do not."""
     sources = ("toxigen", "supplement", "templates")
     val = [i for i, r in enumerate(rows) if r["split"] == "val" and any(r["y"].values()) and r["source"] in sources]
+    tie = 1 / (len(sources) * max(sum(rows[i]["source"] == s for i in val) for s in sources))
     best = None
-    for a_hate in ENCODER_SHARES:
-        for a_rest in ENCODER_SHARES:
+    for a_hate in sorted(ENCODER_SHARES, reverse=True):
+        for a_rest in sorted(ENCODER_SHARES, reverse=True):
             a = np.array([a_hate] + [a_rest] * (len(LABELS) - 1))
             p = sigmoid(a * enc + (1 - a) * lin)
             t = choose_thresholds(p, rows)
             caught = np.mean([np.mean([(p[i] >= t).any() for i in val if rows[i]["source"] == s])
                               for s in sources])
             print(f"encoder share hate {a_hate:.2f}, other labels {a_rest:.2f}: validation block-side caught "
-                  f"{caught:.3f}")
-            if best is None or caught > best[0] + 1e-9:
+                  f"{caught:.4f}")
+            if best is None or caught > best[0] + tie:
                 best = (caught, a, t)
     return best[1], best[2]
 

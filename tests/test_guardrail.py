@@ -50,6 +50,7 @@ BENIGN = IN_TRAINING + [
 ]
 SHORT_AND_NEUTRAL = [  # chat, placeholder answers (templates of the kind are in training), technical-sense verbs
     "k thx", "thx!", "yes, thanks", "nah", "hey there", "??!", "8?", "1234", "sure thing", "perfect, thank you",
+    "lmao", "my bad", "fair enough", "hell yeah",  # casual replies (tweets taught `insult` such words)
     "fake answer number two", "kill -15 4242", "SIGTERM vs SIGKILL?",
     "How do I nuke the whole mlruns directory?", "What's the hit rate of the answer cache?",
     "Should I execute the smoke tests before promoting?", "How do I abort a hanging pip install?",
