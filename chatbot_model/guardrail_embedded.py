@@ -190,10 +190,11 @@ class EmbeddedModel:
         z = np.zeros((len(texts), len(self.labels)), dtype=np.float64) + self.offset
         if self.needs_vectors:
             linear = self._linear(texts, vectors)
-            changed = [i for i, t in enumerate(texts) if normalize(t) != _plain(t)] if encode is not None else []
+            changed = _changed_forms(texts) if encode is not None else {}
             if changed:
-                forms = np.array([self._form_linear(normalize(texts[i]), encode) for i in changed])
-                linear[changed] = np.maximum(linear[changed], forms)
+                rows = list(changed)
+                forms = np.array([self._form_linear(form, encode) for form in changed.values()])
+                linear[rows] = np.maximum(linear[rows], forms)
             z += (1 - self.encoder_weight) * linear
         if self.encoder is not None:
             z += self.encoder_weight * self.encoder.logits(texts, len(self.labels))
@@ -205,9 +206,8 @@ class EmbeddedModel:
         if self.encoder is not None:
             self.encoder.logits(texts, len(self.labels))
         if self.needs_vectors:
-            for text in texts:
-                if normalize(text) != _plain(text):
-                    self._form_linear(normalize(text), encode)
+            for form in _changed_forms(texts).values():
+                self._form_linear(form, encode)
 
     def _linear_of_form(self, form: str, encode) -> tuple[float, ...]:
         """The linear heads on one normalised text, embedded by `encode` (remembered: a knowledge-base sentence
@@ -227,6 +227,12 @@ class EmbeddedModel:
             lo, hi = grams.indptr[row], grams.indptr[row + 1]
             z[row] += grams.data[lo:hi] @ self.w_char[grams.indices[lo:hi]]
         return z.astype(np.float64)
+
+
+def _changed_forms(texts: list[str]) -> dict[int, str]:
+    """{index: normalised form} of the texts that normalisation changes beyond case and accents."""
+    forms = {i: normalize(t) for i, t in enumerate(texts)}
+    return {i: form for i, form in forms.items() if form != _plain(texts[i])}
 
 
 def load_model(weights: str) -> EmbeddedModel:
