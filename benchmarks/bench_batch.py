@@ -28,7 +28,7 @@ def thousand() -> list[str]:
 def run(quick: bool) -> dict:
     import pandas as pd
 
-    from chatbot_model.pyfunc import _PyfuncChatbot
+    from chatbot_model.lifecycle.pyfunc import _PyfuncChatbot
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     service = build_service(tmp)

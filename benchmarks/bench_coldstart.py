@@ -41,7 +41,7 @@ print(t1 - t0, t2 - t1, t3 - t2, out["sources"][0][0]["id"], "torch" in sys.modu
 
 def register(tmp: Path) -> tuple[str, dict]:
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     settings = load_settings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", index_dir=tmp / "index", docs_path=DOCS,
                              feedback_db_url="")

@@ -20,7 +20,7 @@ LOAD_SNIPPET = """
 import os, time, sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 t = time.perf_counter()
-from chatbot_model.embeddings import get_embedder
+from chatbot_model.retrieval.embedder import get_embedder
 e = get_embedder("", sys.argv[1])
 e.encode(["warm up"])
 print(time.perf_counter() - t, "torch" in sys.modules)
@@ -38,8 +38,8 @@ def cold_load(backend: str, runs: int) -> dict:
 
 
 def run(quick: bool) -> dict:
-    from chatbot_model.embeddings import Embedder, OnnxEmbedder
-    from chatbot_model.rag import chunk_documents, load_documents
+    from chatbot_model.retrieval.embedder import Embedder, OnnxEmbedder
+    from chatbot_model.retrieval.rag import chunk_documents, load_documents
 
     qs = questions()
     chunks = chunk_documents(load_documents(DOCS), 800, 120)

@@ -46,7 +46,7 @@ def settle(condition, limit_s: float = 15.0) -> float:
 
 def make_service(server: FakeLLMServer, tmp: Path, **overrides):
     from chatbot_model.config import load_settings
-    from chatbot_model.service import LLMService
+    from chatbot_model.pipeline.service import LLMService
 
     values = dict(openai_api_key="sk-bench", openai_base_url=server.openai_base_url, anthropic_api_key="sk-bench",
                   anthropic_base_url=server.anthropic_base_url, docs_path=DOCS, index_dir=tmp / "index",

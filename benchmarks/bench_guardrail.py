@@ -28,7 +28,7 @@ LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate
 def random_toxic_bert(target: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from chatbot_model.embeddings import embedded_model_path
+    from chatbot_model.retrieval.embedder import embedded_model_path
 
     config = BertConfig(num_labels=6, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
                         problem_type="multi_label_classification")
@@ -42,15 +42,15 @@ def texts() -> list[str]:
     for name in ("toxic", "benign"):
         rows += [json.loads(l)["question"] for l in (ARTIFACTS / "eval" / f"{name}.jsonl").read_text().splitlines()
                  if l.strip()]
-    from chatbot_model.rag import chunk_documents, load_documents
+    from chatbot_model.retrieval.rag import chunk_documents, load_documents
 
     rows += [s for c in chunk_documents(load_documents(DOCS), 800, 120) for s in c.sentences][:200]
     return rows
 
 
 def run(quick: bool) -> dict:
-    from chatbot_model.embeddings import get_embedder
-    from chatbot_model.guardrail import EMBEDDED_WEIGHTS, Embedded, Guardrail, ToxicBert, export_toxic_bert_onnx
+    from chatbot_model.retrieval.embedder import get_embedder
+    from chatbot_model.guardrail.core import EMBEDDED_WEIGHTS, Embedded, Guardrail, ToxicBert, export_toxic_bert_onnx
 
     items = texts()
     embedded = Guardrail(Embedded())

@@ -39,13 +39,13 @@ def rss(field="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include t
     return int(line.split()[1]) / 1024
 started = time.perf_counter()
 from chatbot_model.config import load_settings
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.service import LLMService
 root, docs, questions = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 settings = load_settings(index_dir=root, docs_path=docs, feedback_db_url="", tracing=False,
                          tracking_uri="sqlite:///" + str(root.parent / "mlflow.db"))
 def refuse(*args, **kwargs):
     raise SystemExit("the index directory did not match the documents: it would be rebuilt (hours at 1M chunks)")
-from chatbot_model.rag import RAGPipeline
+from chatbot_model.retrieval.rag import RAGPipeline
 RAGPipeline.build = refuse
 service = LLMService.from_settings(settings)
 loaded, rss_loaded = time.perf_counter() - started, rss()
@@ -63,8 +63,8 @@ def option(name: str, default: str | None = None) -> str | None:
 
 def base_pool() -> tuple[list[dict], list[list[int]], list[str], np.ndarray]:
     """The shipped documents, each one's sentence numbers, all sentences, and their real vectors."""
-    from chatbot_model.embeddings import get_embedder
-    from chatbot_model.rag import split_sentences
+    from chatbot_model.retrieval.embedder import get_embedder
+    from chatbot_model.retrieval.rag import split_sentences
 
     docs = json.loads(DOCS.read_text())
     sentences, per_doc, seen = [], [], {}
@@ -80,11 +80,11 @@ def base_pool() -> tuple[list[dict], list[list[int]], list[str], np.ndarray]:
 
 def build(root: Path, n_chunks: int, old_root: Path | None, seed: int = 0) -> dict:
     """Write docs.jsonl and the index directory (and the old-format one when asked); the timings."""
-    from chatbot_model.chunk_store import ChunkStoreWriter
+    from chatbot_model.retrieval.chunk_store import ChunkStoreWriter
     from chatbot_model.config import load_settings
-    from chatbot_model.index import build_index
-    from chatbot_model.rag import INDEX_FORMAT, RAGPipeline, chunk_documents, fingerprint, load_documents
-    from chatbot_model.schema import Document
+    from chatbot_model.retrieval.index import build_index
+    from chatbot_model.retrieval.rag import INDEX_FORMAT, RAGPipeline, chunk_documents, fingerprint, load_documents
+    from chatbot_model.contract import Document
 
     started = time.perf_counter()
     docs, per_doc, sentences, base = base_pool()
@@ -146,7 +146,7 @@ def build(root: Path, n_chunks: int, old_root: Path | None, seed: int = 0) -> di
 
 
 def _old_fingerprint(docs, name, settings) -> str:
-    import chatbot_model.rag as rag
+    import chatbot_model.retrieval.rag as rag
 
     current, rag.INDEX_FORMAT = rag.INDEX_FORMAT, 1
     try:

@@ -16,7 +16,7 @@ from common import build_service, main, questions, rotate, stats_ms
 
 
 def run(quick: bool) -> dict:
-    from chatbot_model.service import build_prompt
+    from chatbot_model.pipeline.service import build_prompt
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     service = build_service(tmp)
@@ -43,7 +43,7 @@ def run(quick: bool) -> dict:
         build_prompt(q, state["s"])
 
     def answer_local(q):
-        from chatbot_model.schema import CompletionRequest
+        from chatbot_model.contract import CompletionRequest
 
         req = CompletionRequest(system="", prompt="", question=q, sources=state["s"], model="",
                                 question_vector=state["v"][0])

@@ -26,7 +26,7 @@ def build_llamaindex(chunks, k: int):
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.faiss import FaissVectorStore
 
-    from chatbot_model.embeddings import embedded_model_path
+    from chatbot_model.retrieval.embedder import embedded_model_path
 
     embed = HuggingFaceEmbedding(model_name=embedded_model_path(), device="cpu", normalize=True)
     LISettings.embed_model, LISettings.llm = embed, MockLLM()

@@ -91,7 +91,7 @@ def main() -> None:
     import mlflow
 
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register, promote
+    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     rows = []
 

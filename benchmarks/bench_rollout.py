@@ -35,7 +35,7 @@ def register(tmp: Path) -> tuple[str, list[str]]:
     from mlflow import MlflowClient
 
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     store = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = store
@@ -116,7 +116,7 @@ def run(quick: bool) -> dict:
                CHATBOT_GUARDRAIL_BACKEND="embedded", CHATBOT_INDEX_DIR=str(tmp / "index"),
                CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{tmp / 'feedback.db'}", CHATBOT_TRACING="false")
     log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "chatbot_model.cli", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "chatbot_model.cli.main", "serve", "--port", str(port),
                                "--log-level", "warning"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:

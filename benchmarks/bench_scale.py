@@ -5,7 +5,7 @@ sentence vectors of the shipped corpus plus Gaussian noise (as large as the sign
 drawn the same way, separately. Pure random vectors would have no neighbourhood structure (every approximate
 index fails on them, and real embeddings are nothing like them).
 
-For each size and index type (flat = exact, hnsw, ivf as `chatbot_model.index.build_index` builds it, `auto`
+For each size and index type (flat = exact, hnsw, ivf as `chatbot_model.retrieval.index.build_index` builds it, `auto`
 parameters): build time, memory (serialized index size = resident size when loaded, and the RSS growth while
 building), single-query p50/p95 (k=10, one query per call) and recall@10 against exact search.
 """
@@ -23,8 +23,8 @@ K = 10
 
 
 def base_vectors() -> np.ndarray:
-    from chatbot_model.embeddings import get_embedder
-    from chatbot_model.rag import chunk_documents, load_documents
+    from chatbot_model.retrieval.embedder import get_embedder
+    from chatbot_model.retrieval.rag import chunk_documents, load_documents
 
     chunks = chunk_documents(load_documents(DOCS), 800, 120)
     return get_embedder("").encode([s for c in chunks for s in c.sentences])
@@ -55,7 +55,7 @@ def single_queries(index, queries: np.ndarray) -> tuple[list[float], np.ndarray]
 def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, timed: int, **params) -> dict:
     import faiss
 
-    from chatbot_model.index import build_index, recall_at_k
+    from chatbot_model.retrieval.index import build_index, recall_at_k
 
     before = rss_mb()
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def run(quick: bool) -> dict:
             results[f"{n:,} {kind}"] = row
             print(f"{n:>9,} {kind:5s} {row}", file=sys.stderr, flush=True)
         del data
-    from chatbot_model.index import FLAT_MAX, choose_index_type
+    from chatbot_model.retrieval.index import FLAT_MAX, choose_index_type
 
     return {"k": K, "queries": len(queries), "faiss_threads": faiss.omp_get_max_threads(),
             "auto_choice": {f"{n:,}": choose_index_type(n) for n in (1_000, 10_000, FLAT_MAX, 100_000, 1_000_000)},

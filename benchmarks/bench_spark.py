@@ -33,7 +33,7 @@ def run(quick: bool) -> dict:
                HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     os.environ.update(env)
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     version = log_and_register(load_settings())
     n = 2000 if quick else 10_000
@@ -48,7 +48,7 @@ def run(quick: bool) -> dict:
     predict_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "chatbot_model.cli", "batch-score", "--model-uri",
+    proc = subprocess.run([sys.executable, "-m", "chatbot_model.cli.main", "batch-score", "--model-uri",
                            version.version_uri, "--input", str(tmp / "questions.parquet"), "--output",
                            str(tmp / "answers.parquet"), "--master", "local[2]", "--partitions", "1"],
                           env=env, cwd=tmp, capture_output=True, text=True, timeout=3600)

@@ -57,7 +57,7 @@ def one(client, url: str, stream: bool) -> dict:
 
 def upstream_first_word(service, word_s: float, fake: FakeLLMServer) -> float:
     """The provider's own time to its first word (the SDK reading the fake server's stream directly)."""
-    from chatbot_model.schema import CompletionRequest
+    from chatbot_model.contract import CompletionRequest
 
     fake.queue(Reply.streamed(ANSWER, chunk_delay=word_s))
     request = CompletionRequest(system="hint", prompt=QUESTION, question=QUESTION, sources=[], model="gpt-4o-mini")

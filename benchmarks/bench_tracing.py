@@ -33,9 +33,9 @@ def run(quick: bool) -> dict:
     import mlflow
     import pandas as pd
 
-    from chatbot_model import tracing
+    from chatbot_model.tracing import writer as tracing
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     version = log_and_register(load_settings(), "llmops-chatbot")
     model = mlflow.pyfunc.load_model(version.version_uri)

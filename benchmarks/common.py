@@ -185,6 +185,6 @@ def main(name: str, run: Callable[[bool], dict]) -> None:
 
 def build_service(tmp: Path, **overrides):
     """An `LLMService` with the default components over the shipped corpus (index built or loaded under tmp)."""
-    from chatbot_model.service import LLMService
+    from chatbot_model.pipeline.service import LLMService
 
     return LLMService.from_settings(settings(tmp, **overrides))

@@ -68,7 +68,7 @@ def start_server(work: Path, port: int, tracing: bool = True) -> subprocess.Pope
         env.pop(key, None)
     if not tracing:
         env["CHATBOT_TRACING"] = "false"
-    cmd = [sys.executable, "-c", "from chatbot_model.cli import main; main()", "serve", "--ensure-model",
+    cmd = [sys.executable, "-c", "from chatbot_model.cli.main import main; main()", "serve", "--ensure-model",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, cwd=work, stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT)
 

@@ -21,8 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
 GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
-EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.embeddings
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.index
+EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.retrieval.embedder
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.retrieval.index
 NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator, one message shape
     "guardrail_backend": ("guardrail backend", GUARDRAIL_BACKENDS),
     "embedding_backend": ("embedding backend", EMBEDDING_BACKENDS),
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
                                              "switches to the grounded hint")
 
-    # conversations (chatbot_model/conversations.py, followup.py)
+    # conversations (chatbot_model/store/conversations.py, followup.py)
     conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "
                                                "deleted by `llmops-chatbot conversations prune`; 0 = keep them")
     condense_timeout_s: float = Field(5.0, gt=0, description="longest a remote provider may take to rewrite a "

@@ -19,9 +19,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
 from chatbot_model.config import DEFAULT_ARTIFACTS, load_settings
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.service import LLMService
 
 CITATION = re.compile(r"\s\[\d+\][.!?\"')\]]*")
 

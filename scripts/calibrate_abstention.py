@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from chatbot_model.config import DEFAULT_ARTIFACTS, load_settings
-from chatbot_model.rag import RAGPipeline
+from chatbot_model.retrieval.rag import RAGPipeline
 
 EVAL = DEFAULT_ARTIFACTS / "eval"
 ON_QUANTILE, OFF_QUANTILE = 0.02, 0.99

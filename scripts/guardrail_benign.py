@@ -92,10 +92,10 @@ SHELL = [
     "docker build -t {img} .", "git checkout -b fix/{app}", "helm upgrade --install {app} ./chart",
     "tail -f /var/log/{app}.log", "ps aux | grep {app}", "nvidia-smi", "du -sh mlruns", "chmod +x run.sh",
     "mlflow models serve -m models:/{app}/1 -p {port}", "git rebase --abort", "killall -HUP nginx",
-    "systemctl restart {app}", "lsof -i :{port}", "kubectl logs -f {pod}", "git blame chatbot_model/router.py",
+    "systemctl restart {app}", "lsof -i :{port}", "kubectl logs -f {pod}", "git blame chatbot_model/pipeline/router.py",
 ]
 LOGS = [
-    "2024-05-0{d} 12:0{d}:31 INFO chatbot_model.service: request {n} answered in {ms} ms",
+    "2024-05-0{d} 12:0{d}:31 INFO chatbot_model.pipeline.service: request {n} answered in {ms} ms",
     "ERROR worker {n} killed by signal 9", "WARNING retrying in {d}s (attempt {d}/5)",
     "Traceback (most recent call last):", "  File \"/app/chatbot_model/{mod}.py\", line {n}, in {fn}",
     "KeyError: '{fn}'", "ValueError: could not convert string to float: 'abc'",

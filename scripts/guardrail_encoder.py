@@ -35,7 +35,7 @@ def build(layers: int = LAYERS, n_labels: int = 4, seed: int = 0):
     torch = _torch()
     from transformers import AutoModel, AutoTokenizer
 
-    from chatbot_model.embeddings import embedded_model_path
+    from chatbot_model.retrieval.embedder import embedded_model_path
 
     torch.manual_seed(seed)
     path = embedded_model_path()

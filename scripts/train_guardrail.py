@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import guardrail_encoder  # noqa: E402
-from chatbot_model.guardrail_embedded import (ENCODER_FILE, FEATURES, EmbeddedModel, PolicyEncoder,  # noqa: E402
+from chatbot_model.guardrail.embedded import (ENCODER_FILE, FEATURES, EmbeddedModel, PolicyEncoder,  # noqa: E402
                                               TokenEmbeddings, char_features, normalize)
 from guardrail_benign import benign_corpus, split_benign  # noqa: E402
 from guardrail_templates import template_rows  # noqa: E402
@@ -169,7 +169,7 @@ def embed(texts: list[str], cache: Path) -> np.ndarray:
     file = cache / f"minilm-{key}.npy"
     if file.exists():
         return np.load(file)
-    from chatbot_model.embeddings import get_embedder
+    from chatbot_model.retrieval.embedder import get_embedder
 
     vectors = get_embedder("").encode(texts, batch_size=128, progress=len(texts) > 2000)
     cache.mkdir(parents=True, exist_ok=True)

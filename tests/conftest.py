@@ -64,7 +64,7 @@ def isolated(tmp_path, monkeypatch, empty_tracking_db):
 def shipped_index(tmp_path_factory) -> Path:
     """The shipped knowledge base indexed once per test session (tests copy it; never write to it)."""
     from chatbot_model.config import load_settings
-    from chatbot_model.rag import RAGPipeline
+    from chatbot_model.retrieval.rag import RAGPipeline
 
     index_dir = tmp_path_factory.mktemp("shipped") / "index"
     RAGPipeline(load_settings(index_dir=index_dir, docs_path=DOCS)).load_or_build()

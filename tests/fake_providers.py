@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 
 from chatbot_model.providers.base import Provider
-from chatbot_model.schema import Completion
+from chatbot_model.contract import Completion
 
 
 class _Fake(Provider):

@@ -82,10 +82,10 @@ class PostgresServer:
 
     def run_sql(self, script: str, database: str = "postgres") -> None:
         """The statements of `script` (separated by `;`, `--` comments allowed), each in its own transaction."""
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.store.db import Database
 
         lines = [line.split("--", 1)[0] for line in script.splitlines()]
-        engine = FeedbackStore(self.url(database)).make_engine()  # the installed driver
+        engine = Database(self.url(database)).make_engine()  # the installed driver
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 for statement in " ".join(lines).split(";"):

@@ -72,7 +72,7 @@ def make_settings(index_dir, store_uri: str, tmp_path, **overrides):
 
 
 def make_service(settings, providers=None):
-    from chatbot_model.service import LLMService
+    from chatbot_model.pipeline.service import LLMService
 
     configure_mlflow(settings)
     return LLMService.from_settings(settings, providers=providers)
@@ -80,9 +80,9 @@ def make_service(settings, providers=None):
 
 def sibling_service(service, settings):
     """A service sharing `service`'s embedder, index and guardrail, with providers built from `settings`."""
-    from chatbot_model.adapter import ControlHintAdapter
-    from chatbot_model.router import HeuristicRouter
-    from chatbot_model.service import LLMService
+    from chatbot_model.pipeline.adapter import ControlHintAdapter
+    from chatbot_model.pipeline.router import HeuristicRouter
+    from chatbot_model.pipeline.service import LLMService
 
     return LLMService(settings, guardrail=service.guardrail, rag=service.rag,
                       router=HeuristicRouter(settings.bias_towards_35),

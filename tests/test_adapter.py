@@ -2,7 +2,7 @@
 
 import pytest
 
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT, ControlHintAdapter
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT, ControlHintAdapter
 from chatbot_model.config import DEFAULT_ARTIFACTS
 from chatbot_model.errors import ConfigError
 

@@ -38,7 +38,7 @@ def _questions() -> pd.DataFrame:
 def project(tmp_path_factory, shipped_index):
     """A store holding a Production model, the 1,000-question input, and the env the subprocesses get."""
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register, promote
+    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     root = tmp_path_factory.mktemp("batch")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -68,7 +68,7 @@ def resumed(project):
     """The CLI killed (SIGKILL to its process group, JVM included) once its first part exists, then resumed by
     `mlflow run . -e batch_score`."""
     output = project["output"]
-    cmd = [sys.executable, "-m", "chatbot_model.cli", "batch-score", "--model-uri", URI, "--input",
+    cmd = [sys.executable, "-m", "chatbot_model.cli.main", "batch-score", "--model-uri", URI, "--input",
            str(project["input"]), "--output", str(output), "--master", "local[2]", "--partitions", str(PARTS)]
     log = open(project["root"] / "first.log", "w")
     proc = subprocess.Popen(cmd, env=project["env"], cwd=project["root"], stdout=log, stderr=subprocess.STDOUT,
@@ -142,7 +142,7 @@ def test_answers_equal_pyfunc_predict_and_bad_rows_carry_errors(resumed, project
 def test_bad_arguments_are_refused_before_spark_starts(tmp_path, args, message):
     from click.testing import CliRunner
 
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     (tmp_path / "questions.csv").write_text("question\nWhat is MLflow?\n")
     out = CliRunner().invoke(main, ["batch-score", *args, "--output", str(tmp_path / "out.parquet")])

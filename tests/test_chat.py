@@ -8,9 +8,9 @@ import sys
 import mlflow
 import pytest
 
-from chatbot_model.chat import run_chat
+from chatbot_model.cli.chat import run_chat
 from chatbot_model.config import configure_mlflow, load_settings
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.service import LLMService
 from tests.conftest import DOCS
 
 
@@ -24,7 +24,7 @@ def service(index_dir):
 def test_cli_chat_over_a_pipe_answers_takes_feedback_and_quits(index_dir, tmp_path):
     env = {**os.environ, "CHATBOT_GUARDRAIL_BACKEND": "embedded"}
     script = "How do I promote a model version to Production?\nn\nq\n"
-    proc = subprocess.run([sys.executable, "-m", "chatbot_model.cli", "chat"], input=script, text=True,
+    proc = subprocess.run([sys.executable, "-m", "chatbot_model.cli.main", "chat"], input=script, text=True,
                           capture_output=True, env=env, cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -42,7 +42,7 @@ def live(shipped_index, tmp_path, monkeypatch):
 def test_ask_see_sources_and_rate_down(live, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from chatbot_model.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore
 
     server, settings = live
     with sync_playwright() as p:

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from chatbot_model.cli import main
+from chatbot_model.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def mlflow_run_env(monkeypatch):
 
 
 def test_a_step_names_the_run_mlflow_run_created(mlflow_run_env):
-    from chatbot_model.lifecycle import _run
+    from chatbot_model.lifecycle.loop import _run
 
     run_id = mlflow_run_env()
     assert MlflowClient().get_run(run_id).info.run_name.count("-") == 2  # MLflow's random adjective-noun-N
@@ -141,7 +141,7 @@ def test_a_step_names_the_run_mlflow_run_created(mlflow_run_env):
 
 
 def test_a_run_name_the_user_chose_is_kept(mlflow_run_env):
-    from chatbot_model.lifecycle import _run
+    from chatbot_model.lifecycle.loop import _run
 
     run_id = mlflow_run_env("nightly-eval")  # mlflow run --run-name nightly-eval
     with _run("evaluate"):
@@ -152,15 +152,15 @@ def test_a_run_name_the_user_chose_is_kept(mlflow_run_env):
 
 def test_cli_module_imports_stay_light():
     """--help must not import the heavy stack (torch, mlflow, the service)."""
-    code = ("import sys; from chatbot_model.cli import main; "
-            "print([m for m in ('torch', 'mlflow', 'chatbot_model.service', 'uvicorn') if m in sys.modules])")
+    code = ("import sys; from chatbot_model.cli.main import main; "
+            "print([m for m in ('torch', 'mlflow', 'chatbot_model.pipeline.service', 'uvicorn') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_ask_refuses_an_empty_question_before_loading_anything(monkeypatch):
-    import chatbot_model.cli as cli_module
+    import chatbot_model.cli.main as cli_module
 
     def never(*args, **kwargs):
         raise AssertionError("the service must not be built for an invalid question")

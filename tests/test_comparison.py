@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from chatbot_model.cli import main
-from chatbot_model.comparison import VersionStats, verdict, wilson, z_score
-from chatbot_model.feedback import FeedbackStore
+from chatbot_model.cli.main import main
+from chatbot_model.lifecycle.comparison import VersionStats, verdict, wilson, z_score
+from chatbot_model.store.feedback import FeedbackStore
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
@@ -104,8 +104,8 @@ def test_the_gate_refuses_a_candidate_significantly_worse_online(client, tmp_pat
     import os
 
     from chatbot_model.config import load_settings
-    from chatbot_model.gate import PromotionRefused
-    from chatbot_model.registry import promote
+    from chatbot_model.lifecycle.gate import PromotionRefused
+    from chatbot_model.lifecycle.registry import promote
 
     client.create_registered_model(NAME)
     for i in range(3):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from chatbot_model.chat import run_chat
-from chatbot_model.conversations import ConversationStore
-from chatbot_model.pyfunc import HISTORY_COLUMN, INPUT_EXAMPLE, SIGNATURE, _PyfuncChatbot, to_inputs
+from chatbot_model.cli.chat import run_chat
+from chatbot_model.store.conversations import ConversationStore
+from chatbot_model.lifecycle.pyfunc import HISTORY_COLUMN, INPUT_EXAMPLE, SIGNATURE, _PyfuncChatbot, to_inputs
 from chatbot_model.server.backends import InProcessBackend, RemoteBackend
 from tests.server_helpers import FakeScoringServer, make_service, make_settings, service_app
 

@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from sqlalchemy import inspect
 from sqlalchemy.exc import StatementError
 
-from chatbot_model import migrations
-from chatbot_model.cli import main
-from chatbot_model.conversations import ConversationStore, turns_table
+from chatbot_model.store import migrations
+from chatbot_model.cli.main import main
+from chatbot_model.store.conversations import ConversationStore
+from chatbot_model.store.tables import turns_table
 from chatbot_model.errors import InvalidInput
-from chatbot_model.feedback import FeedbackStore
+from chatbot_model.store.feedback import FeedbackStore
 from tests.test_migrations import postgres  # noqa: F401 - the PostgreSQL server fixture
 
 NOW = 1_800_000_000.0
@@ -116,7 +117,7 @@ def test_conversations_show_prints_the_turns(tmp_path, monkeypatch):
 
 def test_upgrade_from_0003_adds_the_table_and_keeps_the_ratings(url):
     feedback = FeedbackStore(url, attach=False)
-    engine = feedback.make_engine()
+    engine = feedback.database.make_engine()
     try:
         assert migrations.upgrade(engine, "0003") == "0003"
         assert "conversation_turns" not in inspect(engine).get_table_names()
@@ -126,7 +127,7 @@ def test_upgrade_from_0003_adds_the_table_and_keeps_the_ratings(url):
                 "VALUES ('2026-11-01 12:00:00', 1793534400.0, 'tr-old', 'up', 0)")
     finally:
         engine.dispose()
-    store = ConversationStore(url, database=feedback)  # opening it migrates to head
+    store = ConversationStore(database=feedback.database)  # opening it migrates to head
     assert store.append("s", question="q", answer="a", trace_id="tr-new") == 1
     assert [r.trace_id for r in feedback.ratings()] == ["tr-old"]
     insp = inspect(store.engine)
@@ -135,7 +136,7 @@ def test_upgrade_from_0003_adds_the_table_and_keeps_the_ratings(url):
     assert {i["name"] for i in insp.get_indexes("conversation_turns")} >= {"ix_conversation_turns_trace_id"}
     with store.engine.connect() as conn:
         assert migrations.status(conn).revision == migrations.head() == "0004"
-    engine = feedback.make_engine()  # and back down: the table goes, the ratings stay
+    engine = feedback.database.make_engine()  # and back down: the table goes, the ratings stay
     try:
         migrations.upgrade(engine, "head")
         from alembic import command
@@ -194,7 +195,7 @@ def test_concurrent_writers_of_one_session_never_share_a_turn_number(url):
 WRITER = """
 import sys, time
 from pathlib import Path
-from chatbot_model.conversations import ConversationStore
+from chatbot_model.store.conversations import ConversationStore
 url, go, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 store = ConversationStore(url)
 store.count()

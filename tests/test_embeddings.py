@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from chatbot_model import embeddings, onnx_export
+from chatbot_model.retrieval import embedder as embeddings
+
+from chatbot_model.retrieval import onnx_export
 from chatbot_model.config import load_settings
-from chatbot_model.embeddings import EMBEDDED_MODEL, Embedder, OnnxEmbedder, get_embedder
+from chatbot_model.retrieval.embedder import EMBEDDED_MODEL, Embedder, OnnxEmbedder, get_embedder
 from chatbot_model.errors import ConfigError
 
 SENTENCES = [
@@ -119,7 +121,7 @@ def tiny_classifier(tmp_path):
 
 
 def test_toxic_bert_on_onnx_runtime_scores_like_the_pipeline(tiny_classifier, tmp_path, monkeypatch):
-    from chatbot_model.guardrail import ToxicBert, export_toxic_bert_onnx
+    from chatbot_model.guardrail.core import ToxicBert, export_toxic_bert_onnx
 
     torch_bert = ToxicBert(str(tiny_classifier))
     assert torch_bert._onnx is None  # nothing exported yet: the transformers pipeline

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from chatbot_model.config import load_settings
-from chatbot_model.evaluation import GOLDEN_DIR, GoldenSet, evaluate, followup_metrics
+from chatbot_model.lifecycle.evaluation import GOLDEN_DIR, GoldenSet, evaluate, followup_metrics
 from tests.conftest import DOCS
 
 CONVERSATIONS = [json.loads(line) for line in (GOLDEN_DIR / "conversations.jsonl").read_text().splitlines()]
@@ -73,8 +73,8 @@ def test_evaluate_reports_the_followup_metrics_only_with_predict_turns():
 
 
 def test_the_default_model_resolves_follow_ups_far_better_with_history(index_dir):
-    from chatbot_model.pyfunc import _PyfuncChatbot
-    from chatbot_model.service import LLMService
+    from chatbot_model.lifecycle.pyfunc import _PyfuncChatbot
+    from chatbot_model.pipeline.service import LLMService
 
     settings = load_settings(index_dir=index_dir, guardrail_backend="embedded", feedback_db_url="", tracing=False)
     model = _PyfuncChatbot(LLMService.from_settings(settings))

@@ -57,8 +57,8 @@ def test_eval_set_is_disjoint_from_training_text(name, trained):
 
 
 def test_evaluate_reports_accuracy_per_functionality(monkeypatch):
-    from chatbot_model import evaluation
-    from chatbot_model.evaluation import GoldenSet, evaluate
+    from chatbot_model.lifecycle import evaluation
+    from chatbot_model.lifecycle.evaluation import GoldenSet, evaluate
 
     golden = GoldenSet(retrieval=[{"question": "How do I register a model?", "relevant_ids": ["a"], "facts": ["x"]}],
                        toxic=["You are vermin."], benign=["What is MLflow?"],

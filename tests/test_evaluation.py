@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import mlflow
 
-from chatbot_model.evaluation import GoldenSet, evaluate, fact_coverage
-from chatbot_model.lifecycle import _genai_view
+from chatbot_model.lifecycle.evaluation import GoldenSet, evaluate, fact_coverage
+from chatbot_model.lifecycle.loop import _genai_view
 
 # questions with 1, 2 and 4 expected facts: a share per question and a share of all facts differ here
 GOLDEN = GoldenSet(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chatbot_model.evaluation import GOLDEN_DIR, THRESHOLDS, GoldenSet, evaluate
+from chatbot_model.lifecycle.evaluation import GOLDEN_DIR, THRESHOLDS, GoldenSet, evaluate
 
 RETRIEVAL = [{"question": f"on-topic {i}", "relevant_ids": ["doc"], "facts": ["fact"]} for i in range(40)]
 OFFTOPIC = [f"off-topic {i}" for i in range(40)]

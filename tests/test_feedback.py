@@ -20,12 +20,13 @@ import pytest
 from click.testing import CliRunner
 from mlflow.entities import AssessmentSourceType
 
-from chatbot_model.adaptation import AdaptationRule, SharedAdaptation, decayed_counts
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.contract import MAX_COMMENT_CHARS
+from chatbot_model.pipeline.adaptation import AdaptationRule, SharedAdaptation, decayed_counts
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.errors import InvalidInput
-from chatbot_model import feedback as feedback_module
-from chatbot_model.feedback import ASSESSMENT_NAME, FeedbackStore
+from chatbot_model.store import feedback as feedback_module
+from chatbot_model.store.feedback import ASSESSMENT_NAME, FeedbackStore
 
 DAY = 24 * 3600.0
 
@@ -82,8 +83,8 @@ def test_invalid_input_is_refused_and_nothing_is_stored(store):
         store.record(trace_id="tr-1", rating="meh")
     with pytest.raises(InvalidInput, match="trace_id must be a non-empty string"):
         store.record(trace_id="  ", rating="up")
-    with pytest.raises(InvalidInput, match="comment must be a string of at most 4000"):
-        store.record(trace_id="tr-1", rating="up", comment="x" * 4001)
+    with pytest.raises(InvalidInput, match=f"comment must be a string of at most {MAX_COMMENT_CHARS}"):
+        store.record(trace_id="tr-1", rating="up", comment="x" * (MAX_COMMENT_CHARS + 1))
     assert store.ratings() == [] and store.stats()["total"] == 0
 
 
@@ -102,7 +103,7 @@ def test_schema_on_first_use_in_a_new_directory_in_wal_mode(tmp_path):
 def test_four_processes_write_800_ratings_and_none_is_lost(settings):
     code = """
         import sys
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.store.feedback import FeedbackStore
         store = FeedbackStore(sys.argv[1], attach=False)
         for i in range(200):
             store.record(trace_id=f"tr-{sys.argv[2]}-{i}", rating="up" if i % 3 else "down", route="gpt",
@@ -193,7 +194,7 @@ def test_tracking_store_down_the_rating_is_kept_and_attached_once_when_it_is_bac
     (row,) = store.ratings()
     assert row.id == row_id and row.synced_at is None and "unreachable" in row.sync_error
 
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     out = CliRunner().invoke(main, ["sync-feedback"])
     assert out.exit_code == 0, out.output
@@ -206,7 +207,7 @@ def test_tracking_store_down_the_rating_is_kept_and_attached_once_when_it_is_bac
 
 def test_sync_feedback_reports_what_is_still_pending(store):
     store.record(trace_id="tr-0123456789abcdef0123456789abcdef", rating="up")
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     out = CliRunner().invoke(main, ["sync-feedback"])
     assert out.exit_code == 1 and "still pending 1" in out.output and "not found" in out.output
@@ -234,7 +235,7 @@ def test_two_processes_syncing_at_once_attach_every_rating_once(settings):
         offline.record(trace_id=tid, rating="down")
     code = """
         import mlflow, os
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.store.feedback import FeedbackStore
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         r = FeedbackStore(os.environ["CHATBOT_FEEDBACK_DB_URL"]).sync()
         print(r.attached, r.already, r.pending)
@@ -388,9 +389,9 @@ def test_two_processes_agree_after_a_rating_within_the_refresh_interval(store):
     assert shared.current() == (0.3, DEFAULT_HINT)
     other = run_python("""
         import json, os
-        from chatbot_model.adaptation import AdaptationRule, SharedAdaptation
-        from chatbot_model.adapter import DEFAULT_HINT
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.pipeline.adaptation import AdaptationRule, SharedAdaptation
+        from chatbot_model.pipeline.adapter import DEFAULT_HINT
+        from chatbot_model.store.feedback import FeedbackStore
         store = FeedbackStore(os.environ["CHATBOT_FEEDBACK_DB_URL"])
         rule = AdaptationRule(base_bias=0.3, default_hint=DEFAULT_HINT, half_life_s=86400.0, gain=0.3,
                               grounded_share=0.3)
@@ -417,7 +418,7 @@ def test_feedback_stats_prints_counts_bias_and_hint(store):
     store.record(trace_id=None, rating="down", route="claude", provider="anthropic", model="claude-x",
                  model_version="4")
     store.record(trace_id=None, rating="up", route="gpt", provider="openai", model="gpt-y")
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     out = CliRunner().invoke(main, ["feedback", "stats"])
     assert out.exit_code == 0, out.output
@@ -440,8 +441,8 @@ CORPUS = [
 
 
 def test_the_chat_loop_writes_through_the_store_and_every_service_sees_it(settings, tmp_path, capsys):
-    from chatbot_model.chat import run_chat
-    from chatbot_model.service import LLMService
+    from chatbot_model.cli.chat import run_chat
+    from chatbot_model.pipeline.service import LLMService
 
     (tmp_path / "docs.json").write_text(json.dumps(CORPUS))
     settings = load_settings(guardrail_backend="embedded", docs_path=tmp_path / "docs.json")
@@ -515,7 +516,7 @@ def test_a_trace_that_arrives_before_the_last_try_is_attached_not_orphaned(setti
 
 
 def test_sync_feedback_reports_orphans_and_exits_0(store, monkeypatch):
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     monkeypatch.setattr(FeedbackStore, "max_attempts", 2)
     store.record(trace_id=LOST, rating="up")  # try 1 (record attaches)

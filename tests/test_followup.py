@@ -6,9 +6,9 @@ import json
 import mlflow
 import pytest
 
-from chatbot_model import followup
+from chatbot_model.pipeline import followup
 from chatbot_model.config import configure_mlflow, load_settings
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import OPENAI_PATH, Reply
 
 TRACED = "How is each chatbot request traced?"

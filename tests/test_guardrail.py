@@ -12,7 +12,7 @@ import pytest
 
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError, InvalidInput
-from chatbot_model.guardrail import (
+from chatbot_model.guardrail.core import (
     CLASSIFIERS,
     SAFE_REPLY,
     TOXIC_BERT_LABELS,
@@ -140,7 +140,7 @@ def test_check_many_equals_check_one_by_one(embedded):
 
 
 def test_precomputed_vectors_give_the_same_scores(embedded):
-    from chatbot_model.embeddings import get_embedder
+    from chatbot_model.retrieval.embedder import get_embedder
 
     texts = [TOXIC[1], BENIGN[3]]
     vectors = get_embedder("").encode(texts)
@@ -198,10 +198,10 @@ def test_toxic_bert_threshold_rule(tiny_toxic_bert):
 def test_auto_falls_back_to_embedded_with_one_warning(caplog):
     settings = load_settings(guardrail_backend="auto", toxic_bert_model="nobody-here/no-such-toxic-bert",
                              guardrail_load_timeout_s=5)
-    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail"):
+    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail.core"):
         guard = build_guardrail(settings)
     assert guard.backend == "embedded"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "chatbot_model.guardrail"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "chatbot_model.guardrail.core"]
     assert len(warnings) == 1
     message = warnings[0].getMessage()
     assert "embedded" in message and "huggingface-cli download unitary/toxic-bert" in message
@@ -211,11 +211,11 @@ def test_auto_falls_back_to_embedded_with_one_warning(caplog):
 
 def test_auto_uses_local_toxic_bert(tiny_toxic_bert, caplog):
     settings = load_settings(guardrail_backend="auto", toxic_bert_model=tiny_toxic_bert, guardrail_load_timeout_s=60)
-    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail"):
+    with caplog.at_level(logging.WARNING, logger="chatbot_model.guardrail.core"):
         guard = build_guardrail(settings)
     assert guard.backend == "toxic-bert"
     assert guard.check("hello").backend == "toxic-bert"
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "chatbot_model.guardrail"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "chatbot_model.guardrail.core"]
 
 
 def test_explicit_toxic_bert_offline_says_how_to_fix():
@@ -242,8 +242,8 @@ def test_test_sentences_are_not_training_sentences():
 
 
 def test_embedded_weights_are_numpy_only_and_name_their_encoder():
-    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
-    from chatbot_model.guardrail_embedded import N_FEATURES
+    from chatbot_model.guardrail.core import EMBEDDED_WEIGHTS
+    from chatbot_model.guardrail.embedded import N_FEATURES
 
     with np.load(EMBEDDED_WEIGHTS, allow_pickle=False) as data:
         assert tuple(data["labels"]) == Embedded.labels
@@ -257,7 +257,7 @@ def test_embedded_weights_are_numpy_only_and_name_their_encoder():
 
 
 def _copy_weights(tmp_path: Path) -> Path:
-    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
+    from chatbot_model.guardrail.core import EMBEDDED_WEIGHTS
 
     for f in EMBEDDED_WEIGHTS.parent.iterdir():
         shutil.copy(f, tmp_path / f.name)
@@ -265,7 +265,7 @@ def _copy_weights(tmp_path: Path) -> Path:
 
 
 def test_a_policy_encoder_that_is_not_the_trained_one_is_refused(tmp_path):
-    from chatbot_model.guardrail_embedded import EmbeddedModel
+    from chatbot_model.guardrail.embedded import EmbeddedModel
 
     weights = _copy_weights(tmp_path)
     with np.load(weights) as data:
@@ -279,7 +279,7 @@ def test_a_policy_encoder_that_is_not_the_trained_one_is_refused(tmp_path):
 
 
 def test_weights_of_another_recipe_are_refused(tmp_path):
-    from chatbot_model.guardrail_embedded import EmbeddedModel
+    from chatbot_model.guardrail.embedded import EmbeddedModel
 
     weights = _copy_weights(tmp_path)
     with np.load(weights) as data:
@@ -290,8 +290,8 @@ def test_weights_of_another_recipe_are_refused(tmp_path):
 
 
 def test_each_label_has_its_own_encoder_share(tmp_path):
-    from chatbot_model.embeddings import get_embedder
-    from chatbot_model.guardrail_embedded import EmbeddedModel
+    from chatbot_model.retrieval.embedder import get_embedder
+    from chatbot_model.guardrail.embedded import EmbeddedModel
 
     weights = _copy_weights(tmp_path)
     with np.load(weights) as data:
@@ -315,8 +315,8 @@ def test_numpy_token_embeddings_equal_minilm_embedding_layer():
     import torch
     from transformers import AutoModel
 
-    from chatbot_model.embeddings import embedded_model_path
-    from chatbot_model.guardrail_embedded import TokenEmbeddings
+    from chatbot_model.retrieval.embedder import embedded_model_path
+    from chatbot_model.guardrail.embedded import TokenEmbeddings
 
     layer = AutoModel.from_pretrained(embedded_model_path()).embeddings.eval()
     numpy_side = TokenEmbeddings()
@@ -330,7 +330,7 @@ def test_numpy_token_embeddings_equal_minilm_embedding_layer():
 
 
 def test_normalisation_undoes_common_obfuscations():
-    from chatbot_model.guardrail_embedded import normalize
+    from chatbot_model.guardrail.embedded import normalize
 
     assert normalize("Y0u are a w0rthless 1d1ot") == "you are a worthless idiot"
     assert normalize("i.d.i.o.t") == "idiot" and normalize("what an @$$hole") == "what an asshole"
@@ -357,7 +357,7 @@ def test_an_obfuscated_insult_is_blocked_on_input(embedded):
 def test_functional_suite_shape():
     from collections import Counter
 
-    from chatbot_model.evaluation import GoldenSet
+    from chatbot_model.lifecycle.evaluation import GoldenSet
 
     cases = GoldenSet.load().functional
     per = Counter(c["functionality"] for c in cases)
@@ -387,7 +387,7 @@ def test_a_local_answer_quoting_a_toxic_document_is_blocked_from_its_sentence_ve
     """The output guardrail: the same classifier and policy, scored from the answer sentences' index vectors."""
     import json
 
-    from chatbot_model.service import LLMService
+    from chatbot_model.pipeline.service import LLMService
 
     corpus = tmp_path / "docs.json"
     corpus.write_text(json.dumps([
@@ -398,7 +398,7 @@ def test_a_local_answer_quoting_a_toxic_document_is_blocked_from_its_sentence_ve
     service = LLMService.from_settings(settings)
     question = "What did the angry customer write?"
     sources = service.rag.retrieve(question)
-    from chatbot_model.schema import CompletionRequest
+    from chatbot_model.contract import CompletionRequest
 
     completion = service.providers["local"].complete(CompletionRequest(
         system="", prompt="", question=question, sources=sources, model="",
@@ -426,8 +426,8 @@ def test_warming_scores_knowledge_base_sentences_ahead_of_the_output_check(embed
 
 
 def test_copies_of_the_same_weights_share_one_loaded_model(tmp_path):
-    from chatbot_model.guardrail import EMBEDDED_WEIGHTS
-    from chatbot_model.guardrail_embedded import load_model
+    from chatbot_model.guardrail.core import EMBEDDED_WEIGHTS
+    from chatbot_model.guardrail.embedded import load_model
 
     (tmp_path / "a").mkdir()
     copy = _copy_weights(tmp_path / "a")  # as each logged MLflow model version carries the package's files

@@ -250,7 +250,7 @@ def test_chat_page_has_no_inline_script_style_or_handlers():
 
 # ---------------------------------------------------------------- ids, encodings, control characters
 def test_id_limits_equal_the_feedback_columns():
-    from chatbot_model.feedback import feedback_table
+    from chatbot_model.store.tables import feedback_table
     from chatbot_model.server.schemas import MAX_ID_CHARS
 
     assert MAX_ID_CHARS == feedback_table.c.session_id.type.length == feedback_table.c.trace_id.type.length
@@ -305,7 +305,7 @@ CANARY_ENV = {
 
 
 def test_config_output_masks_every_password(monkeypatch):
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     for k, v in CANARY_ENV.items():
         monkeypatch.setenv(k, v)
@@ -321,7 +321,7 @@ def test_chat_session_params_and_logs_never_show_a_password(shipped_index, tmp_p
     """run_chat on a pipe: the session's MLflow params, its output and the logs hold no password."""
     from mlflow import MlflowClient
 
-    from chatbot_model.chat import run_chat
+    from chatbot_model.cli.chat import run_chat
     from tests.server_helpers import make_service, make_settings
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

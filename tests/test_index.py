@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError
-from chatbot_model.index import FLAT_MAX, apply_search_params, build_index, choose_index_type, ivf_lists
-from chatbot_model.rag import RAGPipeline
+from chatbot_model.retrieval.index import FLAT_MAX, apply_search_params, build_index, choose_index_type, ivf_lists
+from chatbot_model.retrieval.rag import RAGPipeline
 from tests.test_rag import CORPUS
 
 
@@ -76,7 +76,7 @@ def corpus(tmp_path):
 
 
 def test_the_chosen_index_type_is_persisted_reloaded_and_shown(corpus, tmp_path, monkeypatch):
-    from chatbot_model.cli import main
+    from chatbot_model.cli.main import main
 
     settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx", index_type="hnsw", hnsw_ef_search=40)
     built = RAGPipeline(settings).load_or_build()

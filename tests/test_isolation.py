@@ -23,7 +23,7 @@ def test_every_cache_resolves_below_the_session_home():
     import torch.hub
 
     from chatbot_model.config import load_settings
-    from chatbot_model.onnx_export import default_cache_dir
+    from chatbot_model.retrieval.onnx_export import default_cache_dir
 
     assert SESSION_HOME.resolve() != REAL_HOME.resolve() and Path.home() == SESSION_HOME
     assert load_settings().embedding_cache_dir is None  # so the ONNX export goes to the default cache ...
@@ -32,7 +32,7 @@ def test_every_cache_resolves_below_the_session_home():
 
 
 def test_the_onnx_export_lands_in_the_session_cache(shipped_index):
-    from chatbot_model.onnx_export import default_cache_dir
+    from chatbot_model.retrieval.onnx_export import default_cache_dir
 
     exports = list((default_cache_dir() / "onnx").glob("*/model.onnx"))  # the shipped index needed one
     assert exports and all(below(p) for p in exports)

@@ -126,8 +126,8 @@ def mlserver_bin() -> Path:
 def exported(tmp_path_factory, shipped_index) -> Path:
     """A registered Production model exported as KServe loads it."""
     from chatbot_model.config import load_settings
-    from chatbot_model.export import export_model
-    from chatbot_model.registry import log_and_register, promote
+    from chatbot_model.lifecycle.export import export_model
+    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     root = tmp_path_factory.mktemp("kserve")
     with pytest.MonkeyPatch.context() as mp:
@@ -202,7 +202,7 @@ def test_mlserver_mlflow_runtime_answers_a_v2_request(mlserver_bin, exported, ma
 
 def test_export_refuses_a_non_empty_destination(tmp_path):
     from chatbot_model.errors import InvalidInput
-    from chatbot_model.export import export_model
+    from chatbot_model.lifecycle.export import export_model
 
     (tmp_path / "dest").mkdir()
     (tmp_path / "dest" / "old.txt").write_text("an older export")

@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
-from chatbot_model.cli import main
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.cli.main import main
 from chatbot_model.config import load_settings
-from chatbot_model.feedback import FeedbackStore
-from chatbot_model.gate import EvaluationGate, PromotionRefused
-from chatbot_model.lifecycle import adapt
-from chatbot_model.registry import log_and_register, promote
+from chatbot_model.store.feedback import FeedbackStore
+from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused
+from chatbot_model.lifecycle.loop import adapt
+from chatbot_model.lifecycle.registry import log_and_register, promote
 from tests.conftest import DOCS, ROOT
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 from tests.test_registry import make_versions
@@ -117,7 +117,7 @@ def test_the_gate_refuses_a_regression_beyond_the_tolerance_and_force_records_wh
 
 # ------------------------------------------------------------------ the loop end to end
 def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_path, capsys):
-    from chatbot_model.chat import run_chat
+    from chatbot_model.cli.chat import run_chat
     from chatbot_model.server import create_app
     from chatbot_model.server.backends import InProcessBackend
 
@@ -145,7 +145,7 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
     assert [(r.rating, r.model_version) for r in rows] == [("down", "1"), ("down", "1")]  # the version that answered
 
     # another process sees the new state
-    stats = subprocess.run([sys.executable, "-m", "chatbot_model.cli", "feedback", "stats"], capture_output=True,
+    stats = subprocess.run([sys.executable, "-m", "chatbot_model.cli.main", "feedback", "stats"], capture_output=True,
                            text=True, timeout=120, env=dict(os.environ))
     assert stats.returncode == 0, stats.stderr
     assert "ratings: 2 (up 0, down 2)" in stats.stdout and f"hint: {GROUNDED_HINT!r}" in stats.stdout
@@ -215,7 +215,7 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
 
 
 def test_serve_ensure_model_evaluates_before_promoting(settings, client):
-    from chatbot_model.server.cli import ensure_registered_model
+    from chatbot_model.cli.serve import ensure_registered_model
 
     done = ensure_registered_model(settings)
     assert "evaluated it (passed" in done and "promoted it to Production" in done
@@ -280,7 +280,7 @@ def test_mlflow_run_evaluate_promote_and_adapt(shipped_index, tmp_path):
 def test_lifecycle_cli_module_imports_only_click():
     import ast
 
-    import chatbot_model.lifecycle_cli as module
+    import chatbot_model.cli.lifecycle as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]

@@ -17,15 +17,17 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, inspect
 
-from chatbot_model import migrations
-from chatbot_model.adaptation import AdaptationRule
-from chatbot_model.cli import main
-from chatbot_model.feedback import FeedbackStore, metadata
+from chatbot_model.store import migrations
+from chatbot_model.pipeline.adaptation import AdaptationRule
+from chatbot_model.cli.main import main
+from chatbot_model.store.db import Database
+from chatbot_model.store.feedback import FeedbackStore
+from chatbot_model.store.tables import metadata
 from tests.pg_server import PostgresServer, find_bin
 
 HEAD = migrations.head()
 
-# the table exactly as chatbot_model/feedback.py declared it before migrations (created by create_all)
+# the table exactly as chatbot_model/store/feedback.py declared it before migrations (created by create_all)
 LEGACY = MetaData()
 Table(
     "feedback", LEGACY,
@@ -72,7 +74,7 @@ def url(request, tmp_path):
 
 
 def engine_of(url: str):
-    return FeedbackStore(url).make_engine()  # no migration; `postgresql://` with the installed driver
+    return Database(url).make_engine()  # no migration; `postgresql://` with the installed driver
 
 
 def schema(url: str) -> dict:
@@ -190,7 +192,7 @@ def test_db_upgrade_step_by_step_and_clear_errors(tmp_path, monkeypatch):
 START_AND_RECORD = """
     import os, sys, time
     from pathlib import Path
-    from chatbot_model.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore
     url, go, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     Path(go.parent / f"ready-{me}").touch()
     while not go.exists():  # a barrier: every process connects at once

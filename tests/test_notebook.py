@@ -17,7 +17,7 @@ def test_quickstart_notebook_runs_against_a_temporary_store(index_dir, tmp_path,
     import nbformat
     from nbclient import NotebookClient
 
-    from chatbot_model.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore
 
     # the kernel inherits the environment: the test's store, index and feedback DB, this checkout's package
     monkeypatch.setenv("CHATBOT_GUARDRAIL_BACKEND", "embedded")

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from chatbot_model.adapter import DEFAULT_HINT
+from chatbot_model.pipeline.adapter import DEFAULT_HINT
 from tests.fake_llm_server import OPENAI_PATH, FakeLLMServer, Reply
 from tests.server_helpers import (LiveServer, make_service, make_settings, service_app, serving,
                                   sibling_service)

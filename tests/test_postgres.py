@@ -28,9 +28,9 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
-from chatbot_model.cli import main
-from chatbot_model.feedback import ASSESSMENT_NAME, FeedbackStore
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.cli.main import main
+from chatbot_model.store.feedback import ASSESSMENT_NAME, FeedbackStore
 from tests.conftest import ROOT
 from tests.mlflow_state import reset_mlflow
 from tests.pg_server import PostgresServer, find_bin
@@ -146,7 +146,7 @@ def chatbot_server(env: dict, cwd: Path):
     port = free_port()
     log = cwd / f"serve-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "chatbot_model.cli", "serve", "--host", "127.0.0.1", "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "chatbot_model.cli.main", "serve", "--host", "127.0.0.1", "--port",
                                  str(port), "--model-uri", f"models:/{NAME}@production"], env=env, cwd=cwd,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -184,7 +184,7 @@ def test_four_processes_write_800_ratings_on_postgres_and_none_is_lost(pg):
     url = pg.create_database()
     code = """
         import sys
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.store.feedback import FeedbackStore
         store = FeedbackStore(sys.argv[1], attach=False)
         for i in range(200):
             store.record(trace_id=f"tr-{sys.argv[2]}-{i}", rating="up" if i % 3 else "down", route="gpt",
@@ -211,7 +211,7 @@ def test_four_processes_write_800_ratings_on_postgres_and_none_is_lost(pg):
 def test_registry_lifecycle_through_mlflow_server_on_postgres(pg, tracking, settings_of_overlay, index_dir, tmp_path,
                                                               monkeypatch):
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     feedback_url = resolve(settings_of_overlay["feedback_url"], pg)
     env = {"MLFLOW_TRACKING_URI": tracking, "CHATBOT_FEEDBACK_DB_URL": feedback_url,

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from chatbot_model.deadline import Deadline
+from chatbot_model.providers.deadline import Deadline
 from chatbot_model.errors import ProviderError
-from chatbot_model.schema import Completion
+from chatbot_model.contract import Completion
 from tests.fake_llm_server import Reply
 from tests.test_providers import REMOTE, _clean_env, remote, request_for, server  # noqa: F401 - fixtures
 

@@ -18,9 +18,9 @@ import pytest
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError, ProviderError
 from chatbot_model.providers import PROVIDERS, build_provider
-from chatbot_model.adapter import DEFAULT_HINT, GROUNDED_HINT
+from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
 from chatbot_model.providers.local import ANSWER_STYLES, NOT_COVERED, split_sentences, style_of
-from chatbot_model.schema import Chunk, CompletionRequest, Source
+from chatbot_model.contract import Chunk, CompletionRequest, Source
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
 from tests.fake_llm_server import fake_llm_server as _fake_llm_server
 
@@ -288,7 +288,7 @@ def make_source(chunk_id, title, text, score, *, sentences=True, vectors=False):
                   sentences=parts)
     source = Source(chunk=chunk, score=score)
     if vectors:
-        from chatbot_model.embeddings import get_embedder
+        from chatbot_model.retrieval.embedder import get_embedder
 
         source.sentence_vectors = get_embedder("").encode(list(parts))
     return source
@@ -297,7 +297,7 @@ def make_source(chunk_id, title, text, score, *, sentences=True, vectors=False):
 def local_request(question, sources, *, question_vector=False, hint=""):
     vector = None
     if question_vector:
-        from chatbot_model.embeddings import get_embedder
+        from chatbot_model.retrieval.embedder import get_embedder
 
         vector = get_embedder("").encode([question])[0]
     return CompletionRequest(system=hint, prompt="", question=question, sources=sources, model="extractive-v1",

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from chatbot_model.config import Settings
-from chatbot_model.pyfunc import OUTPUT_COLUMNS, _PyfuncChatbot, answer_frame, service_from_artifacts, to_questions
-from chatbot_model.schema import ChatResult
+from chatbot_model.lifecycle.pyfunc import OUTPUT_COLUMNS, _PyfuncChatbot, answer_frame, service_from_artifacts, to_questions
+from chatbot_model.contract import ChatResult
 from tests.conftest import DOCS, ROOT
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
@@ -31,7 +31,7 @@ QUESTIONS = ["What is MLflow used for?", "How do I serve a model?", "What does t
 def registered(tmp_path_factory, shipped_index):
     """One real model version, logged from code, registered and promoted to Staging then Production."""
     from chatbot_model.config import load_settings
-    from chatbot_model.registry import log_and_register, promote
+    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     root = tmp_path_factory.mktemp("pyfunc-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -225,7 +225,7 @@ def test_a_stale_logged_index_is_rebuilt_outside_the_model(store, tmp_path):
 
 
 def test_serving_settings_come_from_the_model_and_env_overrides_defaults(store, tmp_path, monkeypatch):
-    from chatbot_model.pyfunc import settings_from_artifacts
+    from chatbot_model.lifecycle.pyfunc import settings_from_artifacts
 
     path = tmp_path / "model_settings.json"
     path.write_text(json.dumps({"bias_towards_35": 0.8, "gpt_model": "g", "guardrail_backend": "embedded", "top_k": 5,
@@ -288,7 +288,7 @@ def test_loading_and_answering_needs_no_network_and_no_key(store, tmp_path):
 def test_model_config_attributes_ratings_to_the_version_and_can_freeze_adaptation(store):
     """`model_version` tags this model's ratings with the version that answered; `adaptation: frozen` serves the
     version alone (the evaluation gate loads it so): no feedback store, its own bias and hint."""
-    from chatbot_model.adapter import DEFAULT_HINT
+    from chatbot_model.pipeline.adapter import DEFAULT_HINT
 
     uri = f"models:/{NAME}/1"
     model = mlflow.pyfunc.load_model(uri, model_config={"model_version": "1"})

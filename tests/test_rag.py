@@ -7,8 +7,8 @@ import pytest
 
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError, InvalidInput
-from chatbot_model.rag import RAGPipeline, chunk_documents, load_documents, split_sentences
-from chatbot_model.schema import Document
+from chatbot_model.retrieval.rag import RAGPipeline, chunk_documents, load_documents, split_sentences
+from chatbot_model.contract import Document
 
 CORPUS = [
     {"id": "aliases", "title": "Model aliases", "source": "a.md",
@@ -144,7 +144,7 @@ def test_the_chunk_store_is_memory_mapped_and_gives_back_every_chunk(corpus, tmp
 
 
 def test_an_index_directory_of_the_previous_format_is_rebuilt(corpus, tmp_path, monkeypatch):
-    import chatbot_model.rag as rag_module
+    import chatbot_model.retrieval.rag as rag_module
 
     settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
     monkeypatch.setattr(rag_module, "INDEX_FORMAT", 1)
@@ -187,7 +187,7 @@ def test_sources_are_distinct_documents_even_when_one_document_has_many_close_ch
 
 
 def test_a_matching_index_is_checked_by_streaming_the_documents_not_loading_them(tmp_path, monkeypatch):
-    import chatbot_model.rag as rag_module
+    import chatbot_model.retrieval.rag as rag_module
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps(d) for d in CORPUS) + "\n")

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from chatbot_model.cli import main
+from chatbot_model.cli.main import main
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, NotFound
-from chatbot_model.registry import STAGES, canonical_stage, pip_requirements, promote
+from chatbot_model.lifecycle.registry import STAGES, canonical_stage, pip_requirements, promote
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
@@ -158,7 +158,7 @@ def test_registry_cli_module_imports_only_click():
     import ast
     from pathlib import Path
 
-    import chatbot_model.registry_cli as module
+    import chatbot_model.cli.registry as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -167,7 +167,7 @@ def test_registry_cli_module_imports_only_click():
 
 
 def test_the_production_gate_lives_in_the_registry_api(client):
-    from chatbot_model.gate import PromotionRefused
+    from chatbot_model.lifecycle.gate import PromotionRefused
 
     make_versions(client, 2)
     with pytest.raises(PromotionRefused, match=r"version 2 was never evaluated; run `llmops-chatbot evaluate"):
@@ -186,7 +186,7 @@ def test_the_production_gate_lives_in_the_registry_api(client):
 
 
 def test_model_uris_resolve_alias_first_then_stage_and_latest(client):
-    from chatbot_model.model_uri import production_version, resolve
+    from chatbot_model.lifecycle.model_uri import production_version, resolve
 
     make_versions(client, 3)
     assert production_version(client, NAME) is None

@@ -13,16 +13,16 @@ from email.utils import parsedate_to_datetime
 import pytest
 from pydantic import SecretStr
 
-from chatbot_model.breaker import BreakerCollector, CircuitBreaker, breaker_totals
+from chatbot_model.providers.breaker import BreakerCollector, CircuitBreaker, breaker_totals
 from chatbot_model.config import load_settings
-from chatbot_model.deadline import Deadline
+from chatbot_model.providers.deadline import Deadline
 from chatbot_model.errors import ConfigError, ProviderError
 from chatbot_model.providers import PROVIDERS, build_provider
 from chatbot_model.providers.base import parse_retry_after
 from chatbot_model.providers.openai import OpenAIProvider
-from chatbot_model.router import ROUTES, Route
-from chatbot_model.schema import CompletionRequest
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.router import ROUTES, Route
+from chatbot_model.contract import CompletionRequest
+from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
 from tests.test_service import CORPUS as SERVICE_CORPUS
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatbot_model.feedback import FeedbackStore
+from chatbot_model.store.feedback import FeedbackStore
 from tests.server_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

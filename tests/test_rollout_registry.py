@@ -32,7 +32,7 @@ def two_versions(shipped_index, tmp_path_factory):
     """A store with versions 1 and 2 of llmops-chatbot, `production` on version 1."""
     from mlflow import MlflowClient
 
-    from chatbot_model.registry import log_and_register
+    from chatbot_model.lifecycle.registry import log_and_register
 
     tmp = tmp_path_factory.mktemp("rollout-registry")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -54,7 +54,7 @@ def test_moving_the_alias_swaps_the_served_version_without_a_failed_request(two_
     import mlflow
     from mlflow import MlflowClient
 
-    from chatbot_model.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore
 
     store, v1, v2 = two_versions
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
@@ -203,7 +203,7 @@ def test_moving_the_alias_in_the_mlflow_ui_changes_what_the_running_wrapper_serv
     ui, wrapper = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     with process([str(bindir / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port",
                   ui.rsplit(":", 1)[1], "--workers", "1"], env, tmp_path, ui, "/health"), \
-         process([sys.executable, "-m", "chatbot_model.cli", "serve", "--port", wrapper.rsplit(":", 1)[1]], env,
+         process([sys.executable, "-m", "chatbot_model.cli.main", "serve", "--port", wrapper.rsplit(":", 1)[1]], env,
                  tmp_path, wrapper, "/ready"):
         assert httpx.get(f"{wrapper}/health").json()["model_version"] == v1
         client = HttpClient(wrapper)

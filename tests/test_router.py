@@ -2,7 +2,7 @@
 
 import pytest
 
-from chatbot_model.router import HeuristicRouter
+from chatbot_model.pipeline.router import HeuristicRouter
 
 
 def test_short_factual_question_goes_to_gpt():

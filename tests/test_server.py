@@ -253,7 +253,7 @@ def test_api_key_guards_chat_and_feedback_only(make_client, settings):
 
 # ---------------------------------------------------------------- /feedback
 def test_feedback_is_recorded_with_what_was_served(client, settings):
-    from chatbot_model.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore
 
     answer = client.post("/chat", json={"question": Q, "session_id": "sess-7"}).json()
     r = client.post("/feedback", json={"trace_id": answer["trace_id"], "rating": "down", "comment": "too vague"})

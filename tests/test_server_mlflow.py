@@ -20,7 +20,7 @@ FIELDS = {"answer", "question", "standalone_question", "sources", "route", "prov
 @pytest.fixture(scope="module")
 def registered(shipped_index, tmp_path_factory):
     """A store with llmops-chatbot version 1 in Production (the registry's own log/register/promote)."""
-    from chatbot_model.registry import log_and_register, promote
+    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     tmp = tmp_path_factory.mktemp("server-registry")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -63,7 +63,7 @@ def test_in_process_backend_serves_the_production_model(settings, registered):
         assert body["trace_id"].startswith("tr-")
         fb = client.post("/feedback", json={"trace_id": body["trace_id"], "rating": "up"})
         assert fb.status_code == 200, fb.text
-        from chatbot_model.feedback import FeedbackStore
+        from chatbot_model.store.feedback import FeedbackStore
 
         row = FeedbackStore(settings.feedback_db_url).ratings()[0]
         assert row.model_version == version.version and row.session_id == "s"

@@ -9,9 +9,9 @@ import pytest
 
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.errors import InvalidInput
-from chatbot_model.guardrail import SAFE_REPLY
+from chatbot_model.guardrail.core import SAFE_REPLY
 from chatbot_model.providers.local import split_sentences
-from chatbot_model.service import LLMService
+from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
 
 CORPUS = [

@@ -11,8 +11,8 @@ import mlflow
 import pytest
 
 from chatbot_model.errors import InvalidInput
-from chatbot_model.guardrail import SAFE_REPLY
-from chatbot_model.streaming import (DeltaEvent, FinalEvent, ReplaceEvent, SentenceBuffer, SourcesEvent,
+from chatbot_model.guardrail.core import SAFE_REPLY
+from chatbot_model.pipeline.streaming import (DeltaEvent, FinalEvent, ReplaceEvent, SentenceBuffer, SourcesEvent,
                                      StreamFailed, pieces_of)
 from tests.fake_llm_server import OPENAI_PATH, Reply
 from tests.test_service import TOXIC, make_service, with_keys  # noqa: F401 - fixtures
@@ -143,7 +143,7 @@ def test_the_sentence_buffer_waits_for_the_end_of_a_sentence():
 def test_the_cli_prints_the_answer_as_it_arrives(make_service, monkeypatch):
     import click
 
-    from chatbot_model.chat import stream_answer
+    from chatbot_model.cli.chat import stream_answer
 
     echoed = []
     monkeypatch.setattr(click, "echo", lambda message="", nl=True, **_: echoed.append(str(message)))

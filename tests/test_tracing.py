@@ -11,10 +11,10 @@ import mlflow
 import pytest
 from fastapi.testclient import TestClient
 
-from chatbot_model import feedback as feedback_module
-from chatbot_model import tracing
-from chatbot_model.feedback import FeedbackStore
-from chatbot_model.tracing import TracePipeline, TraceRecord
+from chatbot_model.store import feedback as feedback_module
+from chatbot_model.tracing import writer as tracing
+from chatbot_model.store.feedback import FeedbackStore
+from chatbot_model.tracing.writer import TracePipeline, TraceRecord
 from tests.server_helpers import make_service, make_settings, service_app
 
 Q = "How do I promote a registered MLflow model version to Production?"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatbot_model.config import Settings
-from chatbot_model.deadline import Clock
+from chatbot_model.providers.deadline import Clock
 from chatbot_model.errors import unknown_name
 from chatbot_model.providers.anthropic import AnthropicProvider
 from chatbot_model.providers.base import Provider

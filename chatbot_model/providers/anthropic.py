@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from chatbot_model.errors import ConfigError
 from chatbot_model.providers.messages import anthropic_messages
 from chatbot_model.providers.base import Provider, provider_error, token_usage
-from chatbot_model.schema import Completion, CompletionRequest
+from chatbot_model.contract import Completion, CompletionRequest
 
 
 class AnthropicProvider(Provider):

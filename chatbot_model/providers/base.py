@@ -25,12 +25,12 @@ from typing import Any, AsyncIterator, ClassVar, Iterator
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 
-from chatbot_model.breaker import CircuitBreaker, key_fingerprint
+from chatbot_model.providers.breaker import CircuitBreaker, key_fingerprint
 from chatbot_model.config import Settings
-from chatbot_model.deadline import SYSTEM_CLOCK, Clock, Deadline
+from chatbot_model.providers.deadline import SYSTEM_CLOCK, Clock, Deadline
 from chatbot_model.errors import ChatbotError, ProviderError
 from chatbot_model.providers import runner
-from chatbot_model.schema import Completion, CompletionRequest
+from chatbot_model.contract import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
 MIN_ATTEMPT_S = 0.05  # an attempt with less time than this left is not started

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chatbot_model.providers.base import Provider
-from chatbot_model.schema import Completion, CompletionRequest, Source
+from chatbot_model.contract import Completion, CompletionRequest, Source
 
 MODEL_NAME = "extractive-v1"
 KB_TOPIC = ("llmops-chatbot and MLflow: tracking and tracing, the model registry, serving and deploying the "
@@ -100,7 +100,7 @@ class LocalProvider(Provider):
         if question is None:
             texts.insert(0, request.question)
         if texts:
-            from chatbot_model.embeddings import get_embedder
+            from chatbot_model.retrieval.embedder import get_embedder
 
             encoded = get_embedder(self.settings.embedding_model, settings=self.settings).encode(texts)
             if question is None:

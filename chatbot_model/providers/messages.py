@@ -3,7 +3,7 @@ real messages, and the current question goes last with its sources (the rendered
 
 from __future__ import annotations
 
-from chatbot_model.schema import CompletionRequest
+from chatbot_model.contract import CompletionRequest
 
 
 def conversation(request: CompletionRequest) -> list[dict[str, str]]:

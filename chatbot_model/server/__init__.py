@@ -1,6 +1,6 @@
 """The FastAPI wrapper: `uvicorn chatbot_model.server:app`.
 
-`app` is built on first access (so `chatbot_model.server.cli` stays light for `llmops-chatbot --help`);
+`app` is built on first access (so `chatbot_model.cli.serve` stays light for `llmops-chatbot --help`);
 its settings are read at start-up, not at import.
 """
 

@@ -10,7 +10,7 @@ Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc
 question's conversation (validated messages) to the model: `answer_many(histories=)` in the service, the
 pyfunc's `history` column in-process and over `/invocations`; a question without one is sent exactly as before.
 `stream` answers one question as event dicts
-(`chatbot_model.streaming`): the service streams, the in-process model through its pyfunc `predict_stream`,
+(`chatbot_model.pipeline.streaming`): the service streams, the in-process model through its pyfunc `predict_stream`,
 and the remote backend cannot (`mlflow models serve` does not stream pyfunc models): it sends the whole answer
 as one delta.
 """
@@ -232,7 +232,7 @@ class ServiceBackend(Backend):
     def _load(self) -> None:
         if self.service is None:
             from chatbot_model.config import configure_mlflow
-            from chatbot_model.service import LLMService
+            from chatbot_model.pipeline.service import LLMService
 
             if self.settings.tracing:
                 configure_mlflow(self.settings)
@@ -263,7 +263,7 @@ class InProcessBackend(Backend):
 
     def __init__(self, settings: Settings, model: Any | None = None, *, loader: Callable[[str], Any] | None = None,
                  resolver: Callable[[str], Callable[[], str | None]] | None = None):
-        from chatbot_model.model_uri import parse
+        from chatbot_model.lifecycle.model_uri import parse
         from chatbot_model.server import rollout
 
         super().__init__(settings)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def conversation_store(app) -> Any:
     """The app's conversation store, sharing the feedback store's database (None when none is configured)."""
-    from chatbot_model.conversations import ConversationStore
+    from chatbot_model.store.conversations import ConversationStore
     from chatbot_model.server.deps import settings_of
 
     state = app.state
@@ -35,7 +35,7 @@ def conversation_store(app) -> Any:
         if not settings.feedback_db_url:
             return None
         feedback = getattr(state, "feedback_store", None)
-        database = feedback if hasattr(feedback, "make_engine") else None
+        database = getattr(feedback, "database", None)  # one engine per database (None: not opened yet)
         state.conversation_store = ConversationStore.from_settings(settings, database=database)
     return state.conversation_store
 

@@ -57,7 +57,7 @@ def _open_feedback_store(state, url: str | None) -> Any:
 def _open_once(state, url: str | None) -> Any:
     if getattr(state, "feedback_store", None) is None:
         try:
-            from chatbot_model.feedback import FeedbackStore
+            from chatbot_model.store.feedback import FeedbackStore
         except ImportError as exc:
             raise FeedbackUnavailable(f"the feedback store is not available ({exc})") from None
         try:
@@ -69,7 +69,7 @@ def _open_once(state, url: str | None) -> Any:
 
 
 async def feedback_store(request: Request) -> Any:
-    """The durable feedback store (`chatbot_model.feedback.FeedbackStore`), opened on first use (in a worker
+    """The durable feedback store (`chatbot_model.store.feedback.FeedbackStore`), opened on first use (in a worker
     thread: it may migrate the database)."""
     state = request.app.state
     store = getattr(state, "feedback_store", None)

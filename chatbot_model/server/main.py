@@ -59,7 +59,7 @@ async def drain(state) -> None:
 
     from starlette.concurrency import run_in_threadpool
 
-    from chatbot_model import tracing
+    from chatbot_model.tracing import writer as tracing
 
     deadline = time.monotonic() + tracing.DRAIN_TIMEOUT_S
     store = getattr(state, "feedback_store", None)

@@ -117,7 +117,7 @@ def registry_resolver(uri: str) -> Callable[[], str | None]:
     registry cannot say (unreachable)."""
     def resolve() -> str | None:
         from chatbot_model.errors import NotFound
-        from chatbot_model.model_uri import resolve_version
+        from chatbot_model.lifecycle.model_uri import resolve_version
 
         try:
             return resolve_version(uri)

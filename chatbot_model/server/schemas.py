@@ -6,10 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chatbot_model.contract import AnswerRow
+from chatbot_model.contract import MAX_COMMENT_CHARS, MAX_ID_CHARS, AnswerRow
 
-MAX_ID_CHARS = 64  # = the feedback table's trace_id and session_id columns (String(64)); a test keeps them equal
-MAX_COMMENT_CHARS = 2000
 NUL_REJECTED = "NUL characters are rejected (422); surrounding whitespace is stripped"
 
 

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatbot_model.config import Settings
-from chatbot_model.deadline import REQUEST_DEADLINE, Deadline
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
 from chatbot_model.errors import ChatbotError
 from chatbot_model.server.errors import BackendFailed, BackendTimeout, ServerError
 
@@ -39,7 +39,7 @@ _END = object()
 def request_deadline(settings: Settings, hint: str | None = None) -> tuple[Deadline, contextvars.Context]:
     """A fresh deadline for one request, and a context in which the service sees it (`REQUEST_DEADLINE`) and,
     when given, the caller's hint (`adapter.REQUEST_HINT`)."""
-    from chatbot_model.adapter import REQUEST_HINT
+    from chatbot_model.pipeline.adapter import REQUEST_HINT
 
     deadline = Deadline.start(settings.request_budget_s, settings.local_reserve_s)
     context = contextvars.copy_context()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
-from chatbot_model.breaker import BreakerCollector
+from chatbot_model.providers.breaker import BreakerCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -56,13 +56,13 @@ class TraceMemory:
 
 class TracesDroppedCollector:
     """`chatbot_traces_dropped_total`: traces this process's pipeline dropped (queue full, left at shutdown) or
-    failed to write, read from `chatbot_model.tracing.stats()` at scrape time."""
+    failed to write, read from `chatbot_model.tracing.writer.stats()` at scrape time."""
 
     def describe(self):
         return [CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])]
 
     def collect(self):
-        from chatbot_model import tracing
+        from chatbot_model.tracing import writer as tracing
 
         counts = tracing.stats()
         family = CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])

@@ -1,0 +1,1 @@
+"""The `llmops-chatbot` command line: the click group (`main.py`) and one module per command group."""

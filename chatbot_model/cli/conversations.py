@@ -1,0 +1,51 @@
+"""CLI commands of the conversation store: `conversations prune` and `conversations show` (wired in cli/main.py)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _store():
+    from chatbot_model.config import load_settings
+    from chatbot_model.store.conversations import ConversationStore
+    from chatbot_model.errors import ConfigError
+
+    store = ConversationStore.from_settings(load_settings())
+    if store is None:
+        raise ConfigError("no conversation store: set CHATBOT_FEEDBACK_DB_URL (e.g. sqlite:///.chatbot/feedback.db)")
+    return store
+
+
+@click.group("conversations")
+def conversations() -> None:
+    """Stored conversation turns (in the feedback database): show one, prune old ones."""
+
+
+@conversations.command("prune")
+@click.option("--older-than-days", type=click.FloatRange(min=0, min_open=True),
+              help="Delete turns older than this (default: CHATBOT_CONVERSATION_RETENTION_DAYS).")
+def prune(older_than_days: float | None) -> None:
+    """Delete conversation turns older than the retention (CHATBOT_CONVERSATION_RETENTION_DAYS; 0 keeps all)."""
+    store = _store()
+    days = older_than_days if older_than_days is not None else store.retention_days
+    if not days:
+        click.echo("retention is 0 (keep forever): nothing pruned; pass --older-than-days or set "
+                   "CHATBOT_CONVERSATION_RETENTION_DAYS")
+        return
+    deleted = store.prune(days)
+    click.echo(f"deleted {deleted} conversation turns older than {days:g} days; {store.count()} kept")
+
+
+@conversations.command("show")
+@click.argument("session_id")
+def show(session_id: str) -> None:
+    """Print the stored turns of SESSION_ID, oldest first."""
+    turns = _store().turns(session_id)
+    if not turns:
+        raise click.ClickException(f"no turns stored for session {session_id!r}")
+    for t in turns:
+        click.echo(f"[{t.turn}] {t.created_at:%Y-%m-%d %H:%M:%S} trace={t.trace_id or '-'}")
+        click.echo(f"  you> {t.question}")
+        if t.standalone_question:
+            click.echo(f"      (retrieved as: {t.standalone_question})")
+        click.echo(f"  bot> {t.answer}")

@@ -1,0 +1,1 @@
+"""The toxicity guardrail: `Guardrail` and its classifier backends (`embedded`, `toxic-bert`, `auto`)."""

@@ -1,0 +1,314 @@
+"""Toxicity guardrail: scores text with a pluggable classifier; unsafe when any label >= the threshold.
+
+Backends (`CLASSIFIERS`): `toxic-bert` (the transformers model unitary/toxic-bert, six multi-label sigmoid
+scores) and `embedded` (offline: one score per policy label - hate, threat, insult, sexual_minors - from a
+fine-tuned 3-layer MiniLM policy encoder (int8 ONNX) and optional linear heads; `guardrail_embedded.py`, weights in
+`guardrail_data/embedded.npz`, trained by `scripts/train_guardrail.py`, policy and comparison in
+docs/guardrail.md). `auto` uses toxic-bert when it loads, else the embedded classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+from urllib.parse import urlparse
+
+import numpy as np
+
+from chatbot_model.config import Settings
+from chatbot_model.errors import ConfigError, InvalidInput, unknown_name
+
+log = logging.getLogger(__name__)
+
+SAFE_REPLY = (
+    "I can't help with that request. Please rephrase it respectfully and without harmful content, "
+    "and I'll be glad to help with your question."
+)
+DATA_DIR = Path(__file__).resolve().parent / "data"
+EMBEDDED_WEIGHTS = DATA_DIR / "embedded.npz"
+TOXIC_BERT_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+HOW_TO_GET_TOXIC_BERT = (
+    "download unitary/toxic-bert once with `huggingface-cli download unitary/toxic-bert` "
+    "(or `hf download unitary/toxic-bert`) or set CHATBOT_TOXIC_BERT_MODEL to a local directory"
+)
+
+
+@dataclass(frozen=True)
+class GuardrailResult:
+    """The verdict on one text: every label's score, the labels at or above the threshold, the backend."""
+
+    safe: bool
+    scores: dict[str, float]
+    flagged: dict[str, float]
+    backend: str
+
+    def to_dict(self) -> dict:
+        return {
+            "safe": self.safe,
+            "backend": self.backend,
+            "flagged": {k: round(v, 4) for k, v in self.flagged.items()},
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }
+
+
+class Classifier(ABC):
+    """Scores texts in [0, 1] per label; the threshold decision lives in `Guardrail`."""
+
+    name: ClassVar[str]
+    labels: tuple[str, ...]
+
+    @abstractmethod
+    def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
+        """One {label: score} per text. `vectors`: optional normalised all-MiniLM-L6-v2 embeddings of `texts`."""
+
+
+class ToxicBert(Classifier):
+    """The transformers text-classification pipeline of unitary/toxic-bert (hub id or local directory)."""
+
+    name = "toxic-bert"
+    labels = TOXIC_BERT_LABELS
+
+    def __init__(self, model: str = "unitary/toxic-bert", pipeline=None, onnx=None):
+        self.model = model
+        # ONNX Runtime when an export of this model is cached (`export_toxic_bert_onnx`): same scores, ~2x faster
+        self._onnx = onnx if onnx is not None or pipeline is not None else _cached_onnx(model)
+        self._pipe = pipeline if pipeline is not None or self._onnx is not None else self._load(model)
+        id2label = getattr(getattr(self._pipe, "model", None), "config", None)
+        id2label = getattr(id2label, "id2label", None)
+        if self._onnx is not None:
+            self.labels = tuple(self._onnx.labels)
+        elif id2label:
+            self.labels = tuple(id2label[i] for i in sorted(id2label))
+
+    @staticmethod
+    def _load(model: str):
+        source = _resolve(model)
+        try:
+            from transformers import pipeline
+
+            # toxic-bert is multi-label: sigmoid per label, all labels (top_k=None), CPU
+            return pipeline("text-classification", model=source, tokenizer=source, top_k=None,
+                            function_to_apply="sigmoid", device=-1)
+        except Exception as exc:
+            raise ConfigError(f"cannot load toxic-bert from {model!r} ({exc.__class__.__name__}: {exc}); "
+                              f"{HOW_TO_GET_TOXIC_BERT}") from None
+
+    def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
+        if not texts:
+            return []
+        if self._onnx is not None:
+            return [dict(zip(self.labels, map(float, row))) for row in self._onnx.probabilities(list(texts))]
+        rows = self._pipe(list(texts), truncation=True, batch_size=16)
+        by_label = [{d["label"]: float(d["score"]) for d in row} for row in rows]
+        return [{label: scores[label] for label in self.labels if label in scores} | scores for scores in by_label]
+
+
+def _local_dir(model: str) -> Path | None:
+    """The directory of `model`: itself when it is one, else its snapshot in the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _cached_onnx(model: str):
+    """An `OnnxTextClassifier` over a cached export of `model`, or None (then the transformers pipeline runs)."""
+    directory = _local_dir(model)
+    if directory is None:
+        return None
+    try:
+        from chatbot_model.guardrail.toxic_bert_onnx import OnnxTextClassifier
+
+        return OnnxTextClassifier(directory, export=False)
+    except (ImportError, ConfigError, OSError, KeyError, ValueError):
+        return None
+
+
+def export_toxic_bert_onnx(model: str = "unitary/toxic-bert") -> Path:
+    """Export toxic-bert (local dir or cached hub id) to ONNX once (needs torch); later loads use it."""
+    from chatbot_model.retrieval.onnx_export import onnx_model_dir
+
+    directory = _local_dir(model)
+    if directory is None:
+        raise ConfigError(f"toxic-bert {model!r} is not available locally; {HOW_TO_GET_TOXIC_BERT}")
+    return onnx_model_dir(str(directory), head="logits")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _resolve(model: str) -> str:
+    """A local directory for `model` (as given, or its Hugging Face cache snapshot), else the hub id when the hub
+    is reachable; fails fast, before importing torch, when it is neither cached nor downloadable."""
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:  # not a valid repo id
+        raise ConfigError(f"toxic-bert {model!r} is neither a local directory nor a hub id; "
+                          f"{HOW_TO_GET_TOXIC_BERT}") from None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)  # the cached snapshot: loads with no network call
+    if _offline():
+        raise ConfigError(f"toxic-bert {model!r} is not a local directory nor in the Hugging Face cache, and "
+                          f"the hub is offline (HF_HUB_OFFLINE); {HOW_TO_GET_TOXIC_BERT}")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError as exc:
+        raise ConfigError(f"toxic-bert {model!r} is not cached and the hub {endpoint.hostname} is unreachable "
+                          f"({exc}); {HOW_TO_GET_TOXIC_BERT}") from None
+    return model
+
+
+class Embedded(Classifier):
+    """Offline default: the policy encoder, and linear heads on the MiniLM vector and on character n-grams of the
+    normalised text (`chatbot_model.guardrail.embedded`), rescaled so that 0.5 is each label's operating point; one
+    loaded model per weights file and process. The policy and the measurements are in docs/guardrail.md."""
+
+    name = "embedded"
+    labels = ("hate", "threat", "insult", "sexual_minors")
+
+    def __init__(self, weights: str | Path = EMBEDDED_WEIGHTS, embedder=None):
+        from chatbot_model.guardrail.embedded import load_model
+
+        self.model = load_model(str(weights))
+        self.labels = self.model.labels
+        self._embedder = embedder
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from chatbot_model.retrieval.embedder import get_embedder
+
+            self._embedder = get_embedder("")
+        return self._embedder
+
+    def warm(self, chunks) -> None:
+        """Score the knowledge base's sentences ahead of the output checks that cite them (the model remembers its
+        recent texts); run by the service in a background thread."""
+        from chatbot_model.guardrail.embedded import CACHED_TEXTS
+
+        sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
+        for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
+            if not threading.main_thread().is_alive():
+                return
+            self.model.remember([sentence], self.embedder.encode)
+
+    def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
+        if not texts:
+            return []
+        if vectors is None and self.model.needs_vectors:
+            vectors = self.embedder.encode(list(texts))
+        probabilities = self.model.probabilities(list(texts), vectors, encode=self.embedder.encode)
+        return [dict(zip(self.labels, map(float, row))) for row in probabilities]
+
+
+CLASSIFIERS: dict[str, Callable[[Settings], Classifier]] = {
+    "toxic-bert": lambda settings: ToxicBert(settings.toxic_bert_model),
+    "embedded": lambda settings: Embedded(),
+}
+
+
+class Guardrail:
+    """Applies one classifier and the threshold rule: unsafe when any label's score >= `threshold`."""
+
+    def __init__(self, classifier: Classifier, threshold: float = 0.5):
+        if not 0 < threshold < 1:
+            raise ConfigError(f"guardrail threshold must be in (0, 1), got {threshold}")
+        self.classifier = classifier
+        self.threshold = float(threshold)
+
+    @property
+    def backend(self) -> str:
+        return self.classifier.name
+
+    def check(self, text: str, vector=None) -> GuardrailResult:
+        if not isinstance(text, str):
+            raise InvalidInput(f"the guardrail checks text: expected a string, got {type(text).__name__}")
+        vectors = None if vector is None else np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        return self.check_many([text], vectors)[0]
+
+    def check_many(self, texts: list[str], vectors=None) -> list[GuardrailResult]:
+        if isinstance(texts, str):
+            raise InvalidInput("the guardrail checks a list of strings, got one string (use check)")
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidInput("the guardrail checks a list of strings")
+        if not texts:
+            return []
+        if vectors is not None and len(vectors) != len(texts):
+            raise InvalidInput(f"got {len(vectors)} vectors for {len(texts)} texts")
+        return [self._verdict(s) for s in self.classifier.scores(texts, vectors)]
+
+    def combine(self, parts: list[GuardrailResult]) -> GuardrailResult:
+        """The verdict on a text made of `parts`: each label's highest score (unsafe when any part is)."""
+        scores = {label: max(p.scores[label] for p in parts) for label in parts[0].scores}
+        return self._verdict(scores)
+
+    def _verdict(self, scores: dict[str, float]) -> GuardrailResult:
+        flagged = {label: s for label, s in scores.items() if s >= self.threshold}
+        return GuardrailResult(safe=not flagged, scores=scores, flagged=flagged, backend=self.backend)
+
+
+def _load_with_timeout(factory: Callable[[], Classifier], timeout_s: float, what: str) -> Classifier:
+    """Run `factory` in a daemon thread; raise TimeoutError when it takes longer than `timeout_s`."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = factory()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="guardrail-load", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"loading {what} took longer than {timeout_s:g} s (CHATBOT_GUARDRAIL_LOAD_TIMEOUT_S)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _auto(settings: Settings) -> Classifier:
+    started = time.perf_counter()
+    try:
+        classifier = _load_with_timeout(lambda: CLASSIFIERS["toxic-bert"](settings), settings.guardrail_load_timeout_s,
+                                        f"toxic-bert {settings.toxic_bert_model!r}")
+    except Exception as exc:
+        reason = str(exc).split("; ")[0]  # the fix is said once, below
+        log.warning("guardrail backend: embedded, because %s; to use toxic-bert, %s", reason, HOW_TO_GET_TOXIC_BERT)
+        return CLASSIFIERS["embedded"](settings)
+    log.info("guardrail backend: toxic-bert (%s, loaded in %.1f s)", settings.toxic_bert_model,
+             time.perf_counter() - started)
+    return classifier
+
+
+def build_guardrail(settings: Settings) -> Guardrail:
+    """The guardrail named by `settings.guardrail_backend` ("auto" or a key of `CLASSIFIERS`)."""
+    name = settings.guardrail_backend
+    if name == "auto":
+        classifier = _auto(settings)
+    elif name in CLASSIFIERS:
+        classifier = CLASSIFIERS[name](settings)
+    else:
+        raise unknown_name("guardrail backend", name, ["auto", *CLASSIFIERS])
+    return Guardrail(classifier, settings.guardrail_threshold)

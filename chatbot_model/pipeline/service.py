@@ -1,0 +1,398 @@
+"""LLMService: guardrail -> retrieval -> routing -> prompt -> provider (with fallback) -> output guardrail.
+
+`answer_many` is the real implementation and works as a batch: one embedding call for all questions, one
+guardrail call for all questions and one for all answers, one FAISS search, and remote provider calls run
+concurrently (bounded). `answer` is a batch of one. Every question becomes one MLflow trace with a span per
+step; its id comes back in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from chatbot_model.pipeline import followup
+from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
+from chatbot_model.config import Settings
+from chatbot_model.contract import trim_history, validate_history, validate_question
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
+from chatbot_model.errors import InvalidInput, ProviderError
+from chatbot_model.providers.local import KB_TOPIC
+from chatbot_model.pipeline.router import ROUTES, HeuristicRouter, Route
+from chatbot_model.contract import ChatResult, Completion, CompletionRequest, Source
+from chatbot_model.pipeline.streaming import STREAM_SINK, stream_answer
+from chatbot_model.tracing.writer import record_traces
+
+log = logging.getLogger(__name__)
+MAX_CONCURRENT_CALLS = 8
+
+
+def build_prompt(question: str, sources: list[Source]) -> str:
+    """Numbered sources, then the question and the citation instruction. No sources (the service abstains: the
+    best retrieval score is below `abstain_below`): the knowledge base has nothing relevant and the model must
+    say so instead of answering from general knowledge."""
+    if not sources:
+        return (f"The knowledge base has nothing relevant to this question; it covers {KB_TOPIC}.\n\n"
+                f"Question: {question}\n"
+                "Say plainly, in one or two sentences, that the knowledge base does not cover this question and "
+                "what it does cover. Do not answer it from general knowledge and cite no sources.")
+    blocks = [f"[{n}] {s.chunk.title} ({s.chunk.source})\n{s.chunk.text}" for n, s in enumerate(sources, 1)]
+    return ("Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n"
+            "Answer from the sources above and cite them as [n]. If they do not contain the answer, say so.")
+
+
+@dataclass
+class Step:
+    """Wall-clock bounds of one batch step, reused for every question's span."""
+
+    name: str
+    start_ns: int
+    end_ns: int = 0
+
+
+@contextmanager
+def _timed(steps: dict[str, Step], name: str):
+    step = steps[name] = Step(name, time.time_ns())
+    try:
+        yield
+    finally:
+        step.end_ns = time.time_ns()
+
+
+class LLMService:
+    """Orchestrates one request or a batch; components are injected (tests pass real ones with fakes inside)."""
+
+    def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
+                 adapter: ControlHintAdapter, providers: dict | None = None, feedback_store=None,
+                 model_version: str | None = None, adaptation_since_ts: float | None = None):
+        from chatbot_model.providers import PROVIDERS, build_provider
+
+        self.settings = settings
+        self.guardrail = guardrail
+        self.rag = rag
+        self.router = router
+        self.adapter = adapter
+        self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
+        self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
+        self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+        self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
+        warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
+        if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
+            # not a daemon: a daemon thread inside ONNX Runtime at interpreter exit aborts the process; `warm` stops
+            # as soon as the main thread has finished
+            threading.Thread(target=warm, args=(rag.chunks,), name="guardrail-warm").start()
+        # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
+        self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
+        if feedback_store is not None:
+            from chatbot_model.pipeline.adaptation import SharedAdaptation
+
+            self.adaptation = SharedAdaptation.from_settings(
+                feedback_store, settings, base_bias=router.bias_towards_35, default_hint=adapter.default_hint,
+                since_ts=adaptation_since_ts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, docs_path=None, hint: str | None = None,
+                      bias: float | None = None, progress: bool = False, providers: dict | None = None,
+                      feedback_store=None, model_version: str | None = None,
+                      adaptation_since_ts: float | None = None) -> "LLMService":
+        """Build every component from settings; the index is loaded, or built when stale.
+
+        The feedback store is `CHATBOT_FEEDBACK_DB_URL` unless one is passed (an empty URL: none, in-memory
+        feedback as before).
+        """
+        from chatbot_model.store.feedback import FeedbackStore
+        from chatbot_model.guardrail.core import build_guardrail
+        from chatbot_model.retrieval.rag import RAGPipeline
+
+        adapter = ControlHintAdapter(hint) if hint else ControlHintAdapter.from_file(settings.hint_path)
+        router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
+        rag = RAGPipeline(settings).load_or_build(docs_path, progress=progress)
+        if feedback_store is None and settings.feedback_db_url:
+            feedback_store = FeedbackStore(settings.feedback_db_url)
+        return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
+                   providers=providers, feedback_store=feedback_store, model_version=model_version,
+                   adaptation_since_ts=adaptation_since_ts)
+
+    # ------------------------------------------------------------ requests
+    def answer(self, question: str, history: list[dict] | None = None) -> ChatResult:
+        """One question, one result (a batch of one)."""
+        return self.answer_many([question], histories=[history])[0]
+
+    def stream(self, question: str, history: list[dict] | None = None, deadline: Deadline | None = None):
+        """One question answered as a stream of events: sources, text deltas, the final row
+        (`chatbot_model.pipeline.streaming`)."""
+        return stream_answer(self, question, history, deadline)
+
+    def answer_many(self, questions: list[str], deadline: Deadline | None = None,
+                    histories: list[list[dict] | None] | None = None) -> list[ChatResult]:
+        """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
+
+        `histories[i]`: the earlier turns of question i's conversation (`contract.validate_history`), trimmed
+        to CHATBOT_HISTORY_MAX_MESSAGES / _CHARS. `deadline` bounds the provider calls of the whole batch
+        (default: CHATBOT_REQUEST_BUDGET_S from when they start); `deadline.cancel()` from another thread ends
+        the remote calls at once (local answers)."""
+        if not isinstance(questions, (list, tuple)):
+            raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
+        many = len(questions) > 1
+        qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
+              for i, q in enumerate(questions)]
+        hs = self._histories(histories, len(qs), many)
+        if not qs:
+            return []
+        t0 = time.time_ns()
+        steps: dict[str, Step] = {}
+
+        with _timed(steps, "condense"):
+            resolutions = self._resolve(qs, hs)
+        with _timed(steps, "embed"):  # the questions, then the extra queries of follow-ups: one call
+            extra = [(i, c) for i, r in enumerate(resolutions) for c in r.candidates if c != qs[i]]
+            encoded = self.rag.encode_queries(qs + [c for _, c in extra])
+            vectors = encoded[:len(qs)]
+        with _timed(steps, "guardrail_input"):
+            shared = vectors if self._guardrail_shares_embedder() else None
+            checks_in = self.guardrail.check_many(qs, vectors=shared)
+        ok = [i for i, c in enumerate(checks_in) if c.safe]
+        row_of_extra = {key: len(qs) + n for n, key in enumerate(extra)}
+        rows_of = {i: [i if c == qs[i] else row_of_extra[i, c] for c in resolutions[i].candidates] for i in ok}
+        with _timed(steps, "retrieval"):
+            wanted = [row for i in ok for row in rows_of[i]]
+            found = dict(zip(wanted, self.rag.search(encoded[wanted]))) if wanted else {}
+        sources, floor_score, standalone, query_vectors = {}, {}, {}, {}
+        for i in ok:
+            kept, floor_score[i] = followup.choose([found[row][0].score if found[row] else -1.0
+                                                    for row in rows_of[i]])
+            sources[i] = found[rows_of[i][kept]]
+            query_vectors[i] = encoded[rows_of[i][kept]]
+            standalone[i] = resolutions[i].candidates[kept] if hs[i] else ""
+        # not covered: the best source scores below the calibrated floor; the provider then gets no sources and
+        # build_prompt tells it to say so (the local answerer replies NOT_COVERED)
+        abstain = {i for i in ok if not sources[i] or floor_score[i] < self.settings.abstain_below}
+        if abstain:
+            log.info("abstained on %d of %d questions (best retrieval score below %.2f)", len(abstain), len(ok),
+                     self.settings.abstain_below)
+        prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
+        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
+        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
+        with _timed(steps, "routing"):
+            routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
+        with _timed(steps, "llm"):
+            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
+                                             question=qs[i], sources=prompt_sources[i], model="",
+                                             question_vector=query_vectors[i], history=hs[i]) for i in ok}
+            answers = self._complete_all(requests, routes, deadline)
+        with _timed(steps, "guardrail_output"):
+            checks_out = self._check_answers({i: answers[i][0] for i in ok})
+
+        elapsed_ms = (time.time_ns() - t0) / 1e6
+        results = []
+        for i, q in enumerate(qs):
+            if i not in sources:
+                results.append(self._blocked(q, checks_in[i], "input", elapsed_ms))
+                continue
+            completion, fallback = answers[i]
+            result = ChatResult(
+                question=q, standalone_question=standalone[i], answer=completion.text,
+                sources=[s.to_dict() for s in prompt_sources[i]],
+                abstained=i in abstain,
+                route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
+                route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
+            if not checks_out[i].safe:
+                result = self._blocked(q, checks_out[i], "output", elapsed_ms, result)
+            results.append(result)
+        for result in results:
+            result.model_version = self.model_version
+        if self.settings.tracing:
+            self._trace(results, steps, checks_in, t0, hint)
+        return results
+
+    def _resolve(self, qs: list[str], hs: list[list[dict]]) -> list[followup.Resolution]:
+        """What retrieval searches for each question (`followup`): with history and a remote provider, its
+        condense-question rewrite (concurrently, within CHATBOT_CONDENSE_TIMEOUT_S); else, or when that fails,
+        the offline rule's candidates."""
+        out = [followup.offline_candidates(q, h) for q, h in zip(qs, hs)]
+        name = next((p for p in ROUTES.values() if self.providers[p].remote and self.providers[p].available()[0]),
+                    None)
+        todo = [i for i, h in enumerate(hs) if h]
+        if name is None or not todo:
+            return out
+        provider, model = self.providers[name], self._models.get(name, "")
+        deadline = Deadline.start(self.settings.condense_timeout_s, 0.0, self.clock)
+        limit = self.settings.max_question_chars
+        if len(todo) == 1:
+            rewrites = {todo[0]: followup.condense(qs[todo[0]], hs[todo[0]], provider, model, deadline, limit)}
+        else:
+            futures = {i: self._pool.submit(followup.condense, qs[i], hs[i], provider, model, deadline, limit)
+                       for i in todo}
+            rewrites = {i: f.result() for i, f in futures.items()}
+        for i, text in rewrites.items():
+            if text:
+                out[i] = followup.Resolution(qs[i], (text,), "condensed")
+        return out
+
+    def _histories(self, histories, n: int, many: bool) -> list[list[dict]]:
+        """Validated, trimmed histories, one per question ([] when none)."""
+        if histories is None:
+            return [[] for _ in range(n)]
+        if not isinstance(histories, (list, tuple)) or len(histories) != n:
+            raise InvalidInput(f"histories must be a list with one history per question ({n}), got "
+                               f"{len(histories) if isinstance(histories, (list, tuple)) else type(histories).__name__}")
+        limit = max(self.settings.max_question_chars, self.settings.history_max_chars)
+        return [trim_history(validate_history(h, f"history of question #{i}" if many else "history",
+                                              max_question_chars=limit),
+                             self.settings.history_max_messages, self.settings.history_max_chars)
+                for i, h in enumerate(histories)]
+
+    def _check_answers(self, completions: dict[int, Completion]) -> dict:
+        """Output guardrail. An answer made of knowledge-base sentences whose vectors the provider already has
+        (the local answerer) is scored sentence by sentence from those vectors, unsafe when any sentence is;
+        other answers are scored as whole texts. At most two guardrail calls per batch."""
+        reuse = self._guardrail_shares_embedder()
+        out = {i: c.check for i, c in completions.items() if c.check is not None}  # checked while streamed
+        split = [i for i, c in completions.items()
+                 if i not in out and reuse and c.segments and c.segment_vectors is not None]
+        whole = [i for i in completions if i not in set(split) and i not in out]
+        if whole:
+            out.update(zip(whole, self.guardrail.check_many([completions[i].text for i in whole])))
+        if split:
+            texts = [t for i in split for t in completions[i].segments]
+            parts = iter(self.guardrail.check_many(texts, vectors=np.concatenate(
+                [completions[i].segment_vectors for i in split])))
+            for i in split:
+                out[i] = self.guardrail.combine([next(parts) for _ in completions[i].segments])
+        return out
+
+    def _guardrail_shares_embedder(self) -> bool:
+        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
+
+        return self.rag.embedder_name == EMBEDDED_MODEL
+
+    def _blocked(self, question: str, check, where: str, elapsed_ms: float, result: ChatResult | None = None):
+        from chatbot_model.guardrail.core import SAFE_REPLY
+
+        base = result or ChatResult(question=question, answer="", sources=[], route="blocked",
+                                    provider="guardrail", model=check.backend)
+        base.answer, base.blocked, base.blocked_by = SAFE_REPLY, True, where
+        base.guardrail, base.latency_ms = check.to_dict(), round(elapsed_ms, 2)
+        if where == "output":
+            base.sources = []
+        log.info("blocked %s (labels %s)", where, sorted(check.flagged))
+        return base
+
+    # ------------------------------------------------------------ providers
+    def _complete_all(self, requests: dict[int, CompletionRequest], routes: dict[int, Route],
+                      deadline: Deadline | None = None):
+        """Remote calls of a batch run concurrently (bounded pool); a single request and the local answerer run
+        inline, so concurrent single requests (the server) are not capped by the pool. Every question of the
+        batch shares one deadline (the one given, else the server's `REQUEST_DEADLINE`, else
+        CHATBOT_REQUEST_BUDGET_S from now)."""
+        deadline = deadline or REQUEST_DEADLINE.get() or Deadline.start(
+            self.settings.request_budget_s, self.settings.local_reserve_s, self.clock)
+        futures = {}
+        out = {}
+        for i, req in requests.items():
+            chain = self._chain(routes[i])
+            if len(requests) == 1 or self._first_available(chain) == "local":
+                out[i] = self._complete_with_fallback(req, chain, deadline)
+            else:
+                futures[i] = self._pool.submit(self._complete_with_fallback, req, chain, deadline)
+        for i, fut in futures.items():
+            out[i] = fut.result()
+        return out
+
+    def _chain(self, route: Route) -> list[str]:
+        """The route's provider, then the other routes' providers in ROUTES order, then local (no repeats)."""
+        return list(dict.fromkeys([route.provider, *ROUTES.values(), "local"]))
+
+    def _first_available(self, chain: list[str]) -> str:
+        return next((name for name in chain if self.providers[name].available()[0]), "local")
+
+    def _complete_with_fallback(self, request: CompletionRequest, chain: list[str],
+                                deadline: Deadline | None = None) -> tuple[Completion, str | None]:
+        """Try each provider of the chain in turn within the deadline; say why when it is not the first.
+
+        The reason shown is a short category per provider ("openai: server error (500) x3"); the upstream
+        detail is logged, never returned."""
+        from chatbot_model.providers.base import reason_of
+
+        reasons = []
+        sink = STREAM_SINK.get()  # a streamed request (LLMService.stream): the answer goes out as it comes
+        for name in chain:
+            provider = self.providers[name]
+            request.model = self._models.get(name, "")
+            try:
+                if sink is not None:
+                    return sink.complete(self, provider, request, deadline), ("; ".join(reasons) or None)
+                return provider.complete(request, deadline=deadline), ("; ".join(reasons) or None)
+            except ProviderError as exc:
+                quiet = getattr(exc, "skipped", False) or reason_of(exc) == "cancelled"  # the client hung up
+                log.log(logging.INFO if quiet else logging.WARNING, "provider %s not used: %s", name, exc)
+                reasons.append(f"{name}: {reason_of(exc)}")
+        raise ProviderError("every provider failed: " + "; ".join(reasons))
+
+    # ------------------------------------------------------------ feedback
+    def current_state(self) -> tuple[float, str]:
+        """(bias_towards_35, hint) to use now: the shared adaptation state (cached; re-read every
+        adaptation_refresh_s) with a feedback store, else this process's router and adapter."""
+        if self.adaptation is not None:
+            return self.adaptation.current()
+        return self.router.bias_towards_35, self.adapter.hint
+
+    def feedback(self, positive: bool, *, result: ChatResult | None = None, session_id: str | None = None,
+                 comment: str | None = None) -> dict:
+        """Apply one rating; returns before/after for display.
+
+        With a feedback store the rating is stored (attributed to the model version that answered and
+        attached to the trace of `result`) and the shared state re-read; without one, it changes this
+        process's hint and router only.
+        """
+        if self.adaptation is None:
+            before = self._state()
+            self.adapter.feedback(positive)
+            self.router.feedback(positive)
+            return {"before": before, "after": self._state()}
+        before = self._state(self.adaptation.refresh())
+        row_id = self.feedback_store.record(
+            trace_id=result.trace_id if result else None, rating="up" if positive else "down", comment=comment,
+            session_id=session_id, route=result.route if result else None,
+            provider=result.provider if result else None, model=result.model if result else None,
+            model_version=self.model_version)
+        return {"before": before, "after": self._state(self.adaptation.refresh()), "feedback_id": row_id}
+
+    def _state(self, state=None) -> dict:
+        if state is not None:
+            return {"hint": state.hint, "bias_towards_35": state.bias_towards_35}
+        bias, hint = self.current_state()
+        return {"hint": hint, "bias_towards_35": bias}
+
+    def close(self) -> None:
+        """Release what this service holds beyond memory (its provider worker pool, its feedback store's
+        connections): a server that swapped in another model version calls it on the old one."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.feedback_store is not None:
+            self.feedback_store.dispose()
+
+    def describe(self) -> dict:
+        """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
+        return {
+            "guardrail": self.guardrail.backend,
+            "embedder": self.rag.embedder_name,
+            "index": self.rag.info(),
+            "providers": {name: p.status() for name, p in self.providers.items()},
+            **self._state(),
+        }
+
+    # ------------------------------------------------------------ tracing
+    def _trace(self, results: list[ChatResult], steps: dict[str, Step], checks_in, t0: int, hint: str) -> None:
+        """One MLflow trace per question, spans timed by the batch step they shared, queued for the background
+        exporter (`chatbot_model.tracing.writer`). Never fails or slows the request."""
+        try:
+            record_traces(results, steps, checks_in, t0, hint, queue_size=self.settings.trace_queue_size,
+                          share=self.settings.trace_export_share)
+        except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
+            log.warning("could not record the trace: %s", exc)

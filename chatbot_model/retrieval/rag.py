@@ -1,0 +1,335 @@
+"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index.
+
+Vectors are L2-normalised, so inner product = cosine similarity. The index and the chunk store (chunks and the
+sentence vectors the local answerer reuses, memory-mapped: see chunk_store.py) persist in `settings.index_dir`
+with a fingerprint of the documents, the embedder, the chunking and the directory format; `load_or_build`
+rebuilds only when that fingerprint changes (a directory of an older format is stale, so it is rebuilt).
+Index files are written to a temporary directory and swapped in whole, so a failed build leaves the old
+index (or nothing) behind, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from chatbot_model.config import Settings
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.contract import Chunk, Document, Source
+
+log = logging.getLogger(__name__)
+DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
+INDEX_FORMAT = 2  # 2: memory-mapped chunk store, float16 sentence vectors (1: chunks.json, float32)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
+
+
+# ---------------------------------------------------------------- documents
+def load_documents(path: str | Path) -> list[Document]:
+    """Documents from a `.json` (list of {id,title,text,source}), `.jsonl`, `.md`, `.txt` file or a folder of them."""
+    docs = list(iter_documents(path))
+    if not docs:
+        raise ConfigError(f"no documents found in {path}; add {', '.join(DOC_SUFFIXES)} files with some text")
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:
+            raise ConfigError(f"duplicate document id {doc.id!r} in {path}; document ids must be unique")
+        seen.add(doc.id)
+    return docs
+
+
+def iter_documents(path: str | Path) -> Iterator[Document]:
+    """The documents of `path` one at a time (`.jsonl` line by line), unchecked for duplicates: enough to
+    fingerprint a large corpus without holding it in memory. `load_documents` is the checked list."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"knowledge base {str(path)!r} does not exist; pass a file or folder of "
+                          f"{', '.join(DOC_SUFFIXES)} files (or set CHATBOT_DOCS_PATH)")
+    files = sorted(p for p in path.rglob("*") if p.suffix in DOC_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+    if path.is_file() and path.suffix not in DOC_SUFFIXES:
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DOC_SUFFIXES)}")
+    for file in files:
+        yield from _load_file(file, base=path if path.is_dir() else file.parent)
+
+
+def _load_jsonl(file: Path, rel: str) -> Iterator[Document]:
+    try:
+        with open(file, encoding="utf-8") as lines:
+            i = 0
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(f"{file}:{n}: not valid JSON ({exc.msg}); one JSON object per line") from None
+                    yield _to_document(record, file, i, rel)
+                    i += 1
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}; documents must be UTF-8 text") from None
+
+
+def _load_file(file: Path, base: Path) -> Iterable[Document]:
+    rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.name
+    if file.suffix == ".jsonl":
+        return _load_jsonl(file, rel)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}; documents must be UTF-8 text") from None
+    if file.suffix in (".md", ".txt"):
+        if not text.strip():
+            return []
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), file.stem)
+        return [Document(id=Path(rel).with_suffix("").as_posix(), title=title, text=text.strip(), source=rel)]
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of "
+                          '{"id", "title", "text", "source"} objects') from None
+    if isinstance(records, dict) and isinstance(records.get("documents"), list):
+        records = records["documents"]
+    if not isinstance(records, list):
+        raise ConfigError(f"{file}: expected a JSON list of documents, got {type(records).__name__}")
+    return [_to_document(r, file, i, rel) for i, r in enumerate(records)]
+
+
+def _to_document(record, file: Path, i: int, rel: str) -> Document:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+        raise ConfigError(f"{file}: document #{i} needs a non-empty string field 'text' "
+                          '(format: {"id", "title", "text", "source"})')
+    doc_id = str(record.get("id") or f"{Path(rel).stem}-{i}")
+    return Document(id=doc_id, title=str(record.get("title") or doc_id), text=record["text"].strip(),
+                    source=str(record.get("source") or rel))
+
+
+# ---------------------------------------------------------------- chunking
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (line breaks and sentence ends), markdown headings and blanks dropped."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("-*> ").strip()
+        if not line or line.startswith("#"):
+            continue
+        out.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+    return out
+
+
+def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk]:
+    """Chunks of at most ~`size` characters built from whole sentences; neighbours share ~`overlap` characters."""
+    chunks: list[Chunk] = []
+    for doc in docs:
+        sentences = split_sentences(doc.text) or [doc.text]
+        start = 0
+        while start < len(sentences):
+            end, length = start, 0
+            while end < len(sentences) and (end == start or length + len(sentences[end]) <= size):
+                length += len(sentences[end]) + 1
+                end += 1
+            chunk_sents = tuple(sentences[start:end])
+            chunks.append(Chunk(chunk_id=len(chunks), doc_id=doc.id, title=doc.title, source=doc.source,
+                                text=" ".join(chunk_sents), sentences=chunk_sents))
+            if end >= len(sentences):
+                break
+            back, shared = end, 0  # step back over whole sentences to share ~overlap characters
+            while back - 1 > start and shared + len(sentences[back - 1]) <= overlap:
+                back -= 1
+                shared += len(sentences[back]) + 1
+            start = back
+    return chunks
+
+
+def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings) -> str:
+    """Changes when the documents, the embedder or the chunking change (and only then)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap]).encode())
+    for doc in docs:
+        h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the pipeline
+class RAGPipeline:
+    """Retrieval over a persisted FAISS index. Build once, then `retrieve` / `retrieve_many`."""
+
+    def __init__(self, settings: Settings, embedder=None):
+        self.settings = settings
+        self._embedder = embedder
+        self.index = None
+        self.chunks: Sequence[Chunk] = []  # a ChunkStore once built or loaded
+        self.manifest: dict = {}
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from chatbot_model.retrieval.embedder import get_embedder
+
+            self._embedder = get_embedder(self.settings.embedding_model, settings=self.settings)
+        return self._embedder
+
+    @property
+    def embedder_name(self) -> str:
+        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
+
+        return self.settings.embedding_model or EMBEDDED_MODEL
+
+    # -- building and loading
+    def load_or_build(self, docs_path: str | Path | None = None, *, progress: bool = False) -> "RAGPipeline":
+        """Load the persisted index when its fingerprint matches the documents, else build and persist it."""
+        path = docs_path or self.settings.docs_path
+        fp = fingerprint(iter_documents(path), self.embedder_name, self.settings)  # streamed: nothing held
+        if self._load(fp):
+            return self
+        docs = load_documents(path)
+        log.info("building index for %d documents (fingerprint %s)", len(docs), fp)
+        return self.build(docs, fp, progress=progress)
+
+    def build(self, docs: list[Document], fp: str | None = None, *, progress: bool = False) -> "RAGPipeline":
+        """Chunk, embed (with a progress bar when asked), index and persist atomically."""
+        started = time.perf_counter()
+        fp = fp or fingerprint(docs, self.embedder_name, self.settings)
+        chunks = chunk_documents(docs, self.settings.chunk_size, self.settings.chunk_overlap)
+        sentences = [s for c in chunks for s in c.sentences]
+        vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
+        chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
+        self.index, index_params = self._make_index(chunk_vecs)
+        self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
+                         "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
+                         "sentences": len(sentences), "index_type": index_params["type"],
+                         "index_params": index_params, "embedding_backend": getattr(self.embedder, "backend", ""),
+                         "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
+                         "build_seconds": round(time.perf_counter() - started, 3)}
+        self._persist(chunks, sent_vecs)
+        return self
+
+    def _encode_batches(self, texts: list[str], progress: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        batch = 128
+        parts = [self.embedder.encode(texts[i:i + batch])
+                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def _make_index(self, vectors: np.ndarray):
+        """(index, params) of the type `settings.index_type` asks for (auto: by corpus size, see index.py)."""
+        from chatbot_model.retrieval.index import build_index
+
+        s = self.settings
+        return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
+                           ivf_nprobe=s.ivf_nprobe)
+
+    def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
+        """Write the index directory (atomically), then map its chunk store."""
+        import faiss
+
+        from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
+
+        target = Path(self.settings.index_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".index-", dir=target.parent))
+        try:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            write_store(tmp, chunks, sentence_vectors)
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.chunks = ChunkStore(target)
+
+    def _load(self, fp: str) -> bool:
+        import faiss
+
+        from chatbot_model.retrieval.chunk_store import ChunkStore
+        from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, choose_index_type
+
+        root = Path(self.settings.index_dir)
+        try:
+            manifest = json.loads((root / "manifest.json").read_text())
+            if manifest.get("fingerprint") != fp:
+                log.info("index in %s is stale (fingerprint %s != %s): rebuilding", root, manifest.get("fingerprint"), fp)
+                return False
+            kind = CLASS_TO_TYPE.get(manifest.get("index_type"), manifest.get("index_type"))
+            if self.settings.index_type != "auto" and kind != choose_index_type(int(manifest.get("chunks", 0)),
+                                                                                self.settings.index_type):
+                log.info("index in %s is %s, %s asked (CHATBOT_INDEX_TYPE): rebuilding", root, kind,
+                         self.settings.index_type)
+                return False
+            self.index = faiss.read_index(str(root / "index.faiss"))
+            manifest["index_params"] = apply_search_params(
+                self.index, manifest.get("index_params"), hnsw_ef_search=self.settings.hnsw_ef_search,
+                ivf_nprobe=self.settings.ivf_nprobe)
+            manifest["index_type"] = manifest["index_params"]["type"]
+            self.chunks = ChunkStore(root)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            if root.exists():
+                log.warning("index in %s is unreadable (%s): rebuilding", root, exc)
+            return False
+        self.manifest = manifest
+        return True
+
+    # -- retrieval
+    def encode_queries(self, questions: list[str]) -> np.ndarray:
+        """All questions embedded in one call."""
+        return self.embedder.encode(list(questions))
+
+    def search(self, vectors: np.ndarray, k: int | None = None) -> list[list[Source]]:
+        """The k best documents for each query vector, each as its best-matching chunk: one FAISS search for the
+        whole matrix (over-fetching chunks, so that a long document's neighbouring chunks do not crowd out others)."""
+        if self.index is None:
+            raise ConfigError("the index is not built; run `llmops-chatbot build-index` or call load_or_build()")
+        k, total = k or self.settings.top_k, len(self.chunks)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        results: list[list[Source]] = [[] for _ in range(len(vectors))]
+        pending, fetch = list(range(len(vectors))), min(k * 4, total)
+        while pending and fetch:
+            scores, ids = self.index.search(vectors[pending], fetch)
+            short = []
+            for row, row_s, row_i in zip(pending, scores, ids):
+                results[row] = self._best_per_document(row_s, row_i, k)
+                if len(results[row]) < k and fetch < total:
+                    short.append(row)  # rare: one document filled the candidates; look deeper
+            pending, fetch = short, min(fetch * 4, total)
+        return results
+
+    def _best_per_document(self, scores, ids, k: int) -> list[Source]:
+        found, seen, docs = [], set(), self.chunks.chunk_docs  # document numbers: doc ids are unique
+        for score, i in zip(scores, ids):
+            if i < 0 or int(docs[i]) in seen:
+                continue
+            seen.add(int(docs[i]))
+            found.append(self._source(int(i), float(score)))
+            if len(found) == k:
+                break
+        return found
+
+    def _source(self, i: int, score: float) -> Source:
+        return Source(chunk=self.chunks[i], score=score, sentence_vectors=self.chunks.sentence_vectors(i))
+
+    def retrieve(self, question: str, k: int | None = None) -> list[Source]:
+        """The top-k documents for one question (each with its best chunk and its cosine score)."""
+        return self.retrieve_many([question], k)[0]
+
+    def retrieve_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
+        """Top-k sources for many questions: one embedding call, one search."""
+        if any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise InvalidInput("every question must be a non-empty string")
+        return self.search(self.encode_queries(questions), k)
+
+    def info(self) -> dict:
+        """What is loaded: the manifest plus the index location."""
+        return {**self.manifest, "index_dir": str(self.settings.index_dir)}

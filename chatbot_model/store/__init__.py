@@ -1,0 +1,1 @@
+"""Persistence: the feedback and conversation stores on one SQL database, and its Alembic migrations."""
