@@ -23,9 +23,9 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
     """Score a model on the golden set; log a run `evaluate`; tag the registered version (eval.status, eval.*).
 
     Exits 1 when the evaluation failed (a metric below its threshold)."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.evaluation import THRESHOLDS
-    from chatbot_model.lifecycle.loop import evaluate_model
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.evaluation import THRESHOLDS  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import evaluate_model  # deferred: loads pydantic
 
     settings = load_settings()
     uri = model_uri or settings.model_uri
@@ -61,8 +61,8 @@ def adapt(name: str | None, always: bool) -> None:
     """Register a new version with the hint and router bias learned from the feedback since Production.
 
     It does not promote: evaluate the new version, then promote-model."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.loop import adapt as run_adapt
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import adapt as run_adapt  # deferred: loads pydantic
 
     settings = load_settings()
     result = run_adapt(settings, name or None, always=always)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -40,7 +41,7 @@ def main(verbose: bool) -> None:
 
 
 def _settings(**overrides):
-    from chatbot_model.config import load_settings
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
 
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -57,7 +58,7 @@ def config_cmd() -> None:
 @click.option("--index-dir", help="Where to write the index (default: CHATBOT_INDEX_DIR).")
 def build_index(path: str | None, index_dir: str | None) -> None:
     """Index PATH (a docs .json/.jsonl/.md/.txt file or a folder of them; default: the shipped knowledge base)."""
-    from chatbot_model.retrieval.rag import RAGPipeline
+    from chatbot_model.retrieval.rag import RAGPipeline  # deferred: loads numpy, pydantic
 
     settings = _settings(index_dir=index_dir)
     rag = RAGPipeline(settings).load_or_build(path, progress=True)
@@ -71,7 +72,6 @@ def build_index(path: str | None, index_dir: str | None) -> None:
 @main.command("index-info")
 def index_info() -> None:
     """Show the persisted index: documents, chunks, index type, embedder, fingerprint."""
-    from pathlib import Path
 
     manifest = Path(_settings().index_dir) / "manifest.json"
     if not manifest.exists():
@@ -83,7 +83,7 @@ def index_info() -> None:
 @click.argument("question")
 def ask(question: str) -> None:
     """Answer one QUESTION and print the result as JSON."""
-    from chatbot_model.contract import validate_question
+    from chatbot_model.contract import validate_question  # deferred: loads numpy, pydantic
 
     settings = _settings()
     question = validate_question(question, settings.max_question_chars)  # before loading anything
@@ -91,8 +91,8 @@ def ask(question: str) -> None:
 
 
 def _service(settings, progress: bool = False):
-    from chatbot_model.config import configure_mlflow
-    from chatbot_model.pipeline.service import LLMService
+    from chatbot_model.config import configure_mlflow  # deferred: loads pydantic
+    from chatbot_model.pipeline.service import LLMService  # deferred: loads numpy, pydantic, tenacity
 
     configure_mlflow(settings)
     return LLMService.from_settings(settings, progress=progress)
@@ -101,7 +101,7 @@ def _service(settings, progress: bool = False):
 @main.command()
 def chat() -> None:
     """Interactive chat: ask, read the answer and its sources, rate it y/n (Enter skips), q quits."""
-    from chatbot_model.cli.chat import run_chat
+    from chatbot_model.cli.chat import run_chat  # deferred: loads numpy, pydantic, tenacity
 
     settings = _settings()
     run_chat(_service(settings, progress=True), settings, sys.stdin)
@@ -110,23 +110,31 @@ def chat() -> None:
 # Commands defined beside their component (each module imports only click at the top).
 # One `main.add_command(...)` line per command, below.
 from chatbot_model.cli.registry import promote_model, register_model  # noqa: E402
+
 main.add_command(register_model)
 main.add_command(promote_model)
 from chatbot_model.cli.serve import serve  # noqa: E402
+
 main.add_command(serve)
 from chatbot_model.cli.feedback import feedback, sync_feedback  # noqa: E402
+
 main.add_command(feedback)
 main.add_command(sync_feedback)
 from chatbot_model.cli.lifecycle import adapt, evaluate  # noqa: E402
+
 main.add_command(evaluate)
 main.add_command(adapt)
 from chatbot_model.cli.db import db  # noqa: E402
+
 main.add_command(db)
 from chatbot_model.cli.conversations import conversations  # noqa: E402
+
 main.add_command(conversations)
 from chatbot_model.lifecycle.batch_score import batch_score_command  # noqa: E402
+
 main.add_command(batch_score_command)
 from chatbot_model.lifecycle.export import export_model_command  # noqa: E402
+
 main.add_command(export_model_command)
 
 

@@ -7,6 +7,8 @@ and the registered/promoted version), so each `mlflow run` is one run with what 
 
 from __future__ import annotations
 
+import os
+
 import click
 
 STAGE_CHOICES = ("Staging", "Production")  # registry.STAGES (kept literal: this module imports only click)
@@ -22,8 +24,8 @@ def _blank(value):
 @click.option("--hint-file", default=None, help="Hint file to ship (default: CHATBOT_HINT_PATH, artifacts/adapter_hint.txt).")
 def register_model(name: str | None, docs: str | None, hint_file: str | None) -> None:
     """Log the chatbot as an MLflow pyfunc model and register it as a new version of NAME."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.registry import log_and_register
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.registry import log_and_register  # deferred: loads pydantic
 
     result = log_and_register(load_settings(), _blank(name), _blank(docs), _blank(hint_file))
     click.echo(f"registered {result.name} version {result.version}")
@@ -48,13 +50,13 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
 
     To Production only a version whose evaluation passed (`llmops-chatbot evaluate`) and that is not worse
     than the current Production version beyond the tolerance; Staging has no gate."""
-    import os
 
     import mlflow
     from mlflow import MlflowClient
 
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused  # deferred: loads pydantic
+    # deferred: loads pydantic
     from chatbot_model.lifecycle.registry import feedback_store_of, name_step_run, promote, use_store
 
     settings = load_settings()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import click
+
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 BACKEND_CHOICES = ("in-process", "remote")  # config.SERVING_BACKENDS (kept literal: this module imports only click)
 
@@ -11,8 +16,7 @@ def ensure_registered_model(settings) -> str | None:
     """Register, evaluate and promote the default model when `settings.model_uri` does not resolve; returns
     what it did. The promotion goes through the evaluation gate like any other (no --force): a default model
     that fails its evaluation is not served, and the error says why."""
-    from chatbot_model.config import configure_mlflow
-    from chatbot_model.lifecycle.model_uri import resolve_version
+    from chatbot_model.config import configure_mlflow  # deferred: loads pydantic
 
     configure_mlflow(settings)
     try:
@@ -22,9 +26,9 @@ def ensure_registered_model(settings) -> str | None:
         pass
     from mlflow import MlflowClient
 
-    from chatbot_model.lifecycle.gate import EvaluationGate
-    from chatbot_model.lifecycle.loop import evaluate_model
-    from chatbot_model.lifecycle.registry import log_and_register, promote
+    from chatbot_model.lifecycle.gate import EvaluationGate  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import evaluate_model  # deferred: loads pydantic
+    from chatbot_model.lifecycle.registry import log_and_register, promote  # deferred: loads pydantic
 
     registered = log_and_register(settings)
     report = evaluate_model(settings, registered.version_uri)
@@ -36,8 +40,6 @@ def ensure_registered_model(settings) -> str | None:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail at once, before anything is registered or loaded, when HOST:PORT cannot be bound."""
-    import errno
-    import socket
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -74,8 +76,8 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
     check_port_free(host, port)
     import uvicorn
 
-    from chatbot_model.config import load_settings, mask_url
-    from chatbot_model.server.main import create_app
+    from chatbot_model.config import load_settings, mask_url  # deferred: loads pydantic
+    from chatbot_model.server.main import create_app  # deferred: loads fastapi, numpy, opentelemetry
 
     overrides = {"serving_backend": backend, "model_uri": model_uri, "scoring_url": scoring_url}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -33,7 +33,9 @@ from typing import Callable
 
 import click
 
+from chatbot_model.contract import AnswerRow, SourceRow, validate_question
 from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 ROWS_PER_PART = 20_000  # default part size when --partitions is not given
@@ -126,8 +128,6 @@ def read_questions(spark, path: str):
 def _spark_type(annotation):
     from pyspark.sql.types import ArrayType, BooleanType, DoubleType, StringType, StructField, StructType
 
-    from chatbot_model.contract import SourceRow
-
     simple = {str: StringType(), bool: BooleanType(), float: DoubleType()}
     if annotation in simple:
         return simple[annotation]
@@ -141,8 +141,6 @@ def result_type():
     """The UDF's struct: every `AnswerRow` column in order (sources as an array of structs)."""
     from pyspark.sql.types import StructField, StructType
 
-    from chatbot_model.contract import AnswerRow
-
     return StructType([StructField(name, _spark_type(field.annotation))
                        for name, field in AnswerRow.model_fields.items()])
 
@@ -153,8 +151,6 @@ def _check_udf(max_chars: int):
     from pyspark.sql.functions import pandas_udf
 
     def check(rows, questions):
-        from chatbot_model.contract import validate_question
-
         out = []
         for row, question in zip(rows, questions):
             try:
@@ -232,14 +228,13 @@ def _local_model(model_uri: str, dst: str) -> tuple[str, str | None]:
     """The model downloaded once on the driver (spark_udf ships this copy to the workers) and its version."""
     import mlflow
 
-    from chatbot_model.lifecycle.model_uri import resolve_version
-
     version = resolve_version(model_uri)
     return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst), version
 
 
 def _max_question_chars(model_dir: str) -> int:
     """The question limit the model enforces (its logged value unless CHATBOT_MAX_QUESTION_CHARS is set)."""
+    # deferred: loads fastapi, mlflow, opentelemetry
     from chatbot_model.lifecycle.pyfunc import ARTIFACTS, settings_from_artifacts
 
     artifacts = {key: str(Path(model_dir) / "artifacts" / name) for key, name in ARTIFACTS.items()}
@@ -270,8 +265,6 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
     import mlflow
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, DoubleType, StringType
-
-    from chatbot_model.contract import AnswerRow
 
     if partitions is not None and partitions < 1:
         raise InvalidInput(f"--partitions must be at least 1, got {partitions}", field="partitions")

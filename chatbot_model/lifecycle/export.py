@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 
 from chatbot_model.errors import InvalidInput
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 ADAPTATIONS = ("frozen", "live")
 EXPORT_INFO = "export.json"  # beside MLmodel: where the directory came from
@@ -51,8 +52,6 @@ def prepare(model_uri: str, workdir: Path, adaptation: str = "frozen") -> tuple[
     """Download `model_uri` into `workdir/model` and pin its version and adaptation in MLmodel."""
     import mlflow
     from mlflow.models import Model
-
-    from chatbot_model.lifecycle.model_uri import resolve_version
 
     if adaptation not in ADAPTATIONS:
         raise InvalidInput(f"--adaptation {adaptation!r}: choose one of {list(ADAPTATIONS)}", field="adaptation")

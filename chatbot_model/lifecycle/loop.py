@@ -31,7 +31,13 @@ from pathlib import Path
 
 from chatbot_model.config import Settings
 from chatbot_model.errors import ConfigError, NotFound
-from chatbot_model.lifecycle.evaluation import TOLERANCE, THRESHOLDS, Evaluation, GoldenSet, evaluate
+from chatbot_model.lifecycle.evaluation import (THRESHOLDS, TOLERANCE, Evaluation, GoldenSet, evaluate,
+                                                first_relevant_rank)
+from chatbot_model.lifecycle.evaluation import fact_coverage as coverage
+from chatbot_model.lifecycle.model_uri import production_version, resolve
+from chatbot_model.lifecycle.registry import log_and_register, name_step_run, use_store
+from chatbot_model.pipeline.adaptation import AdaptationRule
+from chatbot_model.pipeline.adapter import read_hint
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,6 @@ def _run(run_name: str):
     if active is not None:
         yield active
     elif os.environ.get("MLFLOW_RUN_ID"):
-        from chatbot_model.lifecycle.registry import name_step_run
-
         with mlflow.start_run() as run:
             name_step_run(run_name)  # `mlflow run` named it at random
             yield run
@@ -79,9 +83,6 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from chatbot_model.lifecycle.model_uri import resolve
-    from chatbot_model.lifecycle.registry import use_store
 
     use_store(settings)
     client = MlflowClient()
@@ -135,9 +136,6 @@ def _genai_view(predict, golden: GoldenSet) -> dict[str, float]:
     """The retrieval questions through `mlflow.genai.evaluate` (code scorers only) in the active run."""
     import mlflow
     from mlflow.genai.scorers import scorer
-
-    from chatbot_model.lifecycle.evaluation import fact_coverage as coverage
-    from chatbot_model.lifecycle.evaluation import first_relevant_rank
 
     def predict_fn(question: str) -> dict:
         row = predict([question])[0]
@@ -208,8 +206,6 @@ def _parent_hint(client, name: str, version, settings: Settings) -> str:
     """The hint the parent version ships: its prompt version, else its adapter_hint.txt artifact."""
     import mlflow
 
-    from chatbot_model.pipeline.adapter import read_hint
-
     uri = (version.tags or {}).get("prompt_uri")
     if uri:
         try:
@@ -228,10 +224,7 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
     import mlflow
     from mlflow import MlflowClient
 
-    from chatbot_model.pipeline.adaptation import AdaptationRule
-    from chatbot_model.store.feedback import FeedbackStore
-    from chatbot_model.lifecycle.model_uri import production_version
-    from chatbot_model.lifecycle.registry import log_and_register, use_store
+    from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
     name = name or settings.registered_model_name
     if not settings.feedback_db_url:

@@ -11,22 +11,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from chatbot_model.pipeline import followup
-from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.config import Settings
-from chatbot_model.contract import trim_history, validate_history, validate_question
-from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
+from chatbot_model.contract import (ChatResult, Completion, CompletionRequest, Source, trim_history, validate_history,
+                                    validate_question)
 from chatbot_model.errors import InvalidInput, ProviderError
-from chatbot_model.providers.local import KB_TOPIC
+from chatbot_model.guardrail.core import SAFE_REPLY, build_guardrail
+from chatbot_model.pipeline import followup
+from chatbot_model.pipeline.adaptation import SharedAdaptation
+from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.pipeline.router import ROUTES, HeuristicRouter, Route
-from chatbot_model.contract import ChatResult, Completion, CompletionRequest, Source
 from chatbot_model.pipeline.streaming import STREAM_SINK, stream_answer
+from chatbot_model.providers import PROVIDERS, build_provider
+from chatbot_model.providers.base import reason_of
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
+from chatbot_model.providers.local import KB_TOPIC
+from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
+from chatbot_model.retrieval.rag import RAGPipeline
 from chatbot_model.tracing.writer import record_traces
 
 log = logging.getLogger(__name__)
@@ -71,8 +77,6 @@ class LLMService:
     def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
                  adapter: ControlHintAdapter, providers: dict | None = None, feedback_store=None,
                  model_version: str | None = None, adaptation_since_ts: float | None = None):
-        from chatbot_model.providers import PROVIDERS, build_provider
-
         self.settings = settings
         self.guardrail = guardrail
         self.rag = rag
@@ -90,8 +94,6 @@ class LLMService:
         # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
         self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
         if feedback_store is not None:
-            from chatbot_model.pipeline.adaptation import SharedAdaptation
-
             self.adaptation = SharedAdaptation.from_settings(
                 feedback_store, settings, base_bias=router.bias_towards_35, default_hint=adapter.default_hint,
                 since_ts=adaptation_since_ts)
@@ -106,9 +108,7 @@ class LLMService:
         The feedback store is `CHATBOT_FEEDBACK_DB_URL` unless one is passed (an empty URL: none, in-memory
         feedback as before).
         """
-        from chatbot_model.store.feedback import FeedbackStore
-        from chatbot_model.guardrail.core import build_guardrail
-        from chatbot_model.retrieval.rag import RAGPipeline
+        from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
         adapter = ControlHintAdapter(hint) if hint else ControlHintAdapter.from_file(settings.hint_path)
         router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
@@ -268,13 +268,9 @@ class LLMService:
         return out
 
     def _guardrail_shares_embedder(self) -> bool:
-        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
-
         return self.rag.embedder_name == EMBEDDED_MODEL
 
     def _blocked(self, question: str, check, where: str, elapsed_ms: float, result: ChatResult | None = None):
-        from chatbot_model.guardrail.core import SAFE_REPLY
-
         base = result or ChatResult(question=question, answer="", sources=[], route="blocked",
                                     provider="guardrail", model=check.backend)
         base.answer, base.blocked, base.blocked_by = SAFE_REPLY, True, where
@@ -318,7 +314,6 @@ class LLMService:
 
         The reason shown is a short category per provider ("openai: server error (500) x3"); the upstream
         detail is logged, never returned."""
-        from chatbot_model.providers.base import reason_of
 
         reasons = []
         sink = STREAM_SINK.get()  # a streamed request (LLMService.stream): the answer goes out as it comes

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chatbot_model.providers.base import Provider
 from chatbot_model.contract import Completion, CompletionRequest, Source
+from chatbot_model.providers.base import Provider
+from chatbot_model.retrieval.embedder import get_embedder
 
 MODEL_NAME = "extractive-v1"
 KB_TOPIC = ("llmops-chatbot and MLflow: tracking and tracing, the model registry, serving and deploying the "
@@ -100,8 +101,6 @@ class LocalProvider(Provider):
         if question is None:
             texts.insert(0, request.question)
         if texts:
-            from chatbot_model.retrieval.embedder import get_embedder
-
             encoded = get_embedder(self.settings.embedding_model, settings=self.settings).encode(texts)
             if question is None:
                 question, encoded = encoded[0], encoded[1:]

@@ -18,15 +18,18 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from chatbot_model.config import Settings
-from chatbot_model.errors import ConfigError, InvalidInput
 from chatbot_model.contract import Chunk, Document, Source
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
+from chatbot_model.retrieval.embedder import EMBEDDED_MODEL, get_embedder
+from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, build_index, choose_index_type
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
@@ -171,15 +174,11 @@ class RAGPipeline:
     @property
     def embedder(self):
         if self._embedder is None:
-            from chatbot_model.retrieval.embedder import get_embedder
-
             self._embedder = get_embedder(self.settings.embedding_model, settings=self.settings)
         return self._embedder
 
     @property
     def embedder_name(self) -> str:
-        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
-
         return self.settings.embedding_model or EMBEDDED_MODEL
 
     # -- building and loading
@@ -221,7 +220,6 @@ class RAGPipeline:
 
     def _make_index(self, vectors: np.ndarray):
         """(index, params) of the type `settings.index_type` asks for (auto: by corpus size, see index.py)."""
-        from chatbot_model.retrieval.index import build_index
 
         s = self.settings
         return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
@@ -230,8 +228,6 @@ class RAGPipeline:
     def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
         """Write the index directory (atomically), then map its chunk store."""
         import faiss
-
-        from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
 
         target = Path(self.settings.index_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,9 +249,6 @@ class RAGPipeline:
 
     def _load(self, fp: str) -> bool:
         import faiss
-
-        from chatbot_model.retrieval.chunk_store import ChunkStore
-        from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, choose_index_type
 
         root = Path(self.settings.index_dir)
         try:

@@ -12,6 +12,7 @@ Without a conversation store (CHATBOT_FEEDBACK_DB_URL empty) a session id only g
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 def conversation_store(app) -> Any:
     """The app's conversation store, sharing the feedback store's database (None when none is configured)."""
-    from chatbot_model.store.conversations import ConversationStore
-    from chatbot_model.server.deps import settings_of
+    from chatbot_model.server.deps import settings_of  # deferred: loads prometheus_client
+    from chatbot_model.store.conversations import ConversationStore  # deferred: loads sqlalchemy
 
     state = app.state
     if getattr(state, "conversation_store", None) is None:
@@ -82,9 +83,8 @@ def store_turn_now(app, session_id: str | None, row: dict, model_version: str | 
 async def served_turn(app, trace_id: str, timeout_s: float) -> tuple[Any, str | None]:
     """(the ServedTrace of the stored turn that answered with `trace_id` on any replica, or None; why the store
     could not say, or None). No store configured: (None, None)."""
-    import asyncio
 
-    from chatbot_model.server.state import ServedTrace
+    from chatbot_model.server.state import ServedTrace  # deferred: loads prometheus_client
 
     try:
         store = conversation_store(app)

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, load_settings
 from chatbot_model.server.backends import Backend
 from chatbot_model.server.errors import FeedbackUnavailable, NotServed, Unauthorized
 from chatbot_model.server.state import Metrics, TraceMemory
@@ -27,8 +27,6 @@ def settings_of(app) -> Settings:
     """The app's settings: given to `create_app`, else loaded (and validated) from the environment once."""
     settings = getattr(app.state, "settings", None)
     if settings is None:
-        from chatbot_model.config import load_settings
-
         settings = app.state.settings = load_settings()
     return settings
 
@@ -57,7 +55,7 @@ def _open_feedback_store(state, url: str | None) -> Any:
 def _open_once(state, url: str | None) -> Any:
     if getattr(state, "feedback_store", None) is None:
         try:
-            from chatbot_model.store.feedback import FeedbackStore
+            from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
         except ImportError as exc:
             raise FeedbackUnavailable(f"the feedback store is not available ({exc})") from None
         try:

@@ -35,6 +35,7 @@ from chatbot_model.contract import MAX_COMMENT_CHARS
 from chatbot_model.errors import InvalidInput
 from chatbot_model.store.db import Database
 from chatbot_model.store.tables import feedback_table
+from chatbot_model.tracing import writer as tracing
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ class FeedbackStore:
             rating=rating, comment=comment or None, sync_attempts=0))
         log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
         if background:
-            from chatbot_model.tracing import writer as tracing
-
             tracing.note_activity()
             if trace_id:
                 self.background().notify()
@@ -424,7 +423,6 @@ class BackgroundSync:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            from chatbot_model.tracing import writer as tracing
 
             started = time.monotonic()
             try:
@@ -447,7 +445,6 @@ class BackgroundSync:
 
 def _flush_traces(timeout: float = 10.0) -> None:
     """Trace export is asynchronous: write this process's queued traces before attaching to them (bounded)."""
-    from chatbot_model.tracing import writer as tracing
 
     try:
         tracing.flush(timeout)
