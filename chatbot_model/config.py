@@ -128,6 +128,8 @@ class Settings(BaseSettings):
                                       "open; then one probe request decides (401/403 disable it until the key "
                                       "changes)")
     max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
+    provider_max_concurrency: int = Field(8, ge=1, le=256, description="provider calls of one batch (pyfunc "
+                                          "`predict` of many rows) in flight at once")
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"))
@@ -180,6 +182,23 @@ class Settings(BaseSettings):
     adaptation_bias_gain: float = Field(0.3, ge=0, le=1, description="most that feedback can raise bias_towards_35")
     adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
                                              "switches to the grounded hint")
+    # attaching stored ratings to their MLflow traces (store/feedback.py)
+    feedback_retry_after_s: float = Field(30.0, ge=0, description="first automatic retry of a rating not yet "
+                                          "attached to its trace, then doubling ...")
+    feedback_retry_cap_s: float = Field(600.0, ge=0, description="... up to this many seconds between retries")
+    feedback_max_attempts: int = Field(12, ge=1, description="tries whose trace is not found before a rating is "
+                                       "marked orphaned (~1 h of backoff at the defaults)")
+    feedback_lease_s: float = Field(120.0, gt=0, description="a rating claimed for attaching is retried by another "
+                                    "process after this long (its claimer crashed)")
+    feedback_retries_per_record: int = Field(10, ge=0, description="older unattached ratings a synchronous "
+                                             "`record` retries")
+    feedback_sync_batch: int = Field(200, ge=1, description="ratings the background attach worker tries per pass")
+    feedback_sync_interval_s: float = Field(5.0, gt=0, description="the background attach worker also wakes this "
+                                            "often for due retries")
+    feedback_sync_share: float = Field(0.15, gt=0, le=1, description="most of the time the attach worker may spend "
+                                       "while requests keep coming (1 = no limit)")
+    tracking_probe_timeout_s: float = Field(2.0, gt=0, description="TCP reachability probe of an http(s) tracking "
+                                            "server before attaching ratings")
 
     # conversations (chatbot_model/store/conversations.py, followup.py)
     conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "

@@ -17,7 +17,7 @@ def _store_and_settings():
     settings = load_settings()
     if not settings.feedback_db_url:
         raise ConfigError("no feedback store: set CHATBOT_FEEDBACK_DB_URL (e.g. sqlite:///.chatbot/feedback.db)")
-    return FeedbackStore(settings.feedback_db_url, attach=False), settings
+    return FeedbackStore(settings.feedback_db_url, attach=False, settings=settings), settings
 
 
 @click.group("feedback")

@@ -130,10 +130,10 @@ main.add_command(db)
 from chatbot_model.cli.conversations import conversations  # noqa: E402
 
 main.add_command(conversations)
-from chatbot_model.lifecycle.batch_score import batch_score_command  # noqa: E402
+from chatbot_model.cli.batch import batch_score_command  # noqa: E402
 
 main.add_command(batch_score_command)
-from chatbot_model.lifecycle.export import export_model_command  # noqa: E402
+from chatbot_model.cli.export import export_model_command  # noqa: E402
 
 main.add_command(export_model_command)
 

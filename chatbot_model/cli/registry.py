@@ -11,7 +11,8 @@ import os
 
 import click
 
-STAGE_CHOICES = ("Staging", "Production")  # registry.STAGES (kept literal: this module imports only click)
+from chatbot_model.lifecycle.model_uri import STAGES
+
 
 
 def _blank(value):
@@ -38,7 +39,7 @@ def register_model(name: str | None, docs: str | None, hint_file: str | None) ->
 
 @click.command("promote-model")
 @click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
-@click.option("--stage", required=True, type=click.Choice(STAGE_CHOICES, case_sensitive=False),
+@click.option("--stage", required=True, type=click.Choice(list(STAGES), case_sensitive=False),
               help="Target stage; the alias of the same name (staging/production) moves with it.")
 @click.option("--version", default=None, help="Version to promote (default: the latest).")
 @click.option("--force", is_flag=True,

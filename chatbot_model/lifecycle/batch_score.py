@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import click
 
 from chatbot_model.contract import AnswerRow, SourceRow, validate_question
 from chatbot_model.errors import ConfigError, InvalidInput
@@ -64,7 +63,7 @@ class BatchReport:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
-def _n(count: int, noun: str) -> str:
+def count_of(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
@@ -299,7 +298,7 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         done = {p for p in range(parts) if fs.exists(f"{output}/{part_name(p)}")}
         bounds = [total * p // parts for p in range(parts + 1)]
         rows_done = sum(bounds[p + 1] - bounds[p] for p in done)
-        progress(f"{total:,} questions in {_n(parts, 'part')}; {_n(len(done), 'part')} ({rows_done:,} rows) "
+        progress(f"{total:,} questions in {count_of(parts, 'part')}; {count_of(len(done), 'part')} ({rows_done:,} rows) "
                  "already done" + (", skipped" if done else ""))
 
         env = {"CHATBOT_TRACING": "true" if tracing else "false"}
@@ -352,28 +351,3 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         shutil.rmtree(tmp, ignore_errors=True)
         if own:
             spark.stop()
-
-
-@click.command("batch-score")
-@click.option("--model-uri", default="models:/llmops-chatbot@production", show_default=True,
-              help="The model: models:/NAME@alias, models:/NAME/N, runs:/..., or an exported model directory.")
-@click.option("--input", "input_path", required=True,
-              help="Questions: a .parquet, .csv (with a header) or .jsonl file (or Spark directory) with a "
-                   "`question` column.")
-@click.option("--output", required=True,
-              help="Answers: a Parquet directory (one file per part). Rerun with the same value to resume.")
-@click.option("--master", default="local[*]", show_default=True,
-              help="Spark master: local[N], or a cluster (spark://HOST:7077, yarn, k8s://...).")
-@click.option("--partitions", type=int, default=None,
-              help=f"Parts to split the input into (default: one per {ROWS_PER_PART:,} rows); each part is "
-                   "written when done, a rerun skips it.")
-@click.option("--tracing/--no-tracing", default=False, show_default=True,
-              help="Record an MLflow trace per row (off: a big batch would swamp the tracking store).")
-def batch_score_command(model_uri: str, input_path: str, output: str, master: str, partitions: int | None,
-                        tracing: bool) -> None:
-    """Answer every question of a file on Spark (mlflow.pyfunc.spark_udf) into Parquet; resumable."""
-    report = batch_score(model_uri, input_path, output, master=master, partitions=partitions, tracing=tracing,
-                         progress=click.echo)
-    click.echo(f"done: {report.rows:,} rows in {_n(report.parts, 'part')} -> {report.output} "
-               f"({_n(report.skipped, 'part')} skipped, {report.scored:,} rows scored now at "
-               f"{report.rows_per_s:.1f} rows/s; {report.errors:,} rows with an error)")

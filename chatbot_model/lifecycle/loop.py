@@ -245,7 +245,7 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
     parent_bias = float(parent_tags.get("bias_towards_35", settings.bias_towards_35))
     parent_hint = _parent_hint(client, name, parent, settings)
     rule = AdaptationRule.from_settings(settings, base_bias=parent_bias, default_hint=parent_hint)
-    store = FeedbackStore(settings.feedback_db_url, attach=False)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, settings=settings)
     try:  # the rows and weights a live service computes (adaptation.py): one rule, one implementation
         rows = rule.window(store, now=now, since_ts=window_start.timestamp())
     finally:

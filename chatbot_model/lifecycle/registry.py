@@ -34,6 +34,7 @@ from typing import Callable
 from chatbot_model.config import PROJECT_ROOT, Settings, configure_mlflow
 from chatbot_model.errors import InvalidInput, NotFound, unknown_name
 from chatbot_model.lifecycle.gate import EvaluationGate
+from chatbot_model.lifecycle.model_uri import STAGES
 from chatbot_model.lifecycle.prompts import link_to_model, promote_prompt, register_hint
 from chatbot_model.pipeline.adapter import read_hint
 from chatbot_model.retrieval.embedder import get_embedder
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole package is logged with the model (code_paths)
 MODEL_CODE = Path(__file__).resolve().parent / "model_code.py"
 ARTIFACT_NAME = "model"  # `name=` of the logged model: runs:/RUN_ID/model
-STAGES = {"Staging": "staging", "Production": "production"}  # stage -> alias
 # what the served model imports: the project's own dependencies (pyproject.toml, read from the installed
 # distribution's metadata) plus this list, each pinned to the installed version
 DISTRIBUTION = "llmops-chatbot"
@@ -390,7 +390,7 @@ def feedback_store_of(settings: Settings | None):
         return None
     from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
-    return FeedbackStore(settings.feedback_db_url, attach=False)
+    return FeedbackStore(settings.feedback_db_url, attach=False, settings=settings)
 
 
 def _drop_stale_aliases(client, name: str) -> None:

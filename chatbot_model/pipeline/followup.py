@@ -61,10 +61,6 @@ class Resolution:
     candidates: tuple[str, ...]
     method: str
 
-    @property
-    def resolved(self) -> bool:
-        return self.method in ("offline", "condensed")
-
 
 def is_followup(question: str) -> bool:
     """The offline rule's test: refers back, continues the previous message, or is short."""

@@ -13,7 +13,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,6 @@ from chatbot_model.retrieval.rag import RAGPipeline
 from chatbot_model.tracing.writer import record_traces
 
 log = logging.getLogger(__name__)
-MAX_CONCURRENT_CALLS = 8
 
 
 def build_prompt(question: str, sources: list[Source]) -> str:
@@ -71,6 +71,30 @@ def _timed(steps: dict[str, Step], name: str):
         step.end_ns = time.time_ns()
 
 
+@dataclass
+class _Turn:
+    """One question of a batch as it goes through the steps of `LLMService.answer_many`."""
+
+    question: str
+    history: list[dict]
+    resolution: followup.Resolution | None = None
+    rows: list[int] = field(default_factory=list)  # rows of the batch's query vectors: its candidate queries
+    check_in: Any = None
+    sources: list[Source] = field(default_factory=list)
+    floor_score: float = -1.0
+    query_vector: np.ndarray | None = None
+    standalone: str = ""
+    abstained: bool = False
+    route: Route | None = None
+    completion: Completion | None = None
+    fallback: str | None = None
+    check_out: Any = None
+
+    @property
+    def prompt_sources(self) -> list[Source]:
+        return [] if self.abstained else self.sources
+
+
 class LLMService:
     """Orchestrates one request or a batch; components are injected (tests pass real ones with fakes inside)."""
 
@@ -84,7 +108,7 @@ class LLMService:
         self.adapter = adapter
         self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
-        self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+        self._pool = ThreadPoolExecutor(max_workers=settings.provider_max_concurrency, thread_name_prefix="provider")
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
         warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
         if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
@@ -114,7 +138,7 @@ class LLMService:
         router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
         rag = RAGPipeline(settings).load_or_build(docs_path, progress=progress)
         if feedback_store is None and settings.feedback_db_url:
-            feedback_store = FeedbackStore(settings.feedback_db_url)
+            feedback_store = FeedbackStore(settings.feedback_db_url, settings=settings)
         return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
                    providers=providers, feedback_store=feedback_store, model_version=model_version,
                    adaptation_since_ts=adaptation_since_ts)
@@ -136,80 +160,114 @@ class LLMService:
         `histories[i]`: the earlier turns of question i's conversation (`contract.validate_history`), trimmed
         to CHATBOT_HISTORY_MAX_MESSAGES / _CHARS. `deadline` bounds the provider calls of the whole batch
         (default: CHATBOT_REQUEST_BUDGET_S from when they start); `deadline.cancel()` from another thread ends
-        the remote calls at once (local answers)."""
+        the remote calls at once (local answers). Each step below runs once for the whole batch."""
+        turns = self._turns(questions, histories)
+        if not turns:
+            return []
+        t0 = time.time_ns()
+        steps: dict[str, Step] = {}
+        with _timed(steps, "condense"):
+            self._resolve_followups(turns)
+        with _timed(steps, "embed"):
+            vectors = self._embed(turns)
+        with _timed(steps, "guardrail_input"):
+            self._check_questions(turns, vectors)
+        safe = [t for t in turns if t.check_in.safe]
+        with _timed(steps, "retrieval"):
+            self._retrieve(safe, vectors)
+        self._abstain(safe)
+        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
+        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
+        with _timed(steps, "routing"):
+            for turn in safe:
+                turn.route = self.router.route(turn.question, bias=bias)
+        with _timed(steps, "llm"):
+            self._complete(safe, hint, deadline)
+        with _timed(steps, "guardrail_output"):
+            checks = self._check_answers({i: turn.completion for i, turn in enumerate(safe)})
+            for i, turn in enumerate(safe):
+                turn.check_out = checks[i]
+        results = [self._result(turn, (time.time_ns() - t0) / 1e6) for turn in turns]
+        if self.settings.tracing:
+            self._trace(results, steps, [turn.check_in for turn in turns], t0, hint)
+        return results
+
+    # ------------------------------------------------------------ the steps of answer_many
+    def _turns(self, questions, histories) -> list["_Turn"]:
+        """Validated questions and trimmed histories, one `_Turn` each."""
         if not isinstance(questions, (list, tuple)):
             raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
         many = len(questions) > 1
         qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
               for i, q in enumerate(questions)]
-        hs = self._histories(histories, len(qs), many)
-        if not qs:
-            return []
-        t0 = time.time_ns()
-        steps: dict[str, Step] = {}
+        return [_Turn(q, h) for q, h in zip(qs, self._histories(histories, len(qs), many))]
 
-        with _timed(steps, "condense"):
-            resolutions = self._resolve(qs, hs)
-        with _timed(steps, "embed"):  # the questions, then the extra queries of follow-ups: one call
-            extra = [(i, c) for i, r in enumerate(resolutions) for c in r.candidates if c != qs[i]]
-            encoded = self.rag.encode_queries(qs + [c for _, c in extra])
-            vectors = encoded[:len(qs)]
-        with _timed(steps, "guardrail_input"):
-            shared = vectors if self._guardrail_shares_embedder() else None
-            checks_in = self.guardrail.check_many(qs, vectors=shared)
-        ok = [i for i, c in enumerate(checks_in) if c.safe]
-        row_of_extra = {key: len(qs) + n for n, key in enumerate(extra)}
-        rows_of = {i: [i if c == qs[i] else row_of_extra[i, c] for c in resolutions[i].candidates] for i in ok}
-        with _timed(steps, "retrieval"):
-            wanted = [row for i in ok for row in rows_of[i]]
-            found = dict(zip(wanted, self.rag.search(encoded[wanted]))) if wanted else {}
-        sources, floor_score, standalone, query_vectors = {}, {}, {}, {}
-        for i in ok:
-            kept, floor_score[i] = followup.choose([found[row][0].score if found[row] else -1.0
-                                                    for row in rows_of[i]])
-            sources[i] = found[rows_of[i][kept]]
-            query_vectors[i] = encoded[rows_of[i][kept]]
-            standalone[i] = resolutions[i].candidates[kept] if hs[i] else ""
-        # not covered: the best source scores below the calibrated floor; the provider then gets no sources and
-        # build_prompt tells it to say so (the local answerer replies NOT_COVERED)
-        abstain = {i for i in ok if not sources[i] or floor_score[i] < self.settings.abstain_below}
-        if abstain:
-            log.info("abstained on %d of %d questions (best retrieval score below %.2f)", len(abstain), len(ok),
-                     self.settings.abstain_below)
-        prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
-        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
-        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
-        with _timed(steps, "routing"):
-            routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
-        with _timed(steps, "llm"):
-            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
-                                             question=qs[i], sources=prompt_sources[i], model="",
-                                             question_vector=query_vectors[i], history=hs[i]) for i in ok}
-            answers = self._complete_all(requests, routes, deadline)
-        with _timed(steps, "guardrail_output"):
-            checks_out = self._check_answers({i: answers[i][0] for i in ok})
+    def _resolve_followups(self, turns: list["_Turn"]) -> None:
+        for turn, resolution in zip(turns, self._resolve([t.question for t in turns], [t.history for t in turns])):
+            turn.resolution = resolution
 
-        elapsed_ms = (time.time_ns() - t0) / 1e6
-        results = []
-        for i, q in enumerate(qs):
-            if i not in sources:
-                results.append(self._blocked(q, checks_in[i], "input", elapsed_ms))
-                continue
-            completion, fallback = answers[i]
+    def _embed(self, turns: list["_Turn"]) -> np.ndarray:
+        """One embedding call: the questions first (row i = turn i), then the extra queries of follow-ups; each
+        turn learns the rows of its candidate queries."""
+        texts = [t.question for t in turns]
+        for turn_no, turn in enumerate(turns):
+            turn.rows = []
+            for candidate in turn.resolution.candidates:
+                if candidate == turn.question:
+                    turn.rows.append(turn_no)
+                else:
+                    turn.rows.append(len(texts))
+                    texts.append(candidate)
+        return self.rag.encode_queries(texts)
+
+    def _check_questions(self, turns: list["_Turn"], vectors: np.ndarray) -> None:
+        shared = vectors[:len(turns)] if self._guardrail_shares_embedder() else None
+        for turn, check in zip(turns, self.guardrail.check_many([t.question for t in turns], vectors=shared)):
+            turn.check_in = check
+
+    def _retrieve(self, turns: list["_Turn"], vectors: np.ndarray) -> None:
+        """One search for every candidate query; each turn keeps the candidate `followup.choose` picks."""
+        wanted = [row for turn in turns for row in turn.rows]
+        found = dict(zip(wanted, self.rag.search(vectors[wanted]))) if wanted else {}
+        for turn in turns:
+            kept, turn.floor_score = followup.choose([found[row][0].score if found[row] else -1.0
+                                                      for row in turn.rows])
+            turn.sources = found[turn.rows[kept]]
+            turn.query_vector = vectors[turn.rows[kept]]
+            turn.standalone = turn.resolution.candidates[kept] if turn.history else ""
+
+    def _abstain(self, turns: list["_Turn"]) -> None:
+        """Not covered: the best source scores below the calibrated floor; the provider then gets no sources and
+        build_prompt tells it to say so (the local answerer replies NOT_COVERED)."""
+        for turn in turns:
+            turn.abstained = not turn.sources or turn.floor_score < self.settings.abstain_below
+        if any(turn.abstained for turn in turns):
+            log.info("abstained on %d of %d questions (best retrieval score below %.2f)",
+                     sum(turn.abstained for turn in turns), len(turns), self.settings.abstain_below)
+
+    def _complete(self, turns: list["_Turn"], hint: str, deadline: Deadline | None) -> None:
+        requests = {i: CompletionRequest(system=hint, prompt=build_prompt(t.question, t.prompt_sources),
+                                         question=t.question, sources=t.prompt_sources, model="",
+                                         question_vector=t.query_vector, history=t.history)
+                    for i, t in enumerate(turns)}
+        answers = self._complete_all(requests, {i: t.route for i, t in enumerate(turns)}, deadline)
+        for i, turn in enumerate(turns):
+            turn.completion, turn.fallback = answers[i]
+
+    def _result(self, turn: "_Turn", elapsed_ms: float) -> ChatResult:
+        if not turn.check_in.safe:
+            result = self._blocked(turn.question, turn.check_in, "input", elapsed_ms)
+        else:
+            completion = turn.completion
             result = ChatResult(
-                question=q, standalone_question=standalone[i], answer=completion.text,
-                sources=[s.to_dict() for s in prompt_sources[i]],
-                abstained=i in abstain,
-                route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
-                route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
-            if not checks_out[i].safe:
-                result = self._blocked(q, checks_out[i], "output", elapsed_ms, result)
-            results.append(result)
-        for result in results:
-            result.model_version = self.model_version
-        if self.settings.tracing:
-            self._trace(results, steps, checks_in, t0, hint)
-        return results
+                question=turn.question, standalone_question=turn.standalone, answer=completion.text,
+                sources=[s.to_dict() for s in turn.prompt_sources], abstained=turn.abstained,
+                route=turn.route.name, provider=completion.provider, model=completion.model, fallback=turn.fallback,
+                route_reasons=turn.route.reasons, guardrail=turn.check_out.to_dict(), latency_ms=round(elapsed_ms, 2))
+            if not turn.check_out.safe:
+                result = self._blocked(turn.question, turn.check_out, "output", elapsed_ms, result)
+        result.model_version = self.model_version
+        return result
 
     def _resolve(self, qs: list[str], hs: list[list[dict]]) -> list[followup.Resolution]:
         """What retrieval searches for each question (`followup`): with history and a remote provider, its

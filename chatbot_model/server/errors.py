@@ -67,10 +67,6 @@ class Unauthorized(ServerError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
-class BodyTooLarge(ServerError):
-    status, code = 413, "body_too_large"
-
-
 # domain errors that may reach the edge, with their status
 DOMAIN_STATUS: dict[type[ChatbotError], int] = {InvalidInput: 422, NotFound: 404, ConfigError: 503, ProviderError: 502}
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

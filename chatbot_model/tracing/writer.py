@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from chatbot_model.config import Settings
 from chatbot_model.contract import ChatResult
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,9 @@ SPAN_TYPES = {
     "llm": "CHAT_MODEL",
     "guardrail_output": "GUARDRAIL",
 }
-DEFAULT_QUEUE_SIZE = 2_000   # ~6 KB each: the backlog stays within ~15 MB
+_DEFAULTS = Settings.model_construct()  # CHATBOT_TRACE_QUEUE_SIZE and _TRACE_EXPORT_SHARE when none are given
 BATCH_SIZE = 64           # records per log_spans call
 DRAIN_TIMEOUT_S = 10.0    # shutdown drains at most this long
-DEFAULT_SHARE = 0.15      # most of the wall-clock time the exporter writes while requests keep coming
 IDLE_S = 0.25             # no request for this long: the exporter writes at full speed
 
 
@@ -182,8 +182,8 @@ class TracePipeline:
     `writer` writes a list of records (tests inject one that blocks or fails); `maxsize` bounds memory.
     """
 
-    def __init__(self, maxsize: int = DEFAULT_QUEUE_SIZE, *, writer: Callable[[list], None] = write_traces,
-                 batch_size: int = BATCH_SIZE, share: float = DEFAULT_SHARE):
+    def __init__(self, maxsize: int = _DEFAULTS.trace_queue_size, *, writer: Callable[[list], None] = write_traces,
+                 batch_size: int = BATCH_SIZE, share: float = _DEFAULTS.trace_export_share):
         self.maxsize = maxsize
         self.batch_size = batch_size
         self.writer = writer
@@ -354,8 +354,8 @@ def pipeline(maxsize: int | None = None, share: float | None = None) -> TracePip
     if _pipeline is None:
         with _pipeline_lock:
             if _pipeline is None:
-                _pipeline = TracePipeline(maxsize or DEFAULT_QUEUE_SIZE,
-                                          share=DEFAULT_SHARE if share is None else share)
+                _pipeline = TracePipeline(maxsize or _DEFAULTS.trace_queue_size,
+                                          share=_DEFAULTS.trace_export_share if share is None else share)
                 atexit.register(_pipeline.shutdown)
     return _pipeline
 
