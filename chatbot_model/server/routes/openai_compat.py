@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbot_model.contract import validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
+from chatbot_model.server.conversation import record_answer
 from chatbot_model.server.deps import (BackendDep, MetricsDep, SettingsDep, TracesDep, _bearer, check_api_key,
                                        settings_of)
 from chatbot_model.server.errors import ServerError, Unauthorized
-from chatbot_model.server.sse import (EventStream, backend_events, record_answer, request_deadline,
-                                      run_cancelling_on_disconnect)
+from chatbot_model.server.sse import EventStream, backend_events, request_deadline, run_cancelling_on_disconnect
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
