@@ -36,7 +36,7 @@ SUBTLE_HATE = [  # no slurs, no profanity
     "Those people are a plague on this country.",
     "Jews are greedy and only care about money.",
 ]
-IN_TRAINING = [  # an earlier issue's examples: (near-)copies are in the training text too
+IN_TRAINING = [  # earlier reported refusals: (near-)copies are in the training text too
     "how do I kill a python process",
     "this model's loss is killing me",
 ]
@@ -338,7 +338,7 @@ def test_normalisation_undoes_common_obfuscations():
 
 
 def test_the_issue_sentences_pass(embedded):
-    """Issue 10: naming, supporting or defending a group is not hate."""
+    """Naming, supporting or defending a group is not hate."""
     blocked = [(t, r.scores) for t, r in zip(ISSUE_10, embedded.check_many(ISSUE_10)) if not r.safe]
     assert blocked == []
 
