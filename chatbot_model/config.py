@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(0, ge=0, le=65536, description="ivf: lists probed per query; 0 = chosen by size")
 
     # guardrail
-    guardrail_backend: str = Field("auto", description=f"one of {list(GUARDRAIL_BACKENDS)}")
+    guardrail_backend: str = Field("auto", description="the classifier that checks questions and answers: auto "
+                                   "(toxic-bert when it loads, else embedded), toxic-bert or embedded")
     toxic_bert_model: str = Field("unitary/toxic-bert", description="hub id or local directory of toxic-bert")
     guardrail_threshold: float = Field(0.5, gt=0, lt=1, description="unsafe when any label >= threshold")
     guardrail_load_timeout_s: float = Field(10.0, gt=0, description="auto: how long to try loading toxic-bert")
@@ -128,10 +129,14 @@ class Settings(BaseSettings):
                                       "open; then one probe request decides (401/403 disable it until the key "
                                       "changes)")
     max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"))
-    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"),
+                                             description="turns on the `gpt` route's provider; unset = it falls back")
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"),
+                                        description="any OpenAI-compatible server (vLLM, Ollama, ...); unset = OpenAI")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"),
+                                                description="turns on the `claude` route's provider; unset = it falls back")
+    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"),
+                                           description="a proxy in front of Anthropic's API; unset = Anthropic")
 
     # MLflow
     tracking_uri: str = Field(
