@@ -84,8 +84,10 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
     abstain_below: float = Field(0.30, ge=-1, le=1, description="answer \"not covered\" when the best retrieval "
                                  "score (cosine) is below this; scripts/calibrate_abstention.py; -1 = never")
-    index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
-    embedding_backend: str = Field("auto", description="embedder runtime: auto (onnx when possible), torch or onnx")
+    index_type: str = Field("auto", description="faiss index: auto (exact below 20,000 chunks, IVF above), flat, "
+                            "hnsw or ivf")
+    embedding_backend: str = Field("auto", description="embedder runtime: auto (ONNX Runtime when its export "
+                                   "reproduces the model, else torch), torch or onnx")
     embedding_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads per query; 0 = cores, at most 4")
     embedding_cache_dir: Path | None = Field(None, description="where ONNX exports are cached; "
                                              "unset = ~/.cache/llmops-chatbot")
