@@ -1,5 +1,5 @@
-"""The docs hold together: README.md stays under 200 lines; every relative link and #anchor in README.md and
-docs/*.md resolves; the commands they show name real things (llmops-chatbot commands and options, make targets,
+"""The docs hold together: README.md stays under 200 lines; every relative link and #anchor in README.md,
+BENCHMARKS.md and docs/*.md resolves; the commands they show name real things (llmops-chatbot commands and options, make targets,
 MLproject entry points and parameters, repository paths); docs/configuration.md is what
 `python scripts/gen_config_docs.py` renders from `Settings` today."""
 
@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [README, ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^\s*```")
 
