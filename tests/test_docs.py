@@ -1,6 +1,7 @@
 """The docs hold together: README.md stays under 200 lines; every relative link and #anchor in README.md,
-BENCHMARKS.md and docs/*.md resolves; the commands they show name real things (llmops-chatbot commands and options, make targets,
-MLproject entry points and parameters, repository paths); docs/configuration.md is what
+BENCHMARKS.md and docs/*.md resolves; the commands they show name real things (llmops-chatbot commands and
+options, make targets, MLproject entry points and parameters, the options of scripts/ and benchmarks/,
+repository paths); the architecture picture draws the imports between packages; docs/configuration.md is what
 `python scripts/gen_config_docs.py` renders from `Settings` today."""
 
 from __future__ import annotations
@@ -152,6 +153,17 @@ def _mlproject_problems(line: str, entry_points: dict) -> list[str]:
     return problems
 
 
+def _script_problems(line: str) -> list[str]:
+    """`python scripts/X.py --opt`: each --opt is declared in the script's source (argparse)."""
+    problems = []
+    for script, args in re.findall(r"python\s+((?:scripts|benchmarks)/[\w/]+\.py)([^|;&#`]*)", line):
+        source = (ROOT / script).read_text() if (ROOT / script).exists() else ""
+        for option in re.findall(r"(?<!\S)(--[\w-]+)", args):
+            if f'"{option}"' not in source and f"'{option}'" not in source:
+                problems.append(f"{script} takes no option {option} (in {line.strip()!r})")
+    return problems
+
+
 REPO_PATH = re.compile(r"(?<![\w./-])((?:chatbot_model|scripts|tests|benchmarks|artifacts|k8s|notebooks|docs)"
                        r"/[\w.*/-]*[\w*/])")
 
@@ -171,7 +183,7 @@ def test_commands_and_paths_in_the_docs_exist(page):
     problems = []
     for line in code(page.read_text()):
         problems += _cli_problems(line) + _make_problems(line, targets) + _mlproject_problems(line, entry_points)
-        problems += _path_problems(line)
+        problems += _path_problems(line) + _script_problems(line)
     assert not problems, f"{rel(page)}:\n" + "\n".join(dict.fromkeys(problems))
 
 
