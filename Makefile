@@ -93,14 +93,23 @@ bench: $(VENV)/.installed-bench
 
 # requirements.lock: the image's runtime + serve + postgres dependencies, pinned with hashes (the Dockerfile
 # installs it with --require-hashes). torch is left out (the Dockerfile takes the CPU wheel from the PyTorch index);
-# its dependencies are resolved from that wheel. LOCK_TORCH_SOURCE="--find-links DIR" uses a local wheel instead.
-LOCK_TORCH_SOURCE ?= --find-links https://download.pytorch.org/whl/cpu/torch/
+# its dependencies are resolved from the CPU wheel. The package index is pip's own: PIP_INDEX_URL, else
+# `pip config get global.index-url`, else uv's default (PyPI); so it works behind a mirror. The CPU torch wheel
+# comes from LOCK_TORCH_SOURCE when given ("--find-links DIR"), else pip's find-links (PIP_FIND_LINKS or
+# global.find-links), else uv's PyTorch CPU backend (--torch-backend cpu). `make -n lock` shows the command.
+LOCK_TORCH_SOURCE ?=
 .PHONY: lock
 lock: $(BIN)/python
 	$(PIP) install --quiet uv
+	@index="$${PIP_INDEX_URL:-$$($(PIP) config get global.index-url 2>/dev/null)}"; \
+	links="$${PIP_FIND_LINKS:-$$($(PIP) config get global.find-links 2>/dev/null)}"; \
+	torch='$(LOCK_TORCH_SOURCE)'; \
+	if [ -z "$$torch" ]; then for d in $$links; do torch="$$torch --find-links $$d"; done; fi; \
+	torch="$${torch:---torch-backend cpu}"; \
+	set -x; \
 	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --generate-hashes --upgrade \
-	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
-	  $(LOCK_TORCH_SOURCE) --no-emit-package torch --no-emit-package llmops-chatbot \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $${index:+--index-url "$$index"} \
+	  $$torch --no-emit-package torch --no-emit-package llmops-chatbot \
 	  --custom-compile-command "make lock" -o requirements.lock
 # 10 minutes of /chat (8 clients) and /feedback against a fresh server on 127.0.0.1, tracing on (BENCHMARKS.md);
 # SOAK_ARGS="--duration 60" for a short one

@@ -84,8 +84,10 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
     abstain_below: float = Field(0.30, ge=-1, le=1, description="answer \"not covered\" when the best retrieval "
                                  "score (cosine) is below this; scripts/calibrate_abstention.py; -1 = never")
-    index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
-    embedding_backend: str = Field("auto", description="embedder runtime: auto (onnx when possible), torch or onnx")
+    index_type: str = Field("auto", description="faiss index: auto (exact below 20,000 chunks, IVF above), flat, "
+                            "hnsw or ivf")
+    embedding_backend: str = Field("auto", description="embedder runtime: auto (ONNX Runtime when its export "
+                                   "reproduces the model, else torch), torch or onnx")
     embedding_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads per query; 0 = cores, at most 4")
     embedding_cache_dir: Path | None = Field(None, description="where ONNX exports are cached; "
                                              "unset = ~/.cache/llmops-chatbot")
@@ -94,7 +96,8 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(0, ge=0, le=65536, description="ivf: lists probed per query; 0 = chosen by size")
 
     # guardrail
-    guardrail_backend: str = Field("auto", description=f"one of {list(GUARDRAIL_BACKENDS)}")
+    guardrail_backend: str = Field("auto", description="the classifier that checks questions and answers: auto "
+                                   "(toxic-bert when it loads, else embedded), toxic-bert or embedded")
     toxic_bert_model: str = Field("unitary/toxic-bert", description="hub id or local directory of toxic-bert")
     guardrail_threshold: float = Field(0.5, gt=0, lt=1, description="unsafe when any label >= threshold")
     guardrail_load_timeout_s: float = Field(10.0, gt=0, description="auto: how long to try loading toxic-bert")
@@ -130,10 +133,14 @@ class Settings(BaseSettings):
     max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
     provider_max_concurrency: int = Field(8, ge=1, le=256, description="provider calls of one batch (pyfunc "
                                           "`predict` of many rows) in flight at once")
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"))
-    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"),
+                                             description="turns on the `gpt` route's provider; unset = it falls back")
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"),
+                                        description="any OpenAI-compatible server (vLLM, Ollama, ...); unset = OpenAI")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"),
+                                                description="turns on the `claude` route's provider; unset = it falls back")
+    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"),
+                                           description="a proxy in front of Anthropic's API; unset = Anthropic")
 
     # MLflow
     tracking_uri: str = Field(

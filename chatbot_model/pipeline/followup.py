@@ -21,7 +21,7 @@ Two ways, one interface (`Resolution`):
   message, rewrite the message to be a standalone question"). Any failure, an empty or over-long reply, or
   no reply within CHATBOT_CONDENSE_TIMEOUT_S falls back to the offline rule.
 
-Measured on artifacts/eval/conversations.jsonl (see the README's "Conversations" section and `evaluate`).
+Measured on artifacts/eval/conversations.jsonl (see docs/conversations.md and `evaluate`).
 """
 
 from __future__ import annotations
