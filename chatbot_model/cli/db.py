@@ -8,11 +8,11 @@ import click
 
 from chatbot_model.errors import ConfigError
 from chatbot_model.store import migrations
+from chatbot_model.store.db import Database, oneline
 
 
 def _store(url: str | None):
     from chatbot_model.config import load_settings  # deferred: loads pydantic
-    from chatbot_model.store.db import Database  # deferred: loads sqlalchemy
 
     url = url or load_settings().feedback_db_url
     if not url:
@@ -40,8 +40,6 @@ def db() -> None:
 def upgrade(url: str | None, revision: str) -> None:
     """Bring the schema to the newest revision (a database from before migrations is stamped 0001 first)."""
     from sqlalchemy.exc import SQLAlchemyError
-
-    from chatbot_model.store.db import oneline  # deferred: loads sqlalchemy
 
     store = _store(url)
     engine = store.make_engine()
@@ -72,8 +70,6 @@ def current(url: str | None) -> None:
     """Print the schema revision of the database (exit 1 when it is not at head)."""
 
     from sqlalchemy.exc import SQLAlchemyError
-
-    from chatbot_model.store.db import oneline  # deferred: loads sqlalchemy
 
     store = _store(url)
     db_path = store.sqlite_path

@@ -25,7 +25,7 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
     Exits 1 when the evaluation failed (a metric below its threshold)."""
     from chatbot_model.config import load_settings  # deferred: loads pydantic
     from chatbot_model.lifecycle.evaluation import THRESHOLDS  # deferred: loads pydantic
-    from chatbot_model.lifecycle.loop import evaluate_model  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import evaluate_model  # deferred: loads numpy, pydantic
 
     settings = load_settings()
     uri = model_uri or settings.model_uri
@@ -62,7 +62,7 @@ def adapt(name: str | None, always: bool) -> None:
 
     It does not promote: evaluate the new version, then promote-model."""
     from chatbot_model.config import load_settings  # deferred: loads pydantic
-    from chatbot_model.lifecycle.loop import adapt as run_adapt  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import adapt as run_adapt  # deferred: loads numpy, pydantic
 
     settings = load_settings()
     result = run_adapt(settings, name or None, always=always)

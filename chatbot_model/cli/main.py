@@ -9,7 +9,18 @@ from pathlib import Path
 
 import click
 
+from chatbot_model.cli.batch import batch_score_command
+from chatbot_model.cli.conversations import conversations
+from chatbot_model.cli.db import db
+from chatbot_model.cli.export import export_model_command
+from chatbot_model.cli.feedback import feedback, sync_feedback
+from chatbot_model.cli.lifecycle import adapt, evaluate
+from chatbot_model.cli.registry import promote_model, register_model
+from chatbot_model.cli.serve import serve
+from chatbot_model.config import configure_mlflow, load_settings
+from chatbot_model.contract import validate_question
 from chatbot_model.errors import ChatbotError
+from chatbot_model.retrieval.rag import RAGPipeline
 
 
 class _Group(click.Group):
@@ -41,8 +52,6 @@ def main(verbose: bool) -> None:
 
 
 def _settings(**overrides):
-    from chatbot_model.config import load_settings  # deferred: loads pydantic
-
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -58,7 +67,6 @@ def config_cmd() -> None:
 @click.option("--index-dir", help="Where to write the index (default: CHATBOT_INDEX_DIR).")
 def build_index(path: str | None, index_dir: str | None) -> None:
     """Index PATH (a docs .json/.jsonl/.md/.txt file or a folder of them; default: the shipped knowledge base)."""
-    from chatbot_model.retrieval.rag import RAGPipeline  # deferred: loads numpy, pydantic
 
     settings = _settings(index_dir=index_dir)
     rag = RAGPipeline(settings).load_or_build(path, progress=True)
@@ -83,7 +91,6 @@ def index_info() -> None:
 @click.argument("question")
 def ask(question: str) -> None:
     """Answer one QUESTION and print the result as JSON."""
-    from chatbot_model.contract import validate_question  # deferred: loads numpy, pydantic
 
     settings = _settings()
     question = validate_question(question, settings.max_question_chars)  # before loading anything
@@ -91,8 +98,7 @@ def ask(question: str) -> None:
 
 
 def _service(settings, progress: bool = False):
-    from chatbot_model.config import configure_mlflow  # deferred: loads pydantic
-    from chatbot_model.pipeline.service import LLMService  # deferred: loads numpy, pydantic, tenacity
+    from chatbot_model.pipeline.service import LLMService  # deferred: loads tenacity
 
     configure_mlflow(settings)
     return LLMService.from_settings(settings, progress=progress)
@@ -101,41 +107,15 @@ def _service(settings, progress: bool = False):
 @main.command()
 def chat() -> None:
     """Interactive chat: ask, read the answer and its sources, rate it y/n (Enter skips), q quits."""
-    from chatbot_model.cli.chat import run_chat  # deferred: loads numpy, pydantic, tenacity
+    from chatbot_model.cli.chat import run_chat  # deferred: loads tenacity
 
     settings = _settings()
     run_chat(_service(settings, progress=True), settings, sys.stdin)
 
 
-# Commands defined beside their component (each module imports only click at the top).
-# One `main.add_command(...)` line per command, below.
-from chatbot_model.cli.registry import promote_model, register_model  # noqa: E402
-
-main.add_command(register_model)
-main.add_command(promote_model)
-from chatbot_model.cli.serve import serve  # noqa: E402
-
-main.add_command(serve)
-from chatbot_model.cli.feedback import feedback, sync_feedback  # noqa: E402
-
-main.add_command(feedback)
-main.add_command(sync_feedback)
-from chatbot_model.cli.lifecycle import adapt, evaluate  # noqa: E402
-
-main.add_command(evaluate)
-main.add_command(adapt)
-from chatbot_model.cli.db import db  # noqa: E402
-
-main.add_command(db)
-from chatbot_model.cli.conversations import conversations  # noqa: E402
-
-main.add_command(conversations)
-from chatbot_model.cli.batch import batch_score_command  # noqa: E402
-
-main.add_command(batch_score_command)
-from chatbot_model.cli.export import export_model_command  # noqa: E402
-
-main.add_command(export_model_command)
+for command in (register_model, promote_model, serve, feedback, sync_feedback, evaluate, adapt, db, conversations,
+                batch_score_command, export_model_command):
+    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

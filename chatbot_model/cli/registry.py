@@ -14,7 +14,6 @@ import click
 from chatbot_model.lifecycle.model_uri import STAGES
 
 
-
 def _blank(value):
     return value if value not in (None, "", "latest") else None
 
@@ -26,7 +25,7 @@ def _blank(value):
 def register_model(name: str | None, docs: str | None, hint_file: str | None) -> None:
     """Log the chatbot as an MLflow pyfunc model and register it as a new version of NAME."""
     from chatbot_model.config import load_settings  # deferred: loads pydantic
-    from chatbot_model.lifecycle.registry import log_and_register  # deferred: loads pydantic
+    from chatbot_model.lifecycle.registry import log_and_register  # deferred: loads numpy, pydantic
 
     result = log_and_register(load_settings(), _blank(name), _blank(docs), _blank(hint_file))
     click.echo(f"registered {result.name} version {result.version}")
@@ -57,7 +56,7 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
 
     from chatbot_model.config import load_settings  # deferred: loads pydantic
     from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused  # deferred: loads pydantic
-    # deferred: loads pydantic
+    # deferred: loads numpy, pydantic
     from chatbot_model.lifecycle.registry import feedback_store_of, name_step_run, promote, use_store
 
     settings = load_settings()

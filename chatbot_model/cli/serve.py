@@ -71,7 +71,7 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
     check_port_free(host, port)
     import uvicorn
 
-    from chatbot_model.server.main import create_app  # deferred: loads fastapi, numpy, opentelemetry
+    from chatbot_model.server.main import create_app  # deferred: loads fastapi, opentelemetry, prometheus_client
 
     overrides = {"serving_backend": backend, "model_uri": model_uri, "scoring_url": scoring_url}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})

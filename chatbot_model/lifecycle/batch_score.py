@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
 from chatbot_model.contract import AnswerRow, SourceRow, validate_question
 from chatbot_model.errors import ConfigError, InvalidInput
 from chatbot_model.lifecycle.model_uri import resolve_version
@@ -233,7 +232,8 @@ def _local_model(model_uri: str, dst: str) -> tuple[str, str | None]:
 
 def _max_question_chars(model_dir: str) -> int:
     """The question limit the model enforces (its logged value unless CHATBOT_MAX_QUESTION_CHARS is set)."""
-    # deferred: loads fastapi, mlflow, opentelemetry
+  
+    # deferred: loads click, fastapi, mlflow
     from chatbot_model.lifecycle.pyfunc import ARTIFACTS, settings_from_artifacts
 
     artifacts = {key: str(Path(model_dir) / "artifacts" / name) for key, name in ARTIFACTS.items()}

@@ -195,6 +195,7 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
 
     The index is built in `workdir` (seeded from `settings.index_dir` when that holds one, so an up-to-date
     index is reused, never modified)."""
+  
     # deferred: loads click, fastapi, mlflow
     from chatbot_model.lifecycle.pyfunc import ARTIFACTS, BASELINE_KEY, ONNX_ARTIFACT, model_settings
     from chatbot_model.retrieval.rag import RAGPipeline, load_documents  # resolved per call (replaceable at its source)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.config import Settings
 from chatbot_model.contract import check_history
+from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import ConversationUnavailable
 from chatbot_model.server.state import ServedTrace
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 def conversation_store(app) -> Any:
     """The app's conversation store, sharing the feedback store's database (None when none is configured)."""
-    from chatbot_model.server.deps import settings_of  # deferred: loads prometheus_client
     from chatbot_model.store.conversations import ConversationStore  # deferred: loads sqlalchemy
 
     state = app.state
