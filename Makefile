@@ -84,7 +84,7 @@ test: install-test system-test-deps mlserver-venv
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install
-	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p 5001 --host 127.0.0.1
 
 # the benchmark suite (BENCHMARKS.md), ~10-13 min; BENCH_ARGS=--quick for a ~4 min smoke run
