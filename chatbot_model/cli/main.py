@@ -159,6 +159,9 @@ main.add_command(batch_score_command)
 from chatbot_model.cli.export import export_model_command  # noqa: E402
 
 main.add_command(export_model_command)
+from chatbot_model.cli.doctor import doctor  # noqa: E402
+
+main.add_command(doctor)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -434,6 +434,8 @@ class LLMService:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
         return {
             "guardrail": self.guardrail.backend,
+            **({"guardrail_reason": why} if (why := getattr(self.guardrail.classifier, "chosen_because", None))
+               else {}),
             "embedder": self.rag.embedder_name,
             "index": self.rag.info(),
             "providers": {name: p.status() for name, p in self.providers.items()},
