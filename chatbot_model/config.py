@@ -23,11 +23,13 @@ GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
 EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.retrieval.embedder
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.retrieval.index
+TRACE_SINKS = ("auto", "otlp", "mlflow")  # chatbot_model.tracing.otlp
 NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator, one message shape
     "guardrail_backend": ("guardrail backend", GUARDRAIL_BACKENDS),
     "embedding_backend": ("embedding backend", EMBEDDING_BACKENDS),
     "index_type": ("index type", INDEX_TYPES),
     "serving_backend": ("serving backend", SERVING_BACKENDS),
+    "trace_sink": ("trace sink", TRACE_SINKS),
 }
 
 
@@ -171,6 +173,8 @@ class Settings(BaseSettings):
                                       "and their per-question traces, apart from users' chat traces "
                                       "(MLFLOW_EXPERIMENT_NAME/ID, when set, win)")
     tracing: bool = Field(True, description="record one MLflow trace per request")
+    trace_sink: str = Field("auto", description="where traces are written: auto (OTLP to the tracking server when "
+                            "MLFLOW_TRACKING_URI is http(s), else the in-process MLflow writer), otlp or mlflow")
     trace_queue_size: int = Field(2_000, ge=1, description="traces waiting for the background exporter (~6 KB each); when "
                                   "full, new traces are dropped and counted (chatbot_traces_dropped_total)")
     trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the time the trace exporter may "
@@ -253,6 +257,9 @@ class Settings(BaseSettings):
         if self.local_reserve_s >= self.request_budget_s:
             raise ValueError(f"local_reserve_s ({self.local_reserve_s:g}) must be below request_budget_s "
                              f"({self.request_budget_s:g}); lower CHATBOT_LOCAL_RESERVE_S")
+        if self.trace_sink == "otlp" and not self.tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(f"CHATBOT_TRACE_SINK=otlp needs an http(s) tracking server as MLFLOW_TRACKING_URI, not "
+                             f"{mask_url(self.tracking_uri)}; set one, or CHATBOT_TRACE_SINK=auto")
         if self.serving_backend == "remote" and not self.scoring_url:
             raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):

@@ -171,8 +171,15 @@ def trace_sink(settings) -> list[Check]:
 
     if not settings.tracing:
         return [Check("traces", OK, "off (CHATBOT_TRACING=false)", "CHATBOT_TRACING=true records one trace per answer")]
-    return [Check("traces", OK, f"in-process MLflow writer to {mask_url(settings.tracking_uri)}, queue "
-                  f"{settings.trace_queue_size} (drops counted in chatbot_traces_dropped_total)")]
+    from chatbot_model.tracing.otlp import OTLP_PATH, resolve_sink  # deferred: --help stays fast
+
+    queue = f"queue {settings.trace_queue_size} (drops counted in chatbot_traces_dropped_total)"
+    uri = mask_url(settings.tracking_uri)
+    if resolve_sink(settings.trace_sink, settings.tracking_uri) == "otlp":
+        return [Check("traces", OK, f"OTLP/HTTP to {uri.rstrip('/')}{OTLP_PATH} (the tracking server writes them), {queue}")]
+    fix = ("pip install opentelemetry-exporter-otlp-proto-http to send them over OTLP"
+           if settings.tracking_uri.startswith("http") and settings.trace_sink == "auto" else "")
+    return [Check("traces", OK, f"in-process MLflow writer to {uri}, {queue}", fix)]
 
 
 CHECKS = (tracking, registered_model, index, guardrail, providers, feedback_db, trace_sink)
