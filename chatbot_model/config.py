@@ -23,11 +23,13 @@ GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
 EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.retrieval.embedder
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.retrieval.index
+TRACE_SINKS = ("auto", "otlp", "mlflow")  # chatbot_model.tracing.otlp
 NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator, one message shape
     "guardrail_backend": ("guardrail backend", GUARDRAIL_BACKENDS),
     "embedding_backend": ("embedding backend", EMBEDDING_BACKENDS),
     "index_type": ("index type", INDEX_TYPES),
     "serving_backend": ("serving backend", SERVING_BACKENDS),
+    "trace_sink": ("trace sink", TRACE_SINKS),
 }
 
 
@@ -58,6 +60,20 @@ def mask_url(url: str | None) -> str | None:
 def mask_secrets(text: str) -> str:
     """Free text (an error message, a log line) with every `scheme://user:PASSWORD@` password masked."""
     return _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text) if "://" in text else text
+
+
+def default_tracking_uri() -> str:
+    """The store used without MLFLOW_TRACKING_URI: `mlflow.db` in the checkout (the folder holding MLproject),
+    whatever the working directory, so a notebook elsewhere finds the registered model; an installed package
+    without a checkout uses `./mlflow.db`."""
+    if (PROJECT_ROOT / "MLproject").is_file():
+        return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return "sqlite:///mlflow.db"
+
+
+def told_experiment() -> bool:
+    """True when the caller chose the MLflow experiment (MLFLOW_EXPERIMENT_NAME or MLFLOW_EXPERIMENT_ID)."""
+    return bool(os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
 
 
 def _artifact(name: str) -> Path:
@@ -144,12 +160,21 @@ class Settings(BaseSettings):
 
     # MLflow
     tracking_uri: str = Field(
-        "sqlite:///mlflow.db",
+        default_factory=default_tracking_uri,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "CHATBOT_TRACKING_URI"),
-        description="MLflow tracking store",
+        description="MLflow tracking store; unset = `mlflow.db` in the checkout (the folder holding MLproject), "
+                    "whatever the working directory (an installed package without a checkout: ./mlflow.db)",
     )
-    experiment_name: str = Field("llmops-chatbot", description="MLflow experiment for chat sessions and traces")
+    experiment_name: str = Field("llmops-chatbot", validation_alias=AliasChoices("MLFLOW_EXPERIMENT_NAME",
+                                                                                 "CHATBOT_EXPERIMENT_NAME"),
+                                 description="MLflow experiment of every command's runs, chat sessions and "
+                                 "traces (`mlflow run` included); MLFLOW_EXPERIMENT_ID chooses one by id")
+    eval_experiment_name: str = Field("llmops-chatbot-eval", description="MLflow experiment of `evaluate` runs "
+                                      "and their per-question traces, apart from users' chat traces "
+                                      "(MLFLOW_EXPERIMENT_NAME/ID, when set, win)")
     tracing: bool = Field(True, description="record one MLflow trace per request")
+    trace_sink: str = Field("auto", description="where traces are written: auto (OTLP to the tracking server when "
+                            "MLFLOW_TRACKING_URI is http(s), else the in-process MLflow writer), otlp or mlflow")
     trace_queue_size: int = Field(2_000, ge=1, description="traces waiting for the background exporter (~6 KB each); when "
                                   "full, new traces are dropped and counted (chatbot_traces_dropped_total)")
     trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the time the trace exporter may "
@@ -232,6 +257,9 @@ class Settings(BaseSettings):
         if self.local_reserve_s >= self.request_budget_s:
             raise ValueError(f"local_reserve_s ({self.local_reserve_s:g}) must be below request_budget_s "
                              f"({self.request_budget_s:g}); lower CHATBOT_LOCAL_RESERVE_S")
+        if self.trace_sink == "otlp" and not self.tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(f"CHATBOT_TRACE_SINK=otlp needs an http(s) tracking server as MLFLOW_TRACKING_URI, not "
+                             f"{mask_url(self.tracking_uri)}; set one, or CHATBOT_TRACE_SINK=auto")
         if self.serving_backend == "remote" and not self.scoring_url:
             raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):
@@ -273,10 +301,23 @@ def artifact_root(tracking_uri: str) -> str | None:
     return (db.resolve().parent / "mlartifacts").as_uri()
 
 
-def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment (created with a local artifact root for sqlite).
+def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
+    """The id of experiment `name`, created (with a local artifact root for sqlite) when missing."""
+    import mlflow
 
-    Returns the experiment id.
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(tracking_uri or mlflow.get_tracking_uri()))
+    except mlflow.exceptions.MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def configure_mlflow(settings: Settings, experiment_name: str | None = None) -> str:
+    """Point MLflow at the configured store and experiment: MLFLOW_EXPERIMENT_ID when set, else
+    `experiment_name` (default: the settings' experiment). Returns the experiment id.
     """
     import mlflow
 
@@ -284,13 +325,7 @@ def configure_mlflow(settings: Settings) -> str:
     os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses (mlflow run, models serve) see the same store
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: bars are only noise
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
-    if experiment is None:
-        try:
-            experiment_id = mlflow.create_experiment(settings.experiment_name, artifact_location=artifact_root(uri))
-        except mlflow.exceptions.MlflowException:  # another process created it first
-            experiment_id = mlflow.get_experiment_by_name(settings.experiment_name).experiment_id
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(
+        experiment_name or settings.experiment_name, uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

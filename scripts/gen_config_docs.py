@@ -91,6 +91,8 @@ def default_text(field: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if value == "":
         return "empty"
+    if isinstance(value, str) and str(PROJECT_ROOT) in value:  # the checkout's store: not this checkout's path
+        value = value.replace(str(PROJECT_ROOT), "CHECKOUT")
     return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
 
 

@@ -229,6 +229,6 @@ def test_mlflow_run_promote_model_with_force_true_is_forced_and_named_after_the_
     assert state(client) == ({"1": "Production"}, {"production": "1"})
     tags = client.get_model_version(NAME, "1").tags
     assert tags["promotion.forced"] == "true" and tags["promotion.forced_reason"] == "hotfix"
-    (run,) = client.search_runs(["0"])
+    (run,) = client.search_runs([client.get_experiment_by_name("llmops-chatbot").experiment_id])  # not "Default"
     assert run.info.run_name == f"promote-{NAME}" and run.info.status == "FINISHED"
     assert run.data.params["force"] == "true" and run.data.params["promoted_version"] == "1"

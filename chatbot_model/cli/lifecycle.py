@@ -45,12 +45,24 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
                    f"eval.run_id={report.run_id}")
     if report.evaluation.passed:
         click.echo("PASSED")
-        if report.version:
+        if report.version and _serving(report.name) == report.version:
+            click.echo(f"{report.name} version {report.version} already serves as Production: nothing to promote")
+        elif report.version:
             click.echo(f"next: llmops-chatbot promote-model --name {report.name} --stage Production "
                        f"--version {report.version}")
         return
     click.echo("FAILED: " + "; ".join(report.evaluation.failures))
     raise SystemExit(1)
+
+
+def _serving(name: str) -> str | None:
+    """The version in Production (alias, else stage) on the store `evaluate` used."""
+    from mlflow import MlflowClient
+
+    from chatbot_model.lifecycle.model_uri import production_version  # deferred: --help stays fast
+
+    found = production_version(MlflowClient(), name)
+    return str(found.version) if found is not None else None
 
 
 @click.command("adapt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import click
 from chatbot_model.cli.batch import batch_score_command
 from chatbot_model.cli.conversations import conversations
 from chatbot_model.cli.db import db
+from chatbot_model.cli.doctor import doctor
 from chatbot_model.cli.export import export_model_command
 from chatbot_model.cli.feedback import feedback, sync_feedback
 from chatbot_model.cli.lifecycle import adapt, evaluate
@@ -35,20 +37,42 @@ class _Group(click.Group):
         return (cmd.name if cmd else name), cmd, rest
 
     def invoke(self, ctx):
+        failed = True
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            failed = False
+            return result
         except ChatbotError as exc:
             raise click.ClickException(str(exc)) from None
+        except SystemExit as exc:
+            failed = exc.code not in (None, 0)
+            raise
+        finally:
+            adopted = ctx.meta.get("adopted_run")
+            if adopted:
+                from chatbot_model.lifecycle.workspace import finish_adopted_run  # deferred: loads mlflow
+
+                finish_adopted_run(adopted, failed, os.environ["MLFLOW_TRACKING_URI"])
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log INFO messages (ids, routes, timings).")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """llmops-chatbot: a retrieval-augmented chatbot with guardrails, routing and an MLflow lifecycle."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow.store", "httpx", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if os.environ.get("MLFLOW_RUN_ID") and ctx.invoked_subcommand and "--help" not in sys.argv:
+        # `mlflow run` put its run in "Default": the step runs in the project's experiment instead
+        from chatbot_model.lifecycle.workspace import adopt_project_run  # deferred: loads mlflow
+
+        ctx.meta["adopted_run"] = adopt_project_run(ctx.invoked_subcommand, _settings())
+        if ctx.meta["adopted_run"]:
+            click.echo(f"mlflow run: this step logs to run {ctx.meta['adopted_run']} in experiment "
+                       f"{os.environ['MLFLOW_EXPERIMENT_ID']} (the project's; --experiment-name chooses another)",
+                       err=True)
 
 
 def _settings(**overrides):
@@ -114,7 +138,7 @@ def chat() -> None:
 
 
 for command in (register_model, promote_model, serve, feedback, sync_feedback, evaluate, adapt, db, conversations,
-                batch_score_command, export_model_command):
+                batch_score_command, export_model_command, doctor):
     main.add_command(command)
 
 

@@ -284,6 +284,9 @@ def _load_with_timeout(factory: Callable[[], Classifier], timeout_s: float, what
     return box["value"]
 
 
+_AUTO_REASONS_LOGGED: set[str] = set()
+
+
 def _auto(settings: Settings) -> Classifier:
     started = time.perf_counter()
     try:
@@ -291,8 +294,12 @@ def _auto(settings: Settings) -> Classifier:
                                         f"toxic-bert {settings.toxic_bert_model!r}")
     except Exception as exc:
         reason = str(exc).split("; ")[0]  # the fix is said once, below
-        log.warning("guardrail backend: embedded, because %s; to use toxic-bert, %s", reason, HOW_TO_GET_TOXIC_BERT)
-        return CLASSIFIERS["embedded"](settings)
+        if reason not in _AUTO_REASONS_LOGGED:  # once per process, at INFO: `llmops-chatbot doctor` explains it
+            _AUTO_REASONS_LOGGED.add(reason)
+            log.info("guardrail backend: embedded, because %s; to use toxic-bert, %s", reason, HOW_TO_GET_TOXIC_BERT)
+        classifier = CLASSIFIERS["embedded"](settings)
+        classifier.chosen_because = f"auto: {reason}"  # /health shows it
+        return classifier
     log.info("guardrail backend: toxic-bert (%s, loaded in %.1f s)", settings.toxic_bert_model,
              time.perf_counter() - started)
     return classifier

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, ensure_experiment, told_experiment
 from chatbot_model.errors import ConfigError, NotFound
 from chatbot_model.lifecycle.evaluation import (THRESHOLDS, TOLERANCE, Evaluation, GoldenSet, evaluate,
                                                 first_relevant_rank)
 from chatbot_model.lifecycle.evaluation import fact_coverage as coverage
 from chatbot_model.lifecycle.model_uri import production_version, resolve
 from chatbot_model.lifecycle.registry import log_and_register, name_step_run, use_store
+from chatbot_model.lifecycle.workspace import missing_model_hint
 from chatbot_model.pipeline.adaptation import AdaptationRule
 from chatbot_model.pipeline.adapter import read_hint
 
@@ -93,7 +94,10 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
         # the version alone: adaptation frozen at its own bias and hint, whatever the live feedback says
         model = mlflow.pyfunc.load_model(model_uri, model_config={"adaptation": "frozen"})
     except MlflowException as exc:
-        raise NotFound(f"cannot load {model_uri}: {exc.message}; check the URI and MLFLOW_TRACKING_URI") from None
+        hint = missing_model_hint(model_uri, mlflow.get_tracking_uri()) if registered is None else ""
+        raise NotFound(f"cannot load {model_uri}: {exc.message}; " + (hint or "check the URI and MLFLOW_TRACKING_URI")) from None
+    if not told_experiment():  # evaluation runs and their traces apart from the users' chat traces
+        mlflow.set_experiment(experiment_id=ensure_experiment(settings.eval_experiment_name))
     with _run("evaluate") as run:
 
         def predict(questions: list[str]) -> list[dict]:

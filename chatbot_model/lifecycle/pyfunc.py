@@ -62,7 +62,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
-from chatbot_model.config import artifact_root, load_settings
+from chatbot_model.config import ensure_experiment, load_settings, told_experiment
 from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, check_history, validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
 from chatbot_model.pipeline.service import LLMService
@@ -178,13 +178,10 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
 
 def _use_experiment(name: str) -> None:
     """Traces of a served model go to the `llmops-chatbot` experiment unless the process chose one already."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+    if told_experiment():
         return
     try:
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            mlflow.create_experiment(name, artifact_location=artifact_root(mlflow.get_tracking_uri()))
-        mlflow.set_experiment(name)
+        mlflow.set_experiment(experiment_id=ensure_experiment(name))
     except Exception as exc:  # tracing is best effort: answers must not depend on the store
         log.warning("traces will go to the default experiment (%s)", exc)
 

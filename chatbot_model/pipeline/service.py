@@ -434,6 +434,8 @@ class LLMService:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
         return {
             "guardrail": self.guardrail.backend,
+            **({"guardrail_reason": why} if (why := getattr(self.guardrail.classifier, "chosen_because", None))
+               else {}),
             "embedder": self.rag.embedder_name,
             "index": self.rag.info(),
             "providers": {name: p.status() for name, p in self.providers.items()},
@@ -446,6 +448,6 @@ class LLMService:
         exporter (`chatbot_model.tracing.writer`). Never fails or slows the request."""
         try:
             record_traces(results, steps, checks_in, t0, hint, queue_size=self.settings.trace_queue_size,
-                          share=self.settings.trace_export_share)
+                          share=self.settings.trace_export_share, sink=self.settings.trace_sink)
         except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
             log.warning("could not record the trace: %s", exc)

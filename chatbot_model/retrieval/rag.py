@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -214,8 +215,17 @@ class RAGPipeline:
         from tqdm.auto import tqdm
 
         batch = 128
+        if progress and texts:  # say what happens before the first batch: loading (or exporting) the embedder
+            tqdm.write(f"embedding {len(texts)} texts (chunks and their sentences) in "
+                       f"{-(-len(texts) // batch)} batches; loading the embedder {self.embedder_name} "
+                       "(a first run exports it to ONNX once, ~30 s) ...", file=sys.stderr)
+            started = time.perf_counter()
+            self.embedder.encode(texts[:1])
+            tqdm.write(f"embedder ready ({getattr(self.embedder, 'backend', '') or 'torch'}) in "
+                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
         parts = [self.embedder.encode(texts[i:i + batch])
-                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress)]
+                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress,
+                               miniters=1, mininterval=0)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def _make_index(self, vectors: np.ndarray):

@@ -220,7 +220,7 @@ def _describe(obj: Any) -> dict:
                 d = describe()
             except Exception:  # noqa: BLE001 - information only
                 return {}
-            return {k: d[k] for k in ("guardrail", "providers", "embedder") if k in d}
+            return {k: d[k] for k in ("guardrail", "guardrail_reason", "providers", "embedder") if k in d}
     return {}
 
 

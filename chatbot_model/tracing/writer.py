@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from chatbot_model.config import Settings
 from chatbot_model.contract import ChatResult
+from chatbot_model.tracing.otlp import export_spans, resolve_sink
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class TraceRecord:
     steps: tuple  # (name, start_ns, end_ns)
     standalone_question: str = ""  # what retrieval searched (a follow-up resolved); "" without history
     model_version: str = ""  # the registered version that answered ("" when not a registered model)
+    sink: str = "mlflow"  # "otlp": posted to the tracking server's /v1/traces (tracing/otlp.py)
 
 
 def new_trace_id() -> str:
@@ -83,7 +85,7 @@ def new_trace_id() -> str:
 
 
 def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str, *, tracking_uri: str,
-                experiment_id: str) -> TraceRecord:
+                experiment_id: str, sink: str = "mlflow") -> TraceRecord:
     taken = list(SPAN_TYPES) if result.blocked_by != "input" else ["embed", "guardrail_input"]
     if not result.standalone_question:
         taken = [name for name in taken if name != "condense"]
@@ -96,7 +98,8 @@ def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str
         fallback=result.fallback,
         latency_ms=float(result.latency_ms), sources=tuple(result.sources or ()), guardrail=result.guardrail,
         check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds,
-        standalone_question=result.standalone_question or "", model_version=str(result.model_version or ""))
+        standalone_question=result.standalone_question or "", model_version=str(result.model_version or ""),
+        sink=sink)
 
 
 # ---------------------------------------------------------------- building MLflow spans (exporter thread)
@@ -165,14 +168,18 @@ def build_spans(r: TraceRecord) -> list:
 
 
 def write_traces(records: list[TraceRecord]) -> None:
-    """Write records' traces: one `log_spans` call per (tracking URI, experiment)."""
+    """Write records' traces: one call per (tracking URI, experiment, sink): an OTLP request the tracking server
+    writes (`otlp`), or `TracingClient.log_spans` in this process (`mlflow`)."""
     from mlflow.tracing.client import TracingClient
 
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str, str], list] = {}
     for r in records:
-        groups.setdefault((r.tracking_uri, r.experiment_id), []).extend(build_spans(r))
-    for (uri, experiment_id), spans in groups.items():
-        TracingClient(uri).log_spans(experiment_id, spans)
+        groups.setdefault((r.tracking_uri, r.experiment_id, r.sink), []).extend(build_spans(r))
+    for (uri, experiment_id, sink), spans in groups.items():
+        if sink == "otlp":
+            export_spans(uri, experiment_id, spans)
+        else:
+            TracingClient(uri).log_spans(experiment_id, spans)
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -380,16 +387,18 @@ def _async_enabled() -> bool:
 
 
 def record_traces(results: Iterable[ChatResult], steps: dict, checks_in: Iterable, t0_ns: int, hint: str, *,
-                  queue_size: int | None = None, share: float | None = None) -> None:
+                  queue_size: int | None = None, share: float | None = None, sink: str = "auto") -> None:
     """Give each result its trace id and queue its trace (written in the calling thread when async logging is
     off). Dropped traces keep their ids: the answer was given, only its trace is missing."""
     import mlflow
     from mlflow.tracking.fluent import _get_experiment_id
 
     uri, experiment_id = mlflow.get_tracking_uri(), _get_experiment_id() or "0"
+    sink = resolve_sink(sink, uri)
     records = []
     for result, check in zip(results, checks_in):
-        record = make_record(result, steps, check, t0_ns, hint, tracking_uri=uri, experiment_id=experiment_id)
+        record = make_record(result, steps, check, t0_ns, hint, tracking_uri=uri, experiment_id=experiment_id,
+                             sink=sink)
         result.trace_id = record.trace_id
         records.append(record)
     note_activity()

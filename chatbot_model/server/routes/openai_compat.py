@@ -156,7 +156,8 @@ async def _parse(request: Request) -> ChatCompletionRequest:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise OpenAIError(400, f"{where}: {first.get('msg')}", "invalid_input", where) from None
-        raise OpenAIError(400, "the body is not valid JSON; send a chat completion request", "invalid_json") from None
+        where = f" (line {exc.lineno}, column {exc.colno}): {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise OpenAIError(400, f"body is not valid JSON{where}; send a chat completion request", "invalid_json") from None
 
 
 def _served_model(settings, backend) -> dict:
