@@ -24,7 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e '.[serve]'
 	touch $@
 
-# the KServe SDK without its dependencies: tests/test_kserve.py validates the InferenceService against its
+# the KServe SDK without its dependencies: tests/lifecycle/test_kserve.py validates the InferenceService against its
 # generated models only; its model-server pins (psutil<6, protobuf<7, grpcio) would downgrade ours
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
@@ -38,7 +38,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 
 # KServe's MLflow runtime (MLServer + mlserver-mlflow) in its own virtualenv, reused when present: MLServer pins
 # fastapi<0.116 and protobuf<7, ours are newer. torch first (the CPU wheel), then the runtime and this project
-# without its serve extra. tests/test_kserve.py serves an exported model with it.
+# without its serve extra. tests/lifecycle/test_kserve.py serves an exported model with it.
 MLSERVER_VENV ?= .venv-mlserver
 $(MLSERVER_VENV)/.installed:
 	$(PYTHON) -m venv $(MLSERVER_VENV)

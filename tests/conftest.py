@@ -23,10 +23,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 
 from tests.fake_llm_server import FakeLLMServer  # noqa: E402
+from tests.helpers import DOCS  # noqa: E402
 from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
+from tests.pg_server import PostgresServer, find_bin  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "artifacts" / "docs.json"
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
 
 
@@ -87,3 +87,17 @@ def fake_llm():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's binaries) on loopback for the session; each test creates its databases.
+    Tests that use it are `slow`."""
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries: `apt-get install postgresql` to run these tests on PostgreSQL")
+    pytest.importorskip("psycopg2", reason="the postgres extra: pip install 'llmops-chatbot[postgres]'")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
