@@ -9,10 +9,10 @@ export TOKENIZERS_PARALLELISM ?= false
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test serve-model bench soak clean
+.PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test test-fast serve-model bench soak clean
 
 help:
-	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
+	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | test-fast | serve-model | bench | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,8 +79,14 @@ system-test-deps:
 	  fi; \
 	fi
 
+# the whole suite (what .ci/run calls)
 test: install-test system-test-deps mlserver-venv
 	$(BIN)/python -m pytest
+
+# the unit layer: every test but the `slow` ones (servers started as subprocesses, browsers, PostgreSQL, Spark,
+# MLServer, `mlflow run`, `mlflow models serve`, whole evaluations); a few minutes, no system packages needed
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slow"
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install

@@ -115,6 +115,7 @@ def test_the_gate_refuses_a_regression_beyond_the_tolerance_and_force_records_wh
 
 
 # ------------------------------------------------------------------ the loop end to end
+@pytest.mark.slow  # three versions logged and evaluated on the whole golden set: minutes
 def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_path, capsys):
     from chatbot_model.cli.chat import run_chat
     from chatbot_model.server import create_app
@@ -213,6 +214,7 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
     assert v1.version == "1"
 
 
+@pytest.mark.slow  # a whole evaluation on the golden set
 def test_serve_ensure_model_evaluates_before_promoting(settings, client):
     from chatbot_model.cli.serve import ensure_registered_model
 

@@ -206,6 +206,7 @@ def test_model_uris_resolve_alias_first_then_stage_and_latest(client):
         resolve(client, f"models:/{NAME}@champion")
 
 
+@pytest.mark.slow
 def test_mlflow_run_promote_model_with_force_true_is_forced_and_named_after_the_step(client, tmp_path):
     """`mlflow run . -e promote_model -P force=true` reaches the --force flag; the run MLflow created (random
     name) is renamed after the step."""

@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import CHROMIUM_ARGS, chromium
+
+pytestmark = pytest.mark.slow  # a headless browser against uvicorn
 
 Q = "How do I promote a registered MLflow model version to Production?"
 

@@ -3,7 +3,11 @@ in force): the answer's text grows once per delta event before the sources and t
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import CHROMIUM_ARGS, chromium
+
+pytestmark = pytest.mark.slow  # a headless browser against uvicorn
 
 Q = "How do I promote a registered MLflow model version to Production?"
 

@@ -53,7 +53,7 @@ LEGACY_ROW = dict(created_at=datetime(2026, 11, 1, 12, 0), created_ts=1793534400
                   rating="down", comment="from the old schema", sync_attempts=0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def url(request, tmp_path):
     """A new, empty database of each kind."""
     if request.param == "sqlite":

@@ -33,6 +33,8 @@ from tests.helpers import ROOT, free_port, server_process, wait_until
 from tests.mlflow_state import reset_mlflow
 from tests.pg_server import PostgresServer, find_bin
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server, `mlflow server` and `llmops-chatbot serve` processes
+
 OVERLAY = ROOT / "k8s" / "overlays" / "tracking-postgres"
 NAME = "llmops-chatbot"
 QUESTION = "Where does MLflow store runs by default?"
