@@ -68,6 +68,17 @@ def _tail(log, chars: int = 3000) -> str:
     return ":\n" + Path(log).read_text(errors="replace")[-chars:]
 
 
+def threads_now() -> set:
+    """The threads alive now (for `started_since`)."""
+    return set(threading.enumerate())
+
+
+def started_since(before: set) -> list[str]:
+    """Names of the threads alive now that were not alive in `before` (from `threads_now()`): what the code under
+    test left running. Unlike a process-wide count, other tests' threads ending meanwhile do not change it."""
+    return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
+
+
 def responds(url: str, status: int = 200, timeout: float = 5.0) -> bool:
     """True when GET `url` answers `status` (a predicate for `wait_until`)."""
     return httpx.get(url, timeout=timeout).status_code == status

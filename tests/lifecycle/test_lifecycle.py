@@ -25,6 +25,7 @@ from chatbot_model.pipeline.adapter import DEFAULT_HINT, GROUNDED_HINT
 from chatbot_model.cli.main import main
 from chatbot_model.config import load_settings
 from chatbot_model.store.feedback import FeedbackStore
+from chatbot_model.lifecycle import evaluation
 from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused
 from chatbot_model.lifecycle.loop import adapt
 from chatbot_model.lifecycle.registry import log_and_register, promote
@@ -44,9 +45,23 @@ def client(monkeypatch):
     forget_mlflow()
 
 
+class StepClock:
+    """A `perf_counter` that advances `step_s` per reading: every timed request takes step_s / 2."""
+
+    def __init__(self, step_s: float = 0.01):
+        self.now, self.step_s = 0.0, step_s
+
+    def perf_counter(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
 @pytest.fixture
 def settings(index_dir, client, monkeypatch):
     monkeypatch.setenv("CHATBOT_GUARDRAIL_BACKEND", "embedded")
+    # the latency `evaluate` measures comes from an injected clock: the gate compares versions' p95 latency, and
+    # a busy machine must not make a version "slower" than another (latency is measured by `make bench`)
+    monkeypatch.setattr(evaluation, "time", StepClock())
     return load_settings()
 
 
@@ -181,6 +196,7 @@ def test_the_loop_chat_feedback_adapt_evaluate_promote(settings, client, tmp_pat
     assert out.exit_code == 0, out.output
     t2 = tags(client, 2)
     assert t2["eval.status"] == "passed" and float(t2["eval.hit_at_k"]) >= 0.8
+    assert float(t2["eval.latency_p95_ms"]) == pytest.approx(10.0)  # the injected clock's, not the machine's
     run = client.get_run(t2["eval.run_id"])
     assert run.data.metrics["hit_at_k"] == float(t2["eval.hit_at_k"]) and run.data.params["model_version"] == "2"
     assert "eval/details.json" in [a.path for a in client.list_artifacts(run.info.run_id, "eval")]

@@ -14,7 +14,7 @@ from chatbot_model.guardrail.core import SAFE_REPLY
 from chatbot_model.pipeline.streaming import (DeltaEvent, FinalEvent, ReplaceEvent, SentenceBuffer, SourcesEvent,
                                      StreamFailed, pieces_of)
 from tests.fake_llm_server import OPENAI_PATH, Reply
-from tests.helpers import TOXIC_QUESTION, wait_until
+from tests.helpers import TOXIC_QUESTION, started_since, threads_now, wait_until
 
 Q = "What is an alias?"
 ANSWER = "Aliases are named references to model versions [1]. Load one with models:/name@alias [1]. Done."
@@ -106,7 +106,7 @@ def test_a_reader_going_away_cancels_the_upstream_call_and_ends_the_worker(make_
     service = make_service(**with_keys)
     events_of(service.stream(Q))  # warm up: SDK client, provider loop
     wait_until(lambda: fake_llm.open_connections == 0, "the warm-up connection closing")
-    baseline = threading.active_count()
+    before = threads_now()
     for n in range(1, 6):
         fake_llm.queue(Reply.streamed(ANSWER + " More." * 50, chunk_delay=0.2))
         stream = service.stream(Q)
@@ -116,7 +116,7 @@ def test_a_reader_going_away_cancels_the_upstream_call_and_ends_the_worker(make_
         wait_until(lambda: fake_llm.streams["abandoned"] == n, "the fake server seeing the stream dropped")
     wait_until(lambda: stream_threads() == 0, "the stream workers ending")
     wait_until(lambda: fake_llm.open_connections == 0, "the upstream connections closing")
-    wait_until(lambda: threading.active_count() == baseline, "the thread count returning to baseline")
+    wait_until(lambda: not started_since(before), "the threads the streams started to end")
     assert fake_llm.streams["finished"] == 1  # only the warm-up ran to its end
 
 

@@ -24,7 +24,7 @@ from chatbot_model.pipeline.router import ROUTES, Route
 from chatbot_model.contract import CompletionRequest
 from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
-from tests.helpers import SERVICE_CORPUS, wait_until
+from tests.helpers import SERVICE_CORPUS, started_since, threads_now, wait_until
 
 KEYS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN")
 CORPUS = SERVICE_CORPUS[:2]  # aliases and FAISS
@@ -95,7 +95,7 @@ def test_hung_calls_are_cancelled_and_free_their_threads_and_connections(fake_ll
     ask(provider)  # warm up: the SDK client and the provider loop exist from here on
     provider.settings = provider.settings.model_copy(update={"provider_timeout_s": 0.5})
     wait_until(lambda: fake_llm.open_connections == 0, "warm-up connection")
-    baseline = threading.active_count()
+    before = threads_now()
 
     fake_llm.queue(*[Reply.hang() for _ in range(30)])
     with ThreadPoolExecutor(30) as pool:
@@ -104,7 +104,7 @@ def test_hung_calls_are_cancelled_and_free_their_threads_and_connections(fake_ll
     assert len(fake_llm.requests) == 31  # each abandoned call reached the server once
 
     wait_until(lambda: fake_llm.open_connections == 0, "open connections (the server saw every client hang up)")
-    wait_until(lambda: threading.active_count() == baseline, "thread count")
+    wait_until(lambda: not started_since(before), "the threads the calls started to end")
     assert ask(provider).text.startswith("fake-openai")  # the provider still works afterwards
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.helpers import (LiveServer, make_service, make_settings, service_app, serving, sibling_service,
-                           wait_until)
+                           started_since, threads_now, wait_until)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]. Done."
@@ -136,13 +136,13 @@ def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(liv
     abandon()  # warm-up: the worker threads of the server exist from here on
     wait_until(lambda: fake.streams["abandoned"] == 1 and stream_threads() == 0, "the first stream ending")
     wait_until(lambda: fake.open_connections == 0, "the first upstream connection closing")
-    baseline = threading.active_count()
+    before = threads_now()
     for n in range(2, 8):
         abandon()
         wait_until(lambda: fake.streams["abandoned"] == n, f"the fake server seeing stream {n} dropped")
     wait_until(lambda: stream_threads() == 0, "every stream worker ending")
     wait_until(lambda: fake.open_connections == 0, "every upstream connection closing")
-    wait_until(lambda: threading.active_count() <= baseline, "the thread count returning to baseline")
+    wait_until(lambda: not started_since(before), "the threads the streams started to end")
     assert fake.streams["finished"] == 0 and len(fake.requests) == 7  # one call each, none finished, no fallback
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("chatbot")]
     assert noisy == []  # a client hanging up is not an error
