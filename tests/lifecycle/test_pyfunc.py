@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,13 @@ def test_logged_model_has_artifacts_code_requirements_signature_and_tags(store):
     manifest = json.loads((local / "artifacts" / "index" / "manifest.json").read_text())
     assert mv.tags["index_fingerprint"] == manifest["fingerprint"]
     assert len(mv.tags["docs_fingerprint"]) == 16
-    assert mv.tags.get("git_commit", "x")  # present in a git checkout
+    in_checkout = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=ROOT, capture_output=True).returncode == 0
+    if in_checkout:  # the commit the model was logged from: a real commit of this repository
+        commit = re.fullmatch(r"([0-9a-f]{40})(-dirty)?", mv.tags.get("git_commit", ""))
+        assert commit, mv.tags.get("git_commit")
+        assert subprocess.run(["git", "cat-file", "-e", f"{commit.group(1)}^{{commit}}"], cwd=ROOT).returncode == 0
+    else:
+        assert "git_commit" not in mv.tags
     run = client.get_run(version.run_id)
     assert run.data.params["registered_version"] == version.version
     assert run.data.tags["registered_model"] == NAME

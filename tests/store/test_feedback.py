@@ -335,7 +335,12 @@ def test_each_rating_weighs_exactly_half_per_half_life_and_the_window_is_bounded
                                                                     (0.0, 0.7, 12.0, 36.5, 239.0)), rel=1e-12))
     state = RULE.compute(store, now=now)
     assert state.decayed_down == round(decayed_counts(rows, now, DAY)[1], 6) and state.decayed_up == 0.0
-    assert state == RULE.weigh(rows, now)
+    # the rule of chatbot_model/pipeline/adaptation.py, computed here from its formula (U = 0, prior P = 2)
+    down = sum(0.5 ** (h / 24) for h in (0.0, 0.7, 12.0, 36.5, 239.0))
+    share = down / (down + 2.0)
+    assert state.negative_share == pytest.approx(share, abs=1e-6) and share > 0.3
+    assert state.bias_towards_35 == pytest.approx(min(1.0, RULE.base_bias + RULE.gain * share), abs=1e-6)
+    assert state.hint == GROUNDED_HINT and state.grounded and state.computed_at == now
 
 
 def test_each_version_counts_only_the_ratings_given_to_it_after_its_baseline(settings):
