@@ -93,7 +93,8 @@ def failure(call) -> ProviderError:
 def test_hung_calls_are_cancelled_and_free_their_threads_and_connections(fake_llm):
     provider = provider_for(fake_llm, breaker_failures=100)  # this test is about cancellation, not the breaker
     ask(provider)  # warm up: the SDK client and the provider loop exist from here on
-    provider.settings = provider.settings.model_copy(update={"provider_timeout_s": 0.5})
+    normal = provider.settings
+    provider.settings = normal.model_copy(update={"provider_timeout_s": 0.5})
     wait_until(lambda: fake_llm.open_connections == 0, "warm-up connection")
     before = threads_now()
 
@@ -101,10 +102,13 @@ def test_hung_calls_are_cancelled_and_free_their_threads_and_connections(fake_ll
     with ThreadPoolExecutor(30) as pool:
         errors = list(pool.map(lambda _: failure(lambda: ask(provider)), range(30)))
     assert {e.reason for e in errors} == {"timeout"} and all("timed out" in str(e) for e in errors)
-    assert len(fake_llm.requests) == 31  # each abandoned call reached the server once
+    # no abandoned call was retried (a call cancelled before it connected, on a busy machine, never arrives)
+    assert len(fake_llm.requests) <= 31
 
     wait_until(lambda: fake_llm.open_connections == 0, "open connections (the server saw every client hang up)")
     wait_until(lambda: not started_since(before), "the threads the calls started to end")
+    fake_llm.reset()  # the hangs no cancelled call took
+    provider.settings = normal
     assert ask(provider).text.startswith("fake-openai")  # the provider still works afterwards
 
 
