@@ -373,8 +373,9 @@ def make_versions(client, n: int, name: str = "llmops-chatbot") -> list[str]:
     return [str(client.create_model_version(name, source=f"file:///tmp/model-{i}").version) for i in range(n)]
 
 
-def mlflow_cli(project, *args, timeout=240) -> subprocess.CompletedProcess:
-    """The venv's `mlflow` with `project["env"]` in `project["root"]`."""
+def mlflow_cli(project, *args, timeout=900) -> subprocess.CompletedProcess:
+    """The venv's `mlflow` with `project["env"]` in `project["root"]`. `timeout` bounds a hang only: a whole
+    evaluation in `mlflow run -e evaluate` took over 240 s on a loaded 2-core machine."""
     return subprocess.run([str(Path(sys.executable).parent / "mlflow"), *args], env=project["env"],
                           cwd=project["root"], capture_output=True, text=True, timeout=timeout)
 

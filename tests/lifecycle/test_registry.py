@@ -222,7 +222,7 @@ def test_mlflow_run_promote_model_with_force_true_is_forced_and_named_after_the_
     root = ROOT
     proc = subprocess.run([str(bindir / "mlflow"), "run", str(root), "-e", "promote_model", "--env-manager", "local",
                            "-P", f"name={NAME}", "-P", "stage=Production", "-P", "force=true", "-P", "reason=hotfix"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "promotion forced over the gate" in proc.stderr
     assert state(client) == ({"1": "Production"}, {"production": "1"})
