@@ -13,10 +13,10 @@ MODEL_PORT := $(if $(filter-out file default undefined,$(origin PORT)),$(PORT),5
 # one install step, said before and timed after, with pip's own progress: $(call step,WHAT,COMMAND)
 step = @echo "==> $(1)"; t0=$$(date +%s); $(2) && echo "==> done in $$(( $$(date +%s) - t0 )) s"
 
-.PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test serve-model bench soak clean
+.PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test test-fast serve-model bench soak clean
 
 help:
-	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model [PORT=5001 HOST=127.0.0.1] | bench | clean"
+	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | test-fast | serve-model [PORT=5001 HOST=127.0.0.1] | bench | clean"
 
 $(BIN)/python:
 	$(call step,creating the virtualenv $(VENV) with $(PYTHON),$(PYTHON) -m venv $(VENV))
@@ -28,7 +28,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(call step,installing llmops-chatbot with its serve extra - ~70 s on a first run,$(PIP) install -e '.[serve]')
 	@touch $@
 
-# the KServe SDK without its dependencies: tests/test_kserve.py validates the InferenceService against its
+# the KServe SDK without its dependencies: tests/lifecycle/test_kserve.py validates the InferenceService against its
 # generated models only; its model-server pins (psutil<6, protobuf<7, grpcio) would downgrade ours
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(call step,installing the test extra,$(PIP) install -e '.[test]')
@@ -42,7 +42,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 
 # KServe's MLflow runtime (MLServer + mlserver-mlflow) in its own virtualenv, reused when present: MLServer pins
 # fastapi<0.116 and protobuf<7, ours are newer. torch first (the CPU wheel), then the runtime and this project
-# without its serve extra. tests/test_kserve.py serves an exported model with it.
+# without its serve extra. tests/lifecycle/test_kserve.py serves an exported model with it.
 MLSERVER_VENV ?= .venv-mlserver
 $(MLSERVER_VENV)/.installed:
 	$(PYTHON) -m venv $(MLSERVER_VENV)
@@ -83,8 +83,14 @@ system-test-deps:
 	  fi; \
 	fi
 
+# the whole suite (what .ci/run calls)
 test: install-test system-test-deps mlserver-venv
 	$(BIN)/python -m pytest
+
+# the unit layer: every test but the `slow` ones (servers started as subprocesses, browsers, PostgreSQL, Spark,
+# MLServer, `mlflow run`, `mlflow models serve`, whole evaluations); a few minutes, no system packages needed
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slow"
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install

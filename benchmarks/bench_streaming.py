@@ -72,7 +72,7 @@ def upstream_first_word(service, word_s: float, fake: FakeLLMServer) -> float:
 def run(quick: bool) -> dict:
     import httpx
 
-    from tests.server_helpers import LiveServer, service_app
+    from tests.helpers import LiveServer, service_app
 
     word_s = _arg("--word-s", 0.05)
     n = 4 if quick else 12

@@ -23,10 +23,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 
 from tests.fake_llm_server import FakeLLMServer  # noqa: E402
+from tests.helpers import DOCS  # noqa: E402
 from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
+from tests.pg_server import PostgresServer, find_bin  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "artifacts" / "docs.json"
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
 
 
@@ -87,3 +87,68 @@ def fake_llm():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's binaries) on loopback for the session; each test creates its databases.
+    Tests that use it are `slow`."""
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries: `apt-get install postgresql` to run these tests on PostgreSQL")
+    pytest.importorskip("psycopg2", reason="the postgres extra: pip install 'llmops-chatbot[postgres]'")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def production_model(shipped_index, tmp_path_factory) -> dict:
+    """llmops-chatbot version 1 logged, registered and promoted to Production once per session, in a store of its
+    own (the registry's own log/register/promote), and loaded as the server loads it: {store, version, model}."""
+    from chatbot_model.lifecycle.registry import log_and_register, promote
+    from chatbot_model.server.rollout import registry_loader
+    from tests.helpers import make_settings
+
+    tmp = tmp_path_factory.mktemp("production-model")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store)
+        mp.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp / 'feedback.db'}")
+        mp.chdir(tmp)
+        reset_mlflow(mp)
+        settings = make_settings(shipped_index, store, tmp)
+        version = log_and_register(settings)
+        promote(version.name, "Production", version.version, settings=settings, force=True,
+                reason="test fixture: a served model, not a candidate")
+        model = registry_loader(version.name)(version.version)
+        forget_mlflow()
+    return {"store": store, "version": version.version, "model": model}
+
+
+@pytest.fixture
+def served_app(production_model, shipped_index, tmp_path, monkeypatch):
+    """The app as `llmops-chatbot serve` runs it by default: the in-process backend serving the Production pyfunc
+    model (resolved through the registry; loaded once per session), traces written by the real asynchronous
+    exporter. Yields (TestClient, settings); the app's lifespan (which drains the trace queue) ends with the test."""
+    import mlflow
+    from fastapi.testclient import TestClient
+
+    from chatbot_model.server import create_app
+    from chatbot_model.server.backends import InProcessBackend
+    from tests.helpers import make_settings
+
+    from chatbot_model.tracing import writer
+
+    store = production_model["store"]
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+    # the process's trace pipeline, as a server process starts with it (the app's lifespan shuts it down at exit)
+    monkeypatch.setattr(writer, "_pipeline", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
+    settings = make_settings(shipped_index, store, tmp_path, alias_poll_s=0)
+    assert settings.serving_backend == "in-process"  # the default
+    backend = InProcessBackend(settings, model=production_model["model"])
+    with TestClient(create_app(settings, backend=backend)) as client:
+        assert backend.loaded.wait(120) and backend.load_error is None, backend.load_error
+        yield client, settings

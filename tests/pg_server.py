@@ -14,12 +14,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import secrets
 import uuid
 from pathlib import Path
+
+from tests.helpers import free_port
 
 
 def find_bin() -> Path | None:
@@ -31,19 +32,13 @@ def find_bin() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self, bin_dir: Path, user: str = "postgres", password: str | None = None):
         self.bin_dir = bin_dir
         self.user, self.password = user, password or secrets.token_hex(16)
         self.dir = Path(tempfile.mkdtemp(prefix="llmops-pg-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as = []
         if os.geteuid() == 0:  # PostgreSQL does not run as root
             account = pwd.getpwnam("postgres")

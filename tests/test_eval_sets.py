@@ -10,36 +10,18 @@ or >= 85% of the shorter text's shingles found in the other (a sentence with wor
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from near_copies import EVAL_SETS, all_eval_texts, eval_texts, near_copies  # noqa: E402
+from tests.helpers import guardrail_training_texts, scripts_on_path
 
-
-def training_texts() -> list[str]:
-    texts = [json.loads(line)["text"] for line in (ROOT / "scripts" / "guardrail_supplement.jsonl").read_text()
-             .splitlines() if line.strip()]
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("guardrail_benign", ROOT / "scripts" / "guardrail_benign.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    trained, _ = module.split_benign(module.benign_corpus())
-    from guardrail_templates import template_rows
-    from train_guardrail import IDENTITY_SENTENCES
-
-    templates = template_rows(all_eval_texts() + IDENTITY_SENTENCES)  # as train_guardrail.py generates them
-    return texts + [text for _, _, text in trained] + [r["text"] for r in templates]
+scripts_on_path()
+from near_copies import EVAL_SETS, eval_texts, near_copies  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained() -> list[str]:
-    return training_texts()
+    return guardrail_training_texts()
 
 
 def test_the_near_copy_check_catches_rewordings():

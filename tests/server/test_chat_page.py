@@ -1,0 +1,46 @@
+"""The chat page in a real headless browser (Debian chromium driven by Playwright) against uvicorn on loopback:
+type a question, see the answer with sources, click thumbs down, see it acknowledged and recorded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CHROMIUM_ARGS, chromium
+
+pytestmark = pytest.mark.slow  # a headless browser against uvicorn
+
+Q = "How do I promote a registered MLflow model version to Production?"
+
+
+def test_ask_see_sources_and_rate_down(chat_page_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from chatbot_model.store.feedback import FeedbackStore
+
+    server, settings = chat_page_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 720})
+            page.goto(server.url + "/")
+            expect(page.get_by_test_id("status")).to_contain_text("ready", timeout=30_000)
+            page.get_by_label("Question").fill(Q)
+            page.get_by_role("button", name="Send").click()
+            answer = page.get_by_test_id("answer").first
+            expect(answer).to_be_visible(timeout=30_000)
+            expect(answer.get_by_test_id("sources").locator("li").first).to_be_visible()
+            expect(answer.get_by_test_id("meta")).to_contain_text("route")
+            expect(answer.get_by_test_id("meta")).to_contain_text("extractive-v1")
+            answer.get_by_test_id("thumbs-down").click()
+            expect(answer.get_by_test_id("ack")).to_contain_text("Thanks", timeout=15_000)
+            expect(answer.get_by_test_id("thumbs-up")).to_be_disabled()
+            shot = Path(os.environ.get("LLMOPS_SCREENSHOT_DIR", tmp_path)) / "chat_page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    rows = FeedbackStore(settings.feedback_db_url).ratings()
+    assert [(r.rating, r.provider) for r in rows] == [("down", "local")]
