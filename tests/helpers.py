@@ -26,7 +26,7 @@ import pytest
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.contract import CompletionRequest
 from chatbot_model.server import create_app
-from chatbot_model.server.backends import ServiceBackend
+from chatbot_model.server.backends import Backend, ServiceBackend
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, LoopbackHTTPServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,3 +401,27 @@ def guardrail_training_texts() -> list[str]:
     trained, _ = module.split_benign(module.benign_corpus())
     templates = template_rows(all_eval_texts() + IDENTITY_SENTENCES)
     return texts + [text for _, _, text in trained] + [r["text"] for r in templates]
+
+
+# ---------------------------------------------------------------- a backend whose load fails at first
+CANARY = "Canary-Pw-7f3a9"  # a password that must never show in a response, a log or /health
+
+
+class FlakyBackend(Backend):
+    """A real Backend whose `_load` fails `failures` times (as a down tracking store would), then succeeds."""
+
+    name = "flaky"
+
+    def __init__(self, settings, failures: int):
+        super().__init__(settings)
+        self.failures = failures
+        self.calls = 0
+
+    def _load(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"tracking store postgresql://mlflow:{CANARY}@db:5432/mlflow is down")
+
+    def _predict(self, questions):
+        return [{"answer": "ok", "route": "gpt", "provider": "local", "model": "m", "trace_id": "tr-flaky"}
+                for _ in questions]

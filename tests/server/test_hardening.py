@@ -19,8 +19,8 @@ from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import Backend
+from tests.helpers import CANARY, FlakyBackend
 
-CANARY = "Canary-Pw-7f3a9"
 Q = "How do I promote a registered MLflow model version to Production?"
 
 
@@ -30,26 +30,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FlakyBackend(Backend):
-    """A real Backend whose `_load` fails `failures` times (as a down tracking store would), then succeeds."""
-
-    name = "flaky"
-
-    def __init__(self, settings, failures: int):
-        super().__init__(settings)
-        self.failures = failures
-        self.calls = 0
-
-    def _load(self) -> None:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise ConnectionError(f"tracking store postgresql://mlflow:{CANARY}@db:5432/mlflow is down")
-
-    def _predict(self, questions):
-        return [{"answer": "ok", "route": "gpt", "provider": "local", "model": "m", "trace_id": "tr-flaky"}
-                for _ in questions]
 
 
 def settings_for(**overrides):

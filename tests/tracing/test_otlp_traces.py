@@ -17,8 +17,7 @@ from chatbot_model.errors import ConfigError
 from chatbot_model.tracing import writer as tracing
 from chatbot_model.tracing.otlp import resolve_sink
 from chatbot_model.tracing.writer import TracePipeline, TraceRecord
-from tests.server_helpers import free_port
-from tests.test_rollout_registry import process
+from tests.helpers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +50,9 @@ def mlflow_server(tmp_path):
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     url = f"http://127.0.0.1:{free_port()}"
     store = f"sqlite:///{tmp_path / 'server.db'}"
-    with process([str(bindir / "mlflow"), "server", "--backend-store-uri", store, "--default-artifact-root",
-                  str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-                  "--workers", "1"], env, tmp_path, url, "/health"):
+    with server_process([bindir / "mlflow", "server", "--backend-store-uri", store, "--default-artifact-root",
+                         tmp_path / "server-artifacts", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+                         "--workers", "1"], env, tmp_path, url, "/health", tmp_path / "mlflow-server.log"):
         yield url
 
 

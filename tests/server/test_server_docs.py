@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from chatbot_model.config import load_settings
 from chatbot_model.server import create_app
-from tests.test_hardening import FlakyBackend
+from tests.helpers import FlakyBackend
 
 PAGES = ("/docs", "/redoc")
 # the one outside reference in redoc.standalone.js: a cosmetic logo the CSP blocks (img-src 'self' data:)
@@ -78,8 +78,9 @@ def test_docs_pages_render_offline_in_a_browser():
     Redocly logo from its CDN, which the CSP blocks before any request (the menu then shows the text alone)."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.server_helpers import LiveServer
-    from tests.test_chat_page import ARGS, _chromium
+    from tests.helpers import CHROMIUM_ARGS as ARGS
+    from tests.helpers import LiveServer
+    from tests.helpers import chromium as _chromium
 
     settings = load_settings()
     server = LiveServer(create_app(settings, backend=FlakyBackend(settings, failures=0)))

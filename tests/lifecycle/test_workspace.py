@@ -16,7 +16,7 @@ from chatbot_model.config import PROJECT_ROOT, configure_mlflow, default_trackin
 from chatbot_model.errors import NotFound
 from chatbot_model.lifecycle.workspace import MOVED_TAG, adopt_project_run, load_model, step_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "llmops-chatbot"
 
 
