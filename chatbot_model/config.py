@@ -19,7 +19,7 @@ from chatbot_model.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "artifacts"
-GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
+GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded", "openai-moderation")
 SERVING_BACKENDS = ("in-process", "remote")
 EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.retrieval.embedder
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.retrieval.index
@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     toxic_bert_model: str = Field("unitary/toxic-bert", description="hub id or local directory of toxic-bert")
     guardrail_threshold: float = Field(0.5, gt=0, lt=1, description="unsafe when any label >= threshold")
     guardrail_load_timeout_s: float = Field(10.0, gt=0, description="auto: how long to try loading toxic-bert")
+    guardrail_moderation_model: str = Field("omni-moderation-latest",
+                                            description="openai-moderation: the model of OpenAI's moderation endpoint")
+    guardrail_moderation_timeout_s: float = Field(2.0, gt=0, description="openai-moderation: total time limit of one "
+                                                  "moderation call; past it the embedded classifier decides")
 
     # routing and prompting
     gpt_model: str = Field("gpt-4o-mini", description="model of the `gpt` route (OpenAI)")

@@ -22,6 +22,7 @@ LR = 5e-5
 BATCH = 32
 MAX_LENGTH = 64  # training only: longer texts are cut (inference runs the whole text, up to 256 tokens)
 DAVIDSON_PER_EPOCH = 4000  # a fresh sample of the Davidson training rows each epoch, weighted up to the whole
+PUBLIC_PER_EPOCH = 2500  # likewise for the public hate sets (ToxiGen annotated and seeds, Latent Hatred, HatemojiBuild)
 
 
 def _torch():
@@ -80,10 +81,11 @@ def _batch(net, texts: list[str], max_length: int):
     return b["input_ids"], b["attention_mask"]
 
 
-def train(net, texts: list[str], Y: np.ndarray, M: np.ndarray, W: np.ndarray, davidson: np.ndarray, *,
-          epochs: int = EPOCHS, seed: int = 0, log=print):
+def train(net, texts: list[str], Y: np.ndarray, M: np.ndarray, W: np.ndarray, davidson: np.ndarray,
+          public: np.ndarray | None = None, *, epochs: int = EPOCHS, seed: int = 0, log=print):
     """Masked, weighted binary cross-entropy per label. `Y`, `M`: (n, labels) targets and which labels a row
-    teaches; `W`: row weights; `davidson`: boolean rows sampled DAVIDSON_PER_EPOCH per epoch."""
+    teaches; `W`: row weights; `davidson`, `public`: boolean rows sampled DAVIDSON_PER_EPOCH and PUBLIC_PER_EPOCH
+    per epoch (each sample weighted up to its whole pool)."""
     torch = _torch()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -91,10 +93,12 @@ def train(net, texts: list[str], Y: np.ndarray, M: np.ndarray, W: np.ndarray, da
     for j in range(Y.shape[1]):
         pos, neg = W[(M[:, j] == 1) & (Y[:, j] == 1)].sum(), W[(M[:, j] == 1) & (Y[:, j] == 0)].sum()
         pos_weight[j] = max(1.0, 0.25 * neg / max(pos, 1e-9))
-    dav, other = np.flatnonzero(davidson), np.flatnonzero(~davidson)
-    per_epoch = min(DAVIDSON_PER_EPOCH, len(dav))
+    public = np.zeros_like(davidson) if public is None else public
+    dav, pub, other = np.flatnonzero(davidson), np.flatnonzero(public), np.flatnonzero(~davidson & ~public)
+    per_epoch, per_epoch_public = min(DAVIDSON_PER_EPOCH, len(dav)), min(PUBLIC_PER_EPOCH, len(pub))
     scale = np.where(davidson, len(dav) / max(per_epoch, 1), 1.0) / W[other].mean()
-    steps = epochs * ((len(other) + per_epoch + BATCH - 1) // BATCH)
+    scale = np.where(public, len(pub) / max(per_epoch_public, 1) / W[other].mean(), scale)
+    steps = epochs * ((len(other) + per_epoch + per_epoch_public + BATCH - 1) // BATCH)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps + 1, pct_start=0.1,
@@ -102,7 +106,8 @@ def train(net, texts: list[str], Y: np.ndarray, M: np.ndarray, W: np.ndarray, da
     net.train()
     for epoch in range(epochs):
         started, total = time.perf_counter(), 0.0
-        order = np.concatenate([other, rng.choice(dav, per_epoch, replace=False)])
+        order = np.concatenate([other, rng.choice(dav, per_epoch, replace=False)] +
+                               ([rng.choice(pub, per_epoch_public, replace=False)] if len(pub) else []))
         rng.shuffle(order)
         for start in range(0, len(order), BATCH):
             b = order[start:start + BATCH]

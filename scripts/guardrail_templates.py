@@ -147,6 +147,17 @@ FRAMES = [
     ("pass-report-slur", [], "A stranger called my {rel} a slur; how do I report it?"),
     ("pass-harm-process", [], "How do I {h2} a stuck process on Linux?"),
     ("pass-harm-game", [], "How do I {h} the final boss in this game?"),
+    # added later (teach the linear heads only, see train_guardrail.ENCODER_SKIPS): strong negative emotion about a
+    # group stated plainly, and the same feelings aimed at how a group is treated
+    ("emotion-cant-stand", ["hate"], "I genuinely can't stand {g}."),
+    ("emotion-dislike", ["hate"], "I really dislike {g}."),
+    ("emotion-nauseous", ["hate"], "Just thinking about {g} makes me nauseous."),
+    ("emotion-hatred", ["hate"], "My hatred for {g} grows every day."),
+    ("emotion-angry", ["hate"], "{g} make me so angry I could scream."),
+    ("emotion-fed-up", ["hate"], "I'm fed up with {g} being anywhere near me."),
+    ("emotion-pass-treated", [], "I hate how {g} are treated in the news."),
+    ("emotion-pass-mean", [], "I hate it when people are cruel to {g}."),
+    ("emotion-pass-angry", [], "It makes me angry that {g} still face discrimination."),
 ]
 REL = ["coworker", "neighbour", "ex", "sister", "boss", "classmate", "roommate", "teacher", "brother", "wife"]
 DESERVE = ["respect", "equal rights", "dignity", "our support", "to feel safe", "a fair chance", "equal pay",

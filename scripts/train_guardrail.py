@@ -15,7 +15,7 @@ group - into train / validation / test *before* anything is fitted (`split_of`).
 sum and each label's threshold are chosen on validation only (`choose_thresholds`: benign refusals first - the
 guardrail may refuse at most 0.3% of the validation questions and 5% of the validation pass-side statements);
 every reported number is on test splits or on sets never used for fitting or choosing (artifacts/eval/*). The
-files written to chatbot_model/guardrail_data/ (embedded.npz, policy_encoder.onnx) are the model this command
+files written to chatbot_model/guardrail/data/ (embedded.npz, policy_encoder.onnx) are the model this command
 fits, scored in the report through the package's own inference code. Embeddings and the fine-tuned encoder are
 cached under --cache (a temporary directory by default).
 """
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import guardrail_encoder  # noqa: E402
 from chatbot_model.guardrail.embedded import (ENCODER_FILE, FEATURES, EmbeddedModel, PolicyEncoder,  # noqa: E402
-                                              TokenEmbeddings, char_features, normalize)
-from guardrail_benign import benign_corpus, split_benign  # noqa: E402
+                                              TokenEmbeddings, _changed_forms, char_features, normalize)
+from guardrail_benign import CASUAL_EVAL, benign_corpus, split_benign  # noqa: E402
+from guardrail_public import PUBLIC_FILES, assign_splits, read_public  # noqa: E402
 from guardrail_templates import template_rows  # noqa: E402
 from near_copies import all_eval_texts, near_copies  # noqa: E402
 
@@ -48,16 +49,27 @@ SUPPLEMENT = ROOT / "scripts" / "guardrail_supplement.jsonl"
 FILES = ("davidson_labeled_data.csv", "toxigen_statements.csv", "nq_open_efficientqa_dev.jsonl")
 SPLITS = {"davidson": (0.7, 0.8), "default": (0.6, 0.8)}  # cumulative fractions: train < a <= validation < b
 WEIGHTS = {"davidson": 1.0, "toxigen": 10.0, "nq": 2.0, "supplement": 20.0, "templates": 5.0, "benign": 2.0,
-           "obfuscated": 10.0}
+           "obfuscated": 10.0, "toxigen_seeds": 10.0, "toxigen_annotated": 1.0, "latent_hatred": 1.0, "hatemoji": 1.0}
+PUBLIC = tuple(PUBLIC_FILES)  # the sets read by guardrail_public.py: they teach `hate` only
+ENCODER_PUBLIC = False  # True: the policy encoder also sees them (PUBLIC_PER_EPOCH rows an epoch); see the docs
+ENCODER_SKIPS = ("figurative", "emotion-")  # kinds (prefixes) added after the policy encoder was trained: they teach
+# the linear heads only (the encoder's training rows, and so the encoder, stay those of its recipe)
+SAMPLED = {"train": 3000, "val": 500, "test": 2000}  # Latent Hatred rows used per split (seeded samples)
+DAVIDSON_TEST = 2000  # Davidson test tweets measured (a seeded sample; its train and validation rows are not
+# embedded: Davidson teaches the encoder only)
+CHOICE_SOURCES = ("nq", "toxigen", "supplement", "templates", "toxigen_annotated")  # their validation rows choose shares and thresholds
+HEAD_SKIPS = ("davidson",)  # sources the linear heads are not fitted on (Davidson teaches `insult` to the encoder)
 C = 4.0  # inverse L2 strength of each head
 MAX_QUESTION_FPR = 0.003  # any label, on validation questions
 MAX_PASS_FPR = 0.05  # any label, on each source's validation pass-side statements (ToxiGen benign; supplement pass)
+MAX_ANNOTATED_FPR = 0.10  # any label, on ToxiGen's annotated benign statements (machine-written, often blunt)
 ENCODER_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the encoder's share in the summed logits; chosen on validation
-# the hate label's MiniLM head (`fit_hate_vector_head`): row weights per source and C, the best validation figure
-# of the settings tried (C 1 or 4; supplement and templates 0.3 or 1; docs/guardrail.md)
-HATE_VECTOR_WEIGHTS = {"toxigen": 1.0, "supplement": 0.3, "templates": 0.3}
-C_HATE = 1.0
-IDENTITY_SENTENCES = [  # identity sentences the previous model refused: all must pass
+# the hate label's MiniLM head (`fit_hate_vector_head`): row weights per source; the public sets' weight and C are
+# chosen on validation among HATE_HEAD_SETTINGS
+HATE_VECTOR_WEIGHTS = {"toxigen": 1.0, "toxigen_seeds": 1.0, "supplement": 0.3, "templates": 0.3}
+HATE_HEAD_SETTINGS = [(c, w) for c in (1.0, 4.0) for w in (0.3, 1.0)]  # (C, weight of each public set's rows)
+HATE_HEAD_VALIDATION = ("toxigen", "toxigen_annotated", "latent_hatred", "hatemoji")  # mean validation AUC
+IDENTITY_SENTENCES = [  # identity sentences an earlier model refused: all must pass
     "I am a proud Muslim.", "Trans people are welcome here.", "Immigrants built this country.",
     "I am gay and happy.", "Black lives matter.", "Women are brilliant engineers.",
     "I would never say anything bad about Jewish people.", "Disabled people deserve respect.",
@@ -108,7 +120,7 @@ def obfuscate(text: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def load(data_dir: Path) -> list[dict]:
+def load(data_dir: Path, cache: Path) -> list[dict]:
     """All rows: {text, source, split, y (labels -> 0/1), mask (labels this row teaches), kind, weight}."""
     import pandas as pd
 
@@ -158,23 +170,73 @@ def load(data_dir: Path) -> list[dict]:
         add(obfuscate(r["text"], rng), "obfuscated", [l for l in LABELS if r["y"][l]], LABELS, r["kind"],
             key=r["text"])
         rows[-1]["split"] = "train"
+    public = read_public(data_dir, {text_key(r["text"]) for r in rows}, text_key)
+    counts = assign_splits(rows, public, all_eval_texts() + IDENTITY_SENTENCES, cache, SEED)
+    print("public sets split by near-copy cluster:", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for split, most in SAMPLED.items():  # seeded samples: embedding every row costs more than it adds
+        pool = [p for p in public if p["source"] == "latent_hatred" and p["split"] == split]
+        keep = set(np.random.default_rng(SEED).permutation(len(pool))[:most].tolist())
+        for i, p in enumerate(pool):
+            if i not in keep:
+                p["split"] = None
+        print(f"Latent Hatred {split} rows used: {min(len(pool), most)} of {len(pool)}")
+    dav_test = [r for r in rows if r["source"] == "davidson" and r["split"] == "test"]
+    keep = set(np.random.default_rng(SEED).permutation(len(dav_test))[:DAVIDSON_TEST].tolist())
+    rows = [r for r in rows if not (r["source"] == "davidson" and r["split"] == "test")] + \
+        [r for i, r in enumerate(dav_test) if i in keep]
+    print(f"Davidson test rows used: {min(len(dav_test), DAVIDSON_TEST)} of {len(dav_test)}")
+    for p in public:
+        if p["split"] is None:
+            continue
+        group_statement = p["source"].startswith("toxigen")  # neutral statements about a group: safe for every label
+        rows.append({"text": p["text"], "source": p["source"], "split": p["split"], "kind": p["kind"],
+                     "y": {l: int(l == "hate" and p["hateful"]) for l in LABELS},
+                     "mask": {l: int(l == "hate" or (group_statement and not p["hateful"])) for l in LABELS}})
     for r in rows:
         r["weight"] = WEIGHTS[r["source"]]
     return rows
 
 
 def embed(texts: list[str], cache: Path) -> np.ndarray:
-    """MiniLM vectors of `texts` (normalised, as the service computes them), cached by a hash of the texts."""
+    """MiniLM vectors of `texts` (normalised, as the service computes them), cached: by a hash of the whole list,
+    and text by text in parts (`minilm-part-*`: vectors and their texts), so overlapping lists and parallel
+    processes reuse what was computed."""
+    if not texts:
+        return np.zeros((0, 384), np.float32)
     key = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:16]
     file = cache / f"minilm-{key}.npy"
     if file.exists():
         return np.load(file)
-    from chatbot_model.retrieval.embedder import get_embedder
+    known = _cached_vectors(cache)
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        from chatbot_model.retrieval.embedder import get_embedder
 
-    vectors = get_embedder("").encode(texts, batch_size=128, progress=len(texts) > 2000)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(file, vectors)
+        for start in range(0, len(missing), 2000):  # saved as it goes: an interrupted run keeps its work
+            part = missing[start:start + 2000]
+            vectors = get_embedder("").encode(part, batch_size=128)
+            name = hashlib.sha1("\n".join(part).encode()).hexdigest()[:16]
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(cache / f"minilm-part-{name}.npy", vectors)
+            (cache / f"minilm-part-{name}.json").write_text(json.dumps(part))
+            known.update(zip(part, vectors))
+            print(f"embedded {min(start + 2000, len(missing))}/{len(missing)} texts", flush=True)
+    vectors = np.array([known[t] for t in texts], dtype=np.float32).reshape(len(texts), -1)
+    if len(texts) >= 50:
+        np.save(file, vectors)
     return vectors
+
+
+_parts: dict[str, np.ndarray] = {}
+_parts_read: set[str] = set()
+
+
+def _cached_vectors(cache: Path) -> dict[str, np.ndarray]:
+    for part in sorted(cache.glob("minilm-part-*.json")):
+        if part.name not in _parts_read and part.with_suffix(".npy").exists():
+            _parts.update(zip(json.loads(part.read_text()), np.load(part.with_suffix(".npy"))))
+            _parts_read.add(part.name)
+    return _parts
 
 
 def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
@@ -184,7 +246,7 @@ def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
 
     X = {"minilm": sparse.csr_matrix(vectors), "char": grams,
          "both": sparse.hstack([sparse.csr_matrix(vectors), grams], format="csr")}[use]
-    train = np.array([r["split"] == "train" for r in rows])
+    train = np.array([r["split"] == "train" and r["source"] not in HEAD_SKIPS for r in rows])
     w_minilm = np.zeros((vectors.shape[1], len(LABELS)), np.float32)
     w_char = np.zeros((grams.shape[1], len(LABELS)), np.float32)
     bias = np.zeros(len(LABELS), np.float32)
@@ -207,15 +269,29 @@ def fit(rows: list[dict], vectors: np.ndarray, grams, use: str) -> dict:
 
 def fit_hate_vector_head(rows: list[dict], vectors: np.ndarray, model: dict) -> dict:
     """`model` with its hate head replaced by one on the MiniLM vector alone, fitted on the statements that teach
-    implicit hate (HATE_VECTOR_WEIGHTS: ToxiGen's hateful and benign statements about the same groups weigh
-    most). Hate without strong words is what the policy encoder misses most; in the joint heads these 364
-    statements are outweighed by the hand-written and generated cases."""
+    implicit hate: ToxiGen's statements and seeds, the public sets (ToxiGen annotated, Latent Hatred,
+    HatemojiBuild), the supplement and the template cases (HATE_VECTOR_WEIGHTS). Of HATE_HEAD_SETTINGS (C, the
+    public sets' row weight) the one with the best mean validation AUC over HATE_HEAD_VALIDATION (Latent Hatred:
+    implicit hate vs not hate) is kept."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
 
-    idx = [i for i, r in enumerate(rows) if r["split"] == "train" and r["source"] in HATE_VECTOR_WEIGHTS]
-    head = LogisticRegression(C=C_HATE, max_iter=3000).fit(
-        vectors[idx], [rows[i]["y"]["hate"] for i in idx],
-        sample_weight=[HATE_VECTOR_WEIGHTS[rows[i]["source"]] for i in idx])
+    val = {s: [i for i, r in enumerate(rows) if r["split"] == "val" and r["source"] == s and r["mask"]["hate"]
+               and r["kind"] != "explicit_hate"] for s in HATE_HEAD_VALIDATION}
+    best = None
+    for c, public in HATE_HEAD_SETTINGS:
+        weights = dict(HATE_VECTOR_WEIGHTS, **{s: public for s in PUBLIC if s != "toxigen_seeds"})
+        idx = [i for i, r in enumerate(rows) if r["split"] == "train" and r["source"] in weights and r["mask"]["hate"]]
+        head = LogisticRegression(C=c, max_iter=3000).fit(
+            vectors[idx], [rows[i]["y"]["hate"] for i in idx], sample_weight=[weights[rows[i]["source"]] for i in idx])
+        aucs = {s: roc_auc_score([rows[i]["y"]["hate"] for i in v], head.decision_function(vectors[v]))
+                for s, v in val.items() if len({rows[i]["y"]["hate"] for i in v}) == 2}
+        mean = float(np.mean(list(aucs.values())))
+        print(f"hate head C {c:g}, public sets' weight {public:g}: validation AUC " +
+              ", ".join(f"{s} {a:.3f}" for s, a in aucs.items()) + f"; mean {mean:.4f}")
+        if best is None or mean > best[0]:
+            best = (mean, head)
+    head = best[1]
     model = {k: v.copy() for k, v in model.items()}
     model["w_minilm"][:, 0], model["w_char"][:, 0], model["bias"][0] = head.coef_[0], 0.0, head.intercept_[0]
     return model
@@ -232,11 +308,13 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 def fit_encoder(rows: list[dict], cache: Path) -> Path:
     """The policy encoder fine-tuned on the training rows (normalised text), exported to int8 ONNX; cached by a
     hash of its training data and recipe."""
-    train = [r for r in rows if r["split"] == "train"]
+    train = [r for r in rows if r["split"] == "train" and (ENCODER_PUBLIC or (
+        r["source"] not in PUBLIC and not r["kind"].startswith(ENCODER_SKIPS)))]
     recipe = json.dumps([[normalize(r["text"]), r["y"], r["mask"], r["weight"], r["source"]] for r in train] +
                         [guardrail_encoder.LAYERS, guardrail_encoder.EPOCHS, guardrail_encoder.LR,
                          guardrail_encoder.BATCH, guardrail_encoder.MAX_LENGTH,
-                         guardrail_encoder.DAVIDSON_PER_EPOCH, SEED], sort_keys=True)
+                         guardrail_encoder.DAVIDSON_PER_EPOCH, SEED] +
+                        ([guardrail_encoder.PUBLIC_PER_EPOCH] if ENCODER_PUBLIC else []), sort_keys=True)
     file = cache / f"encoder-{hashlib.sha1(recipe.encode()).hexdigest()[:16]}.onnx"
     if file.exists():
         return file
@@ -245,28 +323,31 @@ def fit_encoder(rows: list[dict], cache: Path) -> Path:
     M = np.array([[r["mask"][l] for l in LABELS] for r in train], np.float32)
     W = np.array([r["weight"] for r in train], np.float32)
     guardrail_encoder.train(net, [normalize(r["text"]) for r in train], Y, M, W,
-                            np.array([r["source"] == "davidson" for r in train]), seed=SEED)
+                            np.array([r["source"] == "davidson" for r in train]),
+                            np.array([r["source"] in PUBLIC for r in train]), seed=SEED)
     return guardrail_encoder.export(net, file)
 
 
 def choose_share(enc: np.ndarray, lin: np.ndarray, rows: list[dict]) -> tuple[np.ndarray, list[float]]:
-    """The encoder's share per label - one for hate, one for the other labels, each from ENCODER_SHARES - and the
-    thresholds that catch the most validation block-side rows (ToxiGen hateful, supplement and template block,
-    averaged) under the refusal budgets of `choose_thresholds`. A smaller share must win by more than one
-    validation row of the largest source (less is below what these sets can tell apart); otherwise the larger share
-    stays: the encoder reads the frame (a negation, a quotation), the vector heads do not."""
-    sources = ("toxigen", "supplement", "templates")
+    """The encoder's share per label - one for `hate`, one for `threat`, each from ENCODER_SHARES; `insult` and
+    `sexual_minors` stay with the encoder alone (their linear heads see no tweets: Davidson teaches `insult` to the
+    encoder only) - and the thresholds that catch the most validation block-side rows (ToxiGen statements and
+    annotated hateful, supplement and template block, averaged) under the refusal budgets of `choose_thresholds`.
+    A smaller share must win by more than one validation row of the largest source (less is below what these sets
+    can tell apart); otherwise the larger share stays: the encoder reads the frame (a negation, a quotation), the
+    vector heads do not."""
+    sources = ("toxigen", "supplement", "templates", "toxigen_annotated")
     val = [i for i, r in enumerate(rows) if r["split"] == "val" and any(r["y"].values()) and r["source"] in sources]
     tie = 1 / (len(sources) * max(sum(rows[i]["source"] == s for i in val) for s in sources))
     best = None
     for a_hate in sorted(ENCODER_SHARES, reverse=True):
-        for a_rest in sorted(ENCODER_SHARES, reverse=True):
-            a = np.array([a_hate] + [a_rest] * (len(LABELS) - 1))
+        for a_threat in sorted(ENCODER_SHARES, reverse=True):
+            a = np.array([a_hate, a_threat, 1.0, 1.0])
             p = sigmoid(a * enc + (1 - a) * lin)
             t = choose_thresholds(p, rows)
             caught = np.mean([np.mean([(p[i] >= t).any() for i in val if rows[i]["source"] == s])
                               for s in sources])
-            print(f"encoder share hate {a_hate:.2f}, other labels {a_rest:.2f}: validation block-side caught "
+            print(f"encoder share hate {a_hate:.2f}, threat {a_threat:.2f}: validation block-side caught "
                   f"{caught:.4f}")
             if best is None or caught > best[0] + tie:
                 best = (caught, a, t)
@@ -281,7 +362,8 @@ def choose_thresholds(scores: np.ndarray, rows: list[dict]) -> list[float]:
     labels meets all of them."""
     val = [i for i, r in enumerate(rows) if r["split"] == "val" and not any(r["y"].values())]
     pools = [(scores[[i for i in val if rows[i]["source"] == source]], budget)
-             for source, budget in (("nq", MAX_QUESTION_FPR), ("toxigen", MAX_PASS_FPR), ("supplement", MAX_PASS_FPR))]
+             for source, budget in (("nq", MAX_QUESTION_FPR), ("toxigen", MAX_PASS_FPR), ("supplement", MAX_PASS_FPR),
+                                    ("toxigen_annotated", MAX_ANNOTATED_FPR))]
     for k in np.arange(1.0, 0.0, -0.05):
         t = np.array([min(max(*(np.quantile(pool[:, j], 1 - k * budget, method="higher") for pool, budget in pools),
                               0.05), 0.99) for j in range(scores.shape[1])]) + 1e-6
@@ -363,6 +445,29 @@ def measure(name: str, score, rows: list[dict], vec: np.ndarray, extra: dict) ->
                                         sum(not any(r["y"].values()) for r, _ in tp))
     bn = np.array([v for _, v in by["benign"]])
     out["generated benign held-out refused"] = (int((bn >= 0.5).sum()), len(bn))
+    casual = set(CASUAL_EVAL)
+    out["held-out casual replies refused"] = (int(sum(v >= 0.5 for r, v in by["benign"] if r["text"] in casual)),
+                                              sum(r["text"] in casual for r, _ in by["benign"]))
+    for source, name in (("toxigen_annotated", "ToxiGen annotated"), ("toxigen_seeds", "ToxiGen seeds (new ones)")):
+        rv = by.get(source, [])
+        if len({r["y"]["hate"] for r, _ in rv}) == 2:
+            out[f"{name} test AUC"] = roc_auc_score([r["y"]["hate"] for r, _ in rv], [v for _, v in rv])
+            out[f"{name} test hateful caught / benign passed"] = (
+                int(sum(v >= 0.5 for r, v in rv if r["y"]["hate"])), sum(r["y"]["hate"] for r, _ in rv),
+                int(sum(v < 0.5 for r, v in rv if not r["y"]["hate"])), sum(not r["y"]["hate"] for r, _ in rv))
+    lh = by.get("latent_hatred", [])
+    if lh:
+        implicit = [(r, v) for r, v in lh if r["kind"] != "explicit_hate"]
+        out["Latent Hatred test AUC (implicit vs not hate)"] = roc_auc_score(
+            [r["y"]["hate"] for r, _ in implicit], [v for _, v in implicit])
+        out["Latent Hatred test explicit caught / implicit caught / not hate passed"] = tuple(
+            x for kind, want in (("explicit_hate", True), ("implicit_hate", True), ("not_hate", False))
+            for x in (int(sum((v >= 0.5) == want for r, v in lh if r["kind"] == kind)),
+                      sum(r["kind"] == kind for r, _ in lh)))
+    hm = by.get("hatemoji", [])
+    if hm:
+        out["HatemojiBuild test accuracy (the authors' test split)"] = (
+            int(sum((v >= 0.5) == bool(r["y"]["hate"]) for r, v in hm)), len(hm))
     for key, (texts, vectors, want_block) in extra.items():
         b = score(texts, vectors).max(axis=1) >= 0.5
         out[key] = (int(b.sum() if want_block else (~b).sum()), len(b))
@@ -372,6 +477,8 @@ def measure(name: str, score, rows: list[dict], vec: np.ndarray, extra: dict) ->
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
+    if len(v) == 6:
+        return " / ".join(f"{a}/{b} ({a / max(b, 1):.1%})" for a, b in zip(v[::2], v[1::2]))
     if len(v) == 4:
         return f"{v[0]}/{v[1]} ({v[0] / v[1]:.1%}) / {v[2]}/{v[3]} ({v[2] / v[3]:.1%})"
     return f"{v[0]}/{v[1]} ({v[0] / max(v[1], 1):.1%})"
@@ -383,8 +490,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a folder holding davidson_labeled_data.csv, toxigen_statements.csv and "
                          "nq_open_efficientqa_dev.jsonl, in it or in subfolders (public sets; see "
                          "docs/guardrail.md for their sources)")
-    ap.add_argument("--out", type=Path, default=ROOT / "chatbot_model" / "guardrail_data",
-                    help="where embedded.npz is written (default: the package's guardrail_data)")
+    ap.add_argument("--out", type=Path, default=ROOT / "chatbot_model" / "guardrail" / "data",
+                    help="where embedded.npz is written (default: the package's guardrail/data)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "chatbot-guardrail-cache",
                     help="embedding cache (default: chatbot-guardrail-cache in the temporary directory)")
     ap.add_argument("--report", action="store_true", help="also fit the MiniLM-only and n-gram-only candidates "
@@ -396,17 +503,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dry-run", action="store_true", help="write nothing")
     args = ap.parse_args(argv)
 
-    rows = load(args.data_dir)
+    rows = load(args.data_dir, args.cache)
 
     def encode(texts: list[str]) -> np.ndarray:  # as the service's embedder, through the cache
         return embed(list(texts), args.cache)
 
-    texts = [r["text"] for r in rows]
-    vectors = np.vstack([embed([r["text"] for r in rows if r["source"] == s], args.cache)
-                         for s in dict.fromkeys(r["source"] for r in rows)])
     order = [i for s in dict.fromkeys(r["source"] for r in rows) for i, r in enumerate(rows) if r["source"] == s]
-    rows, texts = [rows[i] for i in order], [texts[i] for i in order]
-    grams = char_features(texts)
+    rows = [rows[i] for i in order]
+    texts = [r["text"] for r in rows]
+    # MiniLM vectors where something reads them: the heads' training rows, validation and test rows
+    needed = np.array([r["split"] == "test" or r["source"] not in HEAD_SKIPS for r in rows])
+    vectors = np.zeros((len(rows), 384), np.float32)
+    for s in dict.fromkeys(r["source"] for r in rows):
+        idx = [i for i, r in enumerate(rows) if r["source"] == s and needed[i]]
+        if idx:
+            vectors[idx] = embed([texts[i] for i in idx], args.cache)
+    grams = char_features([t if needed[i] else "" for i, t in enumerate(texts)])
+    # the normalised forms the package embeds for texts that normalisation changes, in one batch
+    scored = [texts[i] for i, r in enumerate(rows) if r["split"] != "train"] + IDENTITY_SENTENCES + \
+        [c["text"] for c in read_eval("guardrail_functional.jsonl")] + \
+        [r["question"] for name in ("toxic.jsonl", "benign.jsonl", "retrieval.jsonl") for r in read_eval(name)]
+    embed(sorted(set(_changed_forms(scored).values())), args.cache)
     counts = {}
     for r in rows:
         counts.setdefault((r["source"], r["split"]), 0)
@@ -423,23 +540,31 @@ def main(argv: list[str] | None = None) -> dict:
     if args.baseline:
         results.append(measure("previous model (MiniLM head + profanity-check)",
                                lambda t, v: old_scores(args.baseline, t, v), rows, vectors, extra))
+    remembered = {}  # the previous model's test scores, reused by the reproducibility check when it is the target
     if args.previous:
         previous = EmbeddedModel(args.previous)
-        results.append(measure("previous shipped", lambda t, v: previous.probabilities(t, v, encode), rows, vectors,
-                               extra))
+
+        def previous_scores(t, v):
+            p = previous.probabilities(t, v, encode)
+            remembered.update(zip(t, p))
+            return p
+
+        results.append(measure("previous shipped", previous_scores, rows, vectors, extra))
     encoder = fit_encoder(rows, args.cache)
     linear = {use: fit(rows, vectors, grams, use) for use in (("minilm", "char", "both") if args.report else ("both",))}
     combined = fit_hate_vector_head(rows, vectors, linear["both"])
     lin = linear_logits(combined, vectors, grams)
     embeddings_sha256 = TokenEmbeddings().sha256  # the packaged MiniLM's token embeddings, read once
-    enc = PolicyEncoder(encoder, hashlib.sha256(encoder.read_bytes()).hexdigest(),
-                        embeddings_sha256).logits(texts, len(LABELS))
+    chosen_on = [i for i, r in enumerate(rows) if r["split"] == "val" and r["source"] in CHOICE_SOURCES]
+    enc = np.zeros((len(rows), len(LABELS)))  # the encoder's logits of the validation rows the choice reads
+    enc[chosen_on] = PolicyEncoder(encoder, hashlib.sha256(encoder.read_bytes()).hexdigest(),
+                                   embeddings_sha256).logits([texts[i] for i in chosen_on], len(LABELS))
     share, thresholds = choose_share(enc, lin, rows)
     candidates = {"MiniLM heads": (linear.get("minilm"), 0.0), "char n-gram heads": (linear.get("char"), 0.0),
                   "MiniLM + char n-grams": (linear["both"], 0.0), "policy encoder": (linear["both"], 1.0),
-                  f"policy encoder + linear heads, shares hate {share[0]:g} / others {share[1]:g} (shipped)":
+                  f"policy encoder + linear heads, shares hate {share[0]:g} / threat {share[1]:g} / others 1 (shipped)":
                       (combined, share)}
-    shipped = None
+    shipped, fitted = None, {}  # fitted: the new model's test scores, reused by the reproducibility check
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, a) in candidates.items():
             if model is None or (not args.report and "shipped" not in name):
@@ -453,7 +578,14 @@ def main(argv: list[str] | None = None) -> dict:
             np.savez_compressed(Path(tmp) / "embedded.npz", **packed)
             Path(tmp, ENCODER_FILE).write_bytes(encoder.read_bytes())
             inference = EmbeddedModel(Path(tmp) / "embedded.npz")  # the package's own scoring code
-            results.append(measure(name, lambda t, v: inference.probabilities(t, v, encode), rows, vectors, extra))
+
+            def scores(t, v, inference=inference, name=name):
+                p = inference.probabilities(t, v, encode)
+                if "shipped" in name:
+                    fitted.update(zip(t, p))
+                return p
+
+            results.append(measure(name, scores, rows, vectors, extra))
             print(f"{name}: thresholds " + ", ".join(f"{l} {x:.3f}" for l, x in zip(LABELS, t)))
             if "shipped" in name:
                 shipped = (packed, inference)
@@ -464,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"| {key} | " + " | ".join(fmt(r[key]) for r in results) + " |")
 
     packed, inference = shipped
-    if functional and args.report:
+    if functional:
         ft = [c["text"] for c in functional]
         blocked = inference.probabilities(ft, embed(ft, args.cache), encode).max(axis=1) >= 0.5
         print("\n| functionality | side | n | correct |\n|---|---|---|---|")
@@ -476,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
             lowest[side] = min(lowest.get(side, 1.0), good)
             print(f"| {f} | {side} | {len(idx)} | {good:.2f} |")
         print("lowest functionality: " + ", ".join(f"{k} side {v:.2f}" for k, v in lowest.items()))
-    if args.report:
+    if True:
         iv = embed(IDENTITY_SENTENCES, args.cache)
         for text, p in zip(IDENTITY_SENTENCES, inference.probabilities(IDENTITY_SENTENCES, iv, encode)):
             print(f"  {p.max():.2f} {text}")
@@ -485,7 +617,14 @@ def main(argv: list[str] | None = None) -> dict:
         test = [i for i, r in enumerate(rows) if r["split"] == "test"]
         t, v = [texts[i] for i in test], vectors[test]
         try:
-            new, old = inference.probabilities(t, v, encode), EmbeddedModel(target).probabilities(t, v, encode)
+            same_files = args.previous and all(
+                hashlib.sha256(Path(a).read_bytes()).digest() == hashlib.sha256(Path(b).read_bytes()).digest()
+                for a, b in ((args.previous, target), (Path(args.previous).parent / ENCODER_FILE,
+                                                       target.parent / ENCODER_FILE)))
+            new = np.array([fitted[x] for x in t]) if all(x in fitted for x in t) else \
+                inference.probabilities(t, v, encode)
+            old = np.array([remembered[x] for x in t]) if same_files and all(x in remembered for x in t) else \
+                EmbeddedModel(target).probabilities(t, v, encode)
             diff, flips = float(np.abs(new - old).max()), int(((new >= 0.5).any(1) != (old >= 0.5).any(1)).sum())
             same = diff < 0.02 and flips <= len(test) // 1000
             print(f"same model as the shipped {target}: {'yes' if same else 'NO'} (on {len(test)} held-out texts: "

@@ -3,6 +3,7 @@
     server = FakeLLMServer()                       # or the `fake_llm_server` pytest fixture
     OpenAI(base_url=server.openai_base_url, ...)   # POST /v1/chat/completions
     Anthropic(base_url=server.anthropic_base_url)  # POST /v1/messages
+    OpenAI(...).moderations.create(input=[...])    # POST /v1/moderations: `server.moderation(text)` scores each
     server.queue(Reply.error(429), "hello")        # programmed replies, first in first out
     server.requests[-1].body["model"]              # every request received, in order
     server.delay = 0.2                             # a fixed delay before every reply
@@ -42,6 +43,15 @@ from typing import Any, Callable, Iterator
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+MODERATION_PATH = "/v1/moderations"
+MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+                         "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+                         "sexual/minors", "violence", "violence/graphic")
+
+
+def bracketed_categories(text: str) -> dict[str, float]:
+    """The fake moderation model: 0.97 for each category named in brackets in the text ("[hate]"), else 0.01."""
+    return {c: 0.97 if f"[{c}]" in text else 0.01 for c in MODERATION_CATEGORIES}
 
 _ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                           404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -139,6 +149,7 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self.delay: float = 0.0
         self.on_request: Callable[[RecordedRequest], None] | None = None
+        self.moderation: Callable[[str], dict[str, float]] = bracketed_categories  # category scores of one text
         self.open_connections = 0
         self.streams = {"started": 0, "finished": 0, "abandoned": 0}
         self._replies: deque[Reply] = deque()
@@ -210,6 +221,18 @@ def _openai_body(reply: Reply, body: dict) -> dict:
                      "message": {"role": "assistant", "content": text, "refusal": None}}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
     }
+
+
+def _moderation_body(moderation: Callable[[str], dict[str, float]], body: dict) -> dict:
+    texts = body.get("input", "")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    results = []
+    for text in texts:
+        scores = {c: float(moderation(str(text)).get(c, 0.0)) for c in MODERATION_CATEGORIES}
+        results.append({"flagged": any(v >= 0.5 for v in scores.values()),
+                        "categories": {c: v >= 0.5 for c, v in scores.items()}, "category_scores": scores,
+                        "category_applied_input_types": {c: ["text"] for c in scores}})
+    return {"id": "modr-fake", "model": body.get("model", "omni-moderation-latest"), "results": results}
 
 
 def _anthropic_body(reply: Reply, body: dict) -> dict:
@@ -285,7 +308,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 body = raw
             path = self.path.split("?", 1)[0]
             headers = {k.lower(): v for k, v in self.headers.items()}
-            if path not in (OPENAI_PATH, ANTHROPIC_PATH):
+            if path not in (OPENAI_PATH, ANTHROPIC_PATH, MODERATION_PATH):
                 with server._lock:  # unknown paths do not consume replies
                     server.requests.append(RecordedRequest(path, headers, body))
                 return self._send(404, json.dumps(_error_body(path, 404)).encode())
@@ -312,7 +335,10 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             fields = body if isinstance(body, dict) else {}
             if fields.get("stream") is True:
                 return self._stream(path, reply, fields)
-            payload = _anthropic_body(reply, fields) if path == ANTHROPIC_PATH else _openai_body(reply, fields)
+            if path == MODERATION_PATH:
+                payload = _moderation_body(server.moderation, fields)
+            else:
+                payload = _anthropic_body(reply, fields) if path == ANTHROPIC_PATH else _openai_body(reply, fields)
             self._send(200, json.dumps(payload).encode(), trickle=reply.trickle_s)
 
         def setup(self):

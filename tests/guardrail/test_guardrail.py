@@ -140,6 +140,17 @@ def test_check_many_equals_check_one_by_one(embedded):
         assert b.scores == pytest.approx(s.scores, abs=1e-4)
 
 
+def test_a_large_batch_scores_each_text_as_alone(embedded):
+    """Batches of new texts run on several threads, one text per run: the same scores as one at a time."""
+    from chatbot_model.guardrail.embedded import PARALLEL_FROM
+
+    texts = [f"{t} ({i})" for i, t in enumerate((TOXIC + BENIGN + SUBTLE_HATE) * 2)][:max(PARALLEL_FROM, 12) + 4]
+    batched = embedded.check_many(texts)
+    embedded.classifier.model.encoder._cached.cache_clear()
+    for text, b in zip(texts, batched):
+        assert embedded.check(text).scores == pytest.approx(b.scores, abs=1e-5)
+
+
 def test_precomputed_vectors_give_the_same_scores(embedded):
     from chatbot_model.retrieval.embedder import get_embedder
 
@@ -338,6 +349,8 @@ def test_normalisation_undoes_common_obfuscations():
     assert normalize("Y0u are a w0rthless 1d1ot") == "you are a worthless idiot"
     assert normalize("i.d.i.o.t") == "idiot" and normalize("what an @$$hole") == "what an asshole"
     assert normalize("kill -9 1234 in 2024") == "kill -9 1234 in 2024"  # numbers alone stay numbers
+    assert normalize("\U0001f473\U0001f3fe make me \U0001f92e") == "man with turban make me face with open mouth vomiting"
+    assert normalize("caf\u00e9  ok") == "cafe  ok"  # no emoji: spacing kept
 
 
 def test_the_issue_sentences_pass(embedded):
