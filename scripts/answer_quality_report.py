@@ -123,8 +123,8 @@ def main() -> None:
     import pandas as pd
 
     from chatbot_model.config import load_settings
-    from chatbot_model.pyfunc import _PyfuncChatbot
-    from chatbot_model.service import LLMService
+    from chatbot_model.lifecycle.pyfunc import _PyfuncChatbot
+    from chatbot_model.pipeline.service import LLMService
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index-dir", type=Path, default=None, help="index of the shipped docs (default: temp)")

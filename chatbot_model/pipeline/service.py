@@ -22,7 +22,7 @@ from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.config import Settings
 from chatbot_model.contract import trim_history, validate_history, validate_question
 from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
-from chatbot_model.errors import InvalidInput, ProviderError
+from chatbot_model.errors import ConfigError, InvalidInput, ProviderError
 from chatbot_model.providers.local import KB_TOPIC
 from chatbot_model.pipeline.router import ROUTES, HeuristicRouter, Route
 from chatbot_model.contract import ChatResult, Completion, CompletionRequest, Source
@@ -31,20 +31,40 @@ from chatbot_model.tracing.writer import record_traces
 
 log = logging.getLogger(__name__)
 MAX_CONCURRENT_CALLS = 8
+SUGGEST_NEAR = 0.5  # a declined question whose P(covered) is at least this share of the threshold gets suggestions
 
 
-def build_prompt(question: str, sources: list[Source]) -> str:
+def build_prompt(question: str, sources: list[Source], topic: str | None = KB_TOPIC,
+                 suggestions: tuple[str, ...] = ()) -> str:
     """Numbered sources, then the question and the citation instruction. No sources (the service abstains: the
-    best retrieval score is below `abstain_below`): the knowledge base has nothing relevant and the model must
-    say so instead of answering from general knowledge."""
+    knowledge base does not cover the question): the model must say so instead of answering from general
+    knowledge; what the knowledge base covers is named for the shipped one (`topic`), and the closest document
+    titles when the question came near being covered."""
     if not sources:
-        return (f"The knowledge base has nothing relevant to this question; it covers {KB_TOPIC}.\n\n"
+        covers = f"; it covers {topic}" if topic else ""
+        near = (" The closest documents are " + " and ".join(f'"{t}"' for t in suggestions) + "; mention them."
+                if suggestions else "")
+        what = " and what it does cover" if topic else ""
+        return (f"The knowledge base has nothing relevant to this question{covers}.\n\n"
                 f"Question: {question}\n"
-                "Say plainly, in one or two sentences, that the knowledge base does not cover this question and "
-                "what it does cover. Do not answer it from general knowledge and cite no sources.")
+                f"Say plainly, in one or two sentences, that the knowledge base does not cover this question{what}."
+                f"{near} Do not answer it from general knowledge and cite no sources.")
     blocks = [f"[{n}] {s.chunk.title} ({s.chunk.source})\n{s.chunk.text}" for n, s in enumerate(sources, 1)]
     return ("Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n"
             "Answer from the sources above and cite them as [n]. If they do not contain the answer, say so.")
+
+
+def _abstention_model(settings: Settings):
+    """The settings' abstention model, or None (then the cosine floor decides)."""
+    if not settings.abstain_model:
+        return None
+    from chatbot_model.retrieval.abstention import AbstentionModel
+
+    try:
+        return AbstentionModel.from_dict(settings.abstain_model)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"CHATBOT_ABSTAIN_MODEL is not a valid abstention model ({exc}); run "
+                          "scripts/calibrate_abstention.py, or set it to {} to use CHATBOT_ABSTAIN_BELOW") from None
 
 
 @dataclass
@@ -82,6 +102,8 @@ class LLMService:
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
         self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
+        self.abstention = _abstention_model(settings)
+        self._kb_topic: str | None | bool = False  # not looked up yet
         warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
         if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
             # not a daemon: a daemon thread inside ONNX Runtime at interpreter exit aborts the process; `warm` stops
@@ -162,29 +184,34 @@ class LLMService:
         rows_of = {i: [i if c == qs[i] else row_of_extra[i, c] for c in resolutions[i].candidates] for i in ok}
         with _timed(steps, "retrieval"):
             wanted = [row for i in ok for row in rows_of[i]]
-            found = dict(zip(wanted, self.rag.search(encoded[wanted]))) if wanted else {}
-        sources, floor_score, standalone, query_vectors = {}, {}, {}, {}
+            texts = qs + [c for _, c in extra]
+            found = dict(zip(wanted, self.rag.retrieve_vectors([texts[r] for r in wanted], encoded[wanted]))) \
+                if wanted else {}
+        sources, kept_retrieval, standalone, query_vectors = {}, {}, {}, {}
         for i in ok:
-            kept, floor_score[i] = followup.choose([found[row][0].score if found[row] else -1.0
-                                                    for row in rows_of[i]])
-            sources[i] = found[rows_of[i][kept]]
+            kept = followup.choose(resolutions[i], [found[row] for row in rows_of[i]], self.covered)
+            kept_retrieval[i] = found[rows_of[i][kept]]
+            sources[i] = kept_retrieval[i].sources
             query_vectors[i] = encoded[rows_of[i][kept]]
             standalone[i] = resolutions[i].candidates[kept] if hs[i] else ""
-        # not covered: the best source scores below the calibrated floor; the provider then gets no sources and
-        # build_prompt tells it to say so (the local answerer replies NOT_COVERED)
-        abstain = {i for i in ok if not sources[i] or floor_score[i] < self.settings.abstain_below}
+        # not covered: the abstention model (or, without one, the cosine floor) says the knowledge base does not
+        # answer it; the provider then gets no sources and build_prompt tells it to say so (the local answerer
+        # replies NOT_COVERED, with the closest titles when the question was near the floor)
+        abstain = {i for i in ok if not sources[i] or not self.covered(kept_retrieval[i])}
         if abstain:
-            log.info("abstained on %d of %d questions (best retrieval score below %.2f)", len(abstain), len(ok),
-                     self.settings.abstain_below)
+            log.info("abstained on %d of %d questions (not covered)", len(abstain), len(ok))
         prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
+        declines = {i: self._decline(kept_retrieval[i]) for i in abstain}
         bias, hint = self.current_state()  # this request's snapshot; shared components are never written
         hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
         with _timed(steps, "routing"):
             routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
         with _timed(steps, "llm"):
-            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i]),
+            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i], self.kb_topic,
+                                                                              declines.get(i, ("", ()))[1]),
                                              question=qs[i], sources=prompt_sources[i], model="",
-                                             question_vector=query_vectors[i], history=hs[i]) for i in ok}
+                                             question_vector=query_vectors[i], history=hs[i],
+                                             decline=declines.get(i, ("", ()))[0]) for i in ok}
             answers = self._complete_all(requests, routes, deadline)
         with _timed(steps, "guardrail_output"):
             checks_out = self._check_answers({i: answers[i][0] for i in ok})
@@ -210,6 +237,39 @@ class LLMService:
         if self.settings.tracing:
             self._trace(results, steps, checks_in, t0, hint)
         return results
+
+    @property
+    def kb_topic(self) -> str | None:
+        """What the knowledge base is about, for the "not covered" reply: the shipped one's topic, None for
+        other documents (generic wording)."""
+        if self._kb_topic is False:
+            from chatbot_model.retrieval.rag import is_shipped_corpus
+
+            self._kb_topic = KB_TOPIC if is_shipped_corpus(getattr(self.rag, "manifest", {}) or {}) else None
+        return self._kb_topic
+
+    def _decline(self, retrieval) -> tuple[str, tuple[str, ...]]:
+        """(the local "not covered" reply, the titles it suggests): the two closest document titles when the
+        question came near being covered (`SUGGEST_NEAR`)."""
+        from chatbot_model.providers.local import not_covered
+
+        near = False
+        if retrieval.sources:
+            if self.abstention is not None:
+                near = self.abstention.probability(retrieval.features) >= SUGGEST_NEAR * self.abstention.threshold
+            else:
+                near = retrieval.best_score >= self.settings.abstain_below - 0.1
+        titles = tuple(dict.fromkeys(s.chunk.title for s in retrieval.sources))[:2] if near else ()
+        return not_covered(self.kb_topic is not None, titles), titles
+
+    def covered(self, retrieval) -> bool:
+        """Does the knowledge base answer the question that made `retrieval`? The abstention model's decision
+        (settings.abstain_model), else the best cosine against settings.abstain_below."""
+        if not retrieval.sources:
+            return False
+        if self.abstention is not None:
+            return self.abstention.covered(retrieval.features)
+        return retrieval.best_score >= self.settings.abstain_below
 
     def _resolve(self, qs: list[str], hs: list[list[dict]]) -> list[followup.Resolution]:
         """What retrieval searches for each question (`followup`): with history and a remote provider, its

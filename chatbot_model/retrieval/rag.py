@@ -1,11 +1,21 @@
-"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index.
+"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index and a BM25
+index of the same chunks, and rank documents by both (`retrieve_vectors`).
 
 Vectors are L2-normalised, so inner product = cosine similarity. The index and the chunk store (chunks and the
 sentence vectors the local answerer reuses, memory-mapped: see chunk_store.py) persist in `settings.index_dir`
 with a fingerprint of the documents, the embedder, the chunking and the directory format; `load_or_build`
 rebuilds only when that fingerprint changes (a directory of an older format is stale, so it is rebuilt).
 Index files are written to a temporary directory and swapped in whole, so a failed build leaves the old
-index (or nothing) behind, never a half-written one.
+index (or nothing) behind, never a half-written one. The lexical index (`lexical.py`) is saved beside the
+dense one, in `lexical/` of the same directory, under the same fingerprint.
+
+Hybrid ranking: a document's score is its best chunk's cosine plus `lexical_weight` times its best chunk's BM25
+divided by the best document's BM25 for that question (so in [0, lexical_weight]). Candidates are the
+documents of the dense search's over-fetch and the best BM25 documents; a document found only by BM25 gets the
+lowest cosine seen among the dense candidates (a lower bound: its cosine was not computed). Each `Source` keeps
+the cosine as its `score` and carries the sentences of its whole document (`doc_sentences`, with their vectors)
+for the local answerer. Weight and candidate counts chosen on the dev part of
+artifacts/eval/user_questions.jsonl (docs/answer-quality.md).
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from dataclasses import asdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from chatbot_model.config import Settings
@@ -30,7 +43,10 @@ from chatbot_model.contract import Chunk, Document, Source
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
-INDEX_FORMAT = 2  # 2: memory-mapped chunk store, float16 sentence vectors (1: chunks.json, float32)
+INDEX_FORMAT = 3  # 3: with the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
+DENSE_CANDIDATES = 10  # documents taken from the dense search per question (at least 4 x k)
+LEXICAL_CANDIDATES = 10  # documents taken from BM25 per question
+DOC_CHUNKS = 6  # most chunks of one document whose sentences a source carries (those nearest its best chunk)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
 
 
@@ -157,7 +173,41 @@ def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings
     return h.hexdigest()[:16]
 
 
+def documents_digest(docs: Iterable[Document]) -> str:
+    """Changes when the documents change (and only then): tells the shipped knowledge base from another."""
+    h = hashlib.sha256()
+    for doc in docs:
+        h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def is_shipped_corpus(manifest: dict) -> bool:
+    """Is the index built from the knowledge base shipped in artifacts/docs.json?"""
+    from chatbot_model.config import DEFAULT_ARTIFACTS
+
+    shipped = DEFAULT_ARTIFACTS / "docs.json"
+    if not manifest.get("documents_digest") or not shipped.exists():
+        return False
+    try:
+        return manifest["documents_digest"] == documents_digest(iter_documents(shipped))
+    except ConfigError:
+        return False
+
+
 # ---------------------------------------------------------------- the pipeline
+@dataclass
+class Retrieval:
+    """What one question retrieved: the top-k sources (best first) and the numbers the abstention model reads
+    (`abstention.FEATURES`)."""
+
+    sources: list[Source]
+    features: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best_score(self) -> float:
+        return float(self.features.get("dense_best", self.sources[0].score if self.sources else -1.0))
+
+
 class RAGPipeline:
     """Retrieval over a persisted FAISS index. Build once, then `retrieve` / `retrieve_many`."""
 
@@ -166,7 +216,9 @@ class RAGPipeline:
         self._embedder = embedder
         self.index = None
         self.chunks: Sequence[Chunk] = []  # a ChunkStore once built or loaded
+        self.lexical = None  # a LexicalIndex once built or loaded
         self.manifest: dict = {}
+        self._doc_starts: np.ndarray | None = None
 
     @property
     def embedder(self):
@@ -202,11 +254,16 @@ class RAGPipeline:
         vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
         chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
         self.index, index_params = self._make_index(chunk_vecs)
+        from chatbot_model.retrieval.lexical import LexicalIndex
+
+        self.lexical = LexicalIndex.build(chunks)
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
                          "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
                          "sentences": len(sentences), "index_type": index_params["type"],
                          "index_params": index_params, "embedding_backend": getattr(self.embedder, "backend", ""),
                          "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
+                         "lexical": {"type": "bm25s", "terms": len(self.lexical.idf)},
+                         "documents_digest": documents_digest(docs),
                          "build_seconds": round(time.perf_counter() - started, 3)}
         self._persist(chunks, sent_vecs)
         return self
@@ -239,6 +296,7 @@ class RAGPipeline:
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             write_store(tmp, chunks, sentence_vectors)
+            self.lexical.save(tmp)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
             old = target.with_name(target.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -250,6 +308,10 @@ class RAGPipeline:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.chunks = ChunkStore(target)
+        self._doc_starts = None
+        from chatbot_model.retrieval.lexical import LexicalIndex
+
+        self.lexical = LexicalIndex.load(target)  # the memory-mapped copy
 
     def _load(self, fp: str) -> bool:
         import faiss
@@ -275,6 +337,10 @@ class RAGPipeline:
                 ivf_nprobe=self.settings.ivf_nprobe)
             manifest["index_type"] = manifest["index_params"]["type"]
             self.chunks = ChunkStore(root)
+            from chatbot_model.retrieval.lexical import LexicalIndex
+
+            self.lexical = LexicalIndex.load(root)
+            self._doc_starts = None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             if root.exists():
                 log.warning("index in %s is unreadable (%s): rebuilding", root, exc)
@@ -325,10 +391,92 @@ class RAGPipeline:
         return self.retrieve_many([question], k)[0]
 
     def retrieve_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
-        """Top-k sources for many questions: one embedding call, one search."""
+        """Top-k sources for many questions (hybrid ranking): one embedding call, one dense search."""
         if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise InvalidInput("every question must be a non-empty string")
-        return self.search(self.encode_queries(questions), k)
+        return [r.sources for r in self.retrieve_vectors(questions, self.encode_queries(questions), k)]
+
+    def retrieve_vectors(self, questions: list[str], vectors: np.ndarray, k: int | None = None) -> list[Retrieval]:
+        """Hybrid retrieval of questions already embedded (`vectors[i]` is `questions[i]`): the top-k documents
+        by cosine + weighted BM25 (module doc), with the abstention features of each question."""
+        k = k or self.settings.top_k
+        n_docs = len(self.chunks.documents)
+        dense = self.search(vectors, min(max(DENSE_CANDIDATES, 4 * k), n_docs))
+        return [self._fuse(q, found, k) for q, found in zip(questions, dense)]
+
+    def _fuse(self, question: str, dense: list[Source], k: int) -> Retrieval:
+        from chatbot_model.retrieval.lexical import LexicalQuery
+
+        weight = self.settings.lexical_weight if self.lexical is not None else 0.0
+        docs = self.chunks.chunk_docs
+        by_doc = {int(docs[s.chunk.chunk_id]): s for s in dense}
+        cosine = {d: float(s.score) for d, s in by_doc.items()}
+        floor = min(cosine.values()) if cosine else -1.0
+        query = self.lexical.query(question) if self.lexical is not None else LexicalQuery([], [])
+        lexical, chunk_scores = {}, None
+        if self.lexical is not None and query.terms:
+            chunk_scores = self.lexical.chunk_scores(query)
+            doc_scores = self.lexical.document_scores(chunk_scores)
+            top = np.argsort(-doc_scores)[:LEXICAL_CANDIDATES]
+            lexical = {int(d): float(doc_scores[d]) for d in top if doc_scores[d] > 0}
+            for d in by_doc:
+                if d not in lexical and d < len(doc_scores):
+                    lexical[d] = float(doc_scores[d])
+        best_lexical = max(lexical.values(), default=0.0)
+        candidates = set(cosine) | ({d for d, v in lexical.items() if v > 0} if weight > 0 else set())
+
+        def fused(d: int) -> float:
+            lex = lexical.get(d, 0.0) / best_lexical if best_lexical > 0 else 0.0
+            return cosine.get(d, floor) + weight * lex
+
+        ranked = sorted(candidates, key=lambda d: (-fused(d), -cosine.get(d, floor), d))[:k]
+        sources = []
+        for d in ranked:
+            source = by_doc.get(d)
+            if source is None:  # found by BM25 only: its best BM25 chunk, the lower-bound cosine
+                lo, hi = self._doc_range(d)
+                source = self._source(lo + int(np.argmax(chunk_scores[lo:hi])), floor)
+            sources.append(self._with_document(source, d))
+        dense_ranked = sorted(cosine.values(), reverse=True)
+        dense_first = max(cosine, key=cosine.get) if cosine else -1
+        lexical_first = max(lexical, key=lexical.get) if best_lexical > 0 else -2
+        features = {
+            "dense_best": dense_ranked[0] if dense_ranked else -1.0,
+            "lexical_coverage": self.lexical.coverage(query, best_lexical) if self.lexical is not None else 0.0,
+            "dense_margin": dense_ranked[0] - dense_ranked[1] if len(dense_ranked) > 1 else 0.0,
+            "agreement": float(dense_first == lexical_first),
+            "log_length": math.log1p(len(query.raw)),
+            "known_share": self.lexical.known_share(query) if self.lexical is not None else 0.0,
+        }
+        return Retrieval(sources, features)
+
+    def _doc_range(self, doc_no: int) -> tuple[int, int]:
+        """[first, last + 1) chunk numbers of document number `doc_no` (its chunks are contiguous)."""
+        if self._doc_starts is None:
+            docs = np.asarray(self.chunks.chunk_docs)
+            self._doc_starts = np.r_[0, np.flatnonzero(np.diff(docs)) + 1, len(docs)].astype(np.int64)
+        return int(self._doc_starts[doc_no]), int(self._doc_starts[doc_no + 1])
+
+    def _with_document(self, source: Source, doc_no: int) -> Source:
+        """`source` with the sentences (and vectors) of its document's chunks nearest its own, overlaps once."""
+        lo, hi = self._doc_range(doc_no)
+        own = source.chunk.chunk_id
+        nearest = sorted(range(lo, hi), key=lambda i: (abs(i - own), i))[:DOC_CHUNKS]
+        seen, sentences, vectors = set(), [], []
+        for i in sorted(nearest):
+            chunk = source.chunk if i == own else self.chunks[i]
+            vecs = source.sentence_vectors if i == own else self.chunks.sentence_vectors(i)
+            if vecs is None or len(vecs) != len(chunk.sentences):
+                continue
+            for text, vec in zip(chunk.sentences, vecs):
+                if text not in seen:
+                    seen.add(text)
+                    sentences.append(text)
+                    vectors.append(vec)
+        if sentences:
+            source.doc_sentences = tuple(sentences)
+            source.doc_sentence_vectors = np.asarray(vectors, dtype=np.float32)
+        return source
 
     def info(self) -> dict:
         """What is loaded: the manifest plus the index location."""
