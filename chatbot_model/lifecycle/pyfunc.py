@@ -139,7 +139,7 @@ def _index_matches(index_dir: Path, expected: str) -> bool:
         return False
     from chatbot_model.retrieval.chunk_store import STORE_FILES
 
-    files = ("index.faiss", *STORE_FILES)
+    files = ("index.faiss", *STORE_FILES, "lexical/doc_starts.npy")
     return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
 
 
