@@ -37,6 +37,8 @@ NOT_COVERED = (f"Sorry, the knowledge base does not cover that question, so I ha
 GENERIC_NOT_COVERED = ("Sorry, the knowledge base does not cover that question, so I have no answer from it. Ask "
                        "about a topic of its documents, or add documents on your topic to the knowledge base.")
 SOURCE_WEIGHT = 0.1  # how much the retrieval score of a sentence's source adds to its similarity
+FIRST_SOURCE_SHARE = 0.75  # the lead comes from source 1 (the best-ranked document) when its best sentence scores
+# at least this share of the best sentence of any source
 OVERLAP_WEIGHT = 0.5  # how much the share of the question's words found in a sentence adds
 HOW_WEIGHT = 0.15  # added to a sentence holding a command, flag, setting, endpoint or code span, for a how-question
 ASKS_HOW = re.compile(r"\b(how|which|where|what (command|flag|setting|port|endpoint|variable|env|url|value|option|"
@@ -199,6 +201,9 @@ def _select(candidates: list[_Candidate], question: np.ndarray, request: Complet
         return []
     ranked = sorted(candidates, key=lambda c: (-round(c.score, 6), c.source_no, c.position))
     lead = ranked[0]
+    first = next((c for c in ranked if c.source_no == 1), None)  # the best-ranked document's best sentence
+    if first is not None and first.score >= FIRST_SOURCE_SHARE * lead.score:
+        lead = first
     chosen = [lead]
     for c in ranked:
         if len(chosen) == style.max_sentences or c.score < style.relative_floor * lead.score:

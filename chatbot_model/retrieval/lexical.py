@@ -38,7 +38,9 @@ _PARTS = re.compile(r"[_.:/-]")
 STOP_WORDS = frozenset(
     "a an the of to in on for and or is are be do does did i my me it its it's this that these those how what "
     "which where when who why can could would should will with by from as at was were your you we our if not no "
-    "yes about into get got there their them they then than so just like any some again please".split())
+    "yes about into get got there their them they then than so just like any some again please whats wat "
+    "hows im".split())
+TOKENIZER = "v2"  # part of the index fingerprint: a change of `tokenize` rebuilds the index
 
 
 def tokenize(text: str) -> list[str]:
@@ -47,11 +49,10 @@ def tokenize(text: str) -> list[str]:
     for word in _TOKEN.findall(text.lower()):
         parts = [word, *(p for p in _PARTS.split(word) if p)] if _PARTS.search(word) else [word]
         for p in parts:
-            if p in STOP_WORDS:
-                continue
             if len(p) > 4 and p.endswith("s") and not p.endswith("ss"):
                 p = p[:-1]
-            out.append(p)
+            if p not in STOP_WORDS:
+                out.append(p)
     return out
 
 

@@ -11,8 +11,9 @@ dense one, in `lexical/` of the same directory, under the same fingerprint.
 
 Hybrid ranking: a document's score is its best chunk's cosine plus `lexical_weight` times its best chunk's BM25
 divided by the best document's BM25 for that question (so in [0, lexical_weight]). Candidates are the
-documents of the dense search's over-fetch and the best BM25 documents; a document found only by BM25 gets the
-lowest cosine seen among the dense candidates (a lower bound: its cosine was not computed). Each `Source` keeps
+documents of the dense search's over-fetch and the best BM25 documents; a document found only by BM25 is ranked
+with the lowest cosine seen among the dense candidates (a lower bound), and once chosen its source gets the real
+cosine of its best BM25 chunk (read back from the index; the bound when the index cannot). Each `Source` keeps
 the cosine as its `score` and carries the sentences of its whole document (`doc_sentences`, with their vectors)
 for the local answerer. Weight and candidate counts chosen on the dev part of
 artifacts/eval/user_questions.jsonl (docs/answer-quality.md).
@@ -167,7 +168,9 @@ def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk
 def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings) -> str:
     """Changes when the documents, the embedder or the chunking change (and only then)."""
     h = hashlib.sha256()
-    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap]).encode())
+    from chatbot_model.retrieval.lexical import TOKENIZER
+
+    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap, TOKENIZER]).encode())
     for doc in docs:
         h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
@@ -402,9 +405,16 @@ class RAGPipeline:
         k = k or self.settings.top_k
         n_docs = len(self.chunks.documents)
         dense = self.search(vectors, min(max(DENSE_CANDIDATES, 4 * k), n_docs))
-        return [self._fuse(q, found, k) for q, found in zip(questions, dense)]
+        return [self._fuse(q, found, k, v) for q, found, v in zip(questions, dense, vectors)]
 
-    def _fuse(self, question: str, dense: list[Source], k: int) -> Retrieval:
+    def _cosine(self, chunk: int, vector: np.ndarray, default: float) -> float:
+        """The query's cosine with chunk `chunk` (its vector read back from the index), else `default`."""
+        try:
+            return float(np.dot(self.index.reconstruct(int(chunk)), np.asarray(vector, dtype=np.float32)))
+        except (RuntimeError, AttributeError):  # an index without a direct map (ivf): the lower bound
+            return default
+
+    def _fuse(self, question: str, dense: list[Source], k: int, vector: np.ndarray) -> Retrieval:
         from chatbot_model.retrieval.lexical import LexicalQuery
 
         weight = self.settings.lexical_weight if self.lexical is not None else 0.0
@@ -433,9 +443,10 @@ class RAGPipeline:
         sources = []
         for d in ranked:
             source = by_doc.get(d)
-            if source is None:  # found by BM25 only: its best BM25 chunk, the lower-bound cosine
+            if source is None:  # found by BM25 only: its best BM25 chunk and that chunk's cosine
                 lo, hi = self._doc_range(d)
-                source = self._source(lo + int(np.argmax(chunk_scores[lo:hi])), floor)
+                best = lo + int(np.argmax(chunk_scores[lo:hi]))
+                source = self._source(best, self._cosine(best, vector, floor))
             sources.append(self._with_document(source, d))
         dense_ranked = sorted(cosine.values(), reverse=True)
         dense_first = max(cosine, key=cosine.get) if cosine else -1
