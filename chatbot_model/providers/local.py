@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -162,15 +163,17 @@ def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None]:
     return sentences or split_sentences(source.chunk.text), None
 
 
-def _words(text: str) -> set[str]:
+@lru_cache(maxsize=65536)  # knowledge-base sentences come back question after question
+def _words(text: str) -> frozenset[str]:
     from chatbot_model.retrieval.lexical import tokenize
 
-    return set(tokenize(text))
+    return frozenset(tokenize(text))
 
 
-def _facts(text: str) -> set[str]:
-    """The actionable spans of a sentence, normalised (what `_adds_fact` compares)."""
-    return {m.group(0).strip().lower() for m in ACTIONABLE.finditer(text)}
+@lru_cache(maxsize=65536)
+def _facts(text: str) -> frozenset[str]:
+    """The actionable spans of a sentence, normalised (what `_adds_fact` compares and the how-cue looks for)."""
+    return frozenset(m.group(0).strip().lower() for m in ACTIONABLE.finditer(text))
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -182,11 +185,14 @@ def score_sentences(candidates: list[_Candidate], question: np.ndarray, request:
     """Set each candidate's score (module doc): cosine + word overlap + how-cue + source score."""
     asked = _words(request.question)
     how = bool(ASKS_HOW.search(request.question))
-    for c in candidates:
-        c.vector = _unit(np.asarray(c.vector, dtype=np.float32).reshape(-1))
-        c.similarity = float(c.vector @ question)
+    matrix = np.asarray(np.stack([np.asarray(c.vector, dtype=np.float32).reshape(-1) for c in candidates]))
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = matrix / np.where(norms > 0, norms, 1.0)
+    similarity = matrix @ question
+    for c, vector, sim in zip(candidates, matrix, similarity):
+        c.vector, c.similarity = vector, float(sim)
         overlap = len(asked & _words(c.text)) / len(asked) if asked else 0.0
-        cue = HOW_WEIGHT if how and ACTIONABLE.search(c.text) else 0.0
+        cue = HOW_WEIGHT if how and _facts(c.text) else 0.0
         c.score = (c.similarity + OVERLAP_WEIGHT * overlap + cue
                    + SOURCE_WEIGHT * float(request.sources[c.source_no - 1].score))
 

@@ -403,9 +403,24 @@ class RAGPipeline:
         """Hybrid retrieval of questions already embedded (`vectors[i]` is `questions[i]`): the top-k documents
         by cosine + weighted BM25 (module doc), with the abstention features of each question."""
         k = k or self.settings.top_k
-        n_docs = len(self.chunks.documents)
-        dense = self.search(vectors, min(max(DENSE_CANDIDATES, 4 * k), n_docs))
-        return [self._fuse(q, found, k, v) for q, found, v in zip(questions, dense, vectors)]
+        if self.index is None:
+            raise ConfigError("the index is not built; run `llmops-chatbot build-index` or call load_or_build()")
+        n_docs, total = len(self.chunks.documents), len(self.chunks)
+        want = min(max(DENSE_CANDIDATES, 4 * k), n_docs)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, ids = self.index.search(vectors, min(want * 4, total)) if len(vectors) else ([], [])
+        return [self._fuse(q, self._dense_docs(row_s, row_i, want), k, v)
+                for q, row_s, row_i, v in zip(questions, scores, ids, vectors)]
+
+    def _dense_docs(self, scores, ids, want: int) -> dict[int, tuple[int, float]]:
+        """{document number: (its best chunk, cosine)} of one query's dense candidates, best first."""
+        docs, found = self.chunks.chunk_docs, {}
+        for score, i in zip(scores, ids):
+            if i >= 0:
+                found.setdefault(int(docs[i]), (int(i), float(score)))
+                if len(found) == want:
+                    break
+        return found
 
     def _cosine(self, chunk: int, vector: np.ndarray, default: float) -> float:
         """The query's cosine with chunk `chunk` (its vector read back from the index), else `default`."""
@@ -414,13 +429,11 @@ class RAGPipeline:
         except (RuntimeError, AttributeError):  # an index without a direct map (ivf): the lower bound
             return default
 
-    def _fuse(self, question: str, dense: list[Source], k: int, vector: np.ndarray) -> Retrieval:
+    def _fuse(self, question: str, by_doc: dict[int, tuple[int, float]], k: int, vector: np.ndarray) -> Retrieval:
         from chatbot_model.retrieval.lexical import LexicalQuery
 
         weight = self.settings.lexical_weight if self.lexical is not None else 0.0
-        docs = self.chunks.chunk_docs
-        by_doc = {int(docs[s.chunk.chunk_id]): s for s in dense}
-        cosine = {d: float(s.score) for d, s in by_doc.items()}
+        cosine = {d: score for d, (_, score) in by_doc.items()}
         floor = min(cosine.values()) if cosine else -1.0
         query = self.lexical.query(question) if self.lexical is not None else LexicalQuery([], [])
         lexical, chunk_scores = {}, None
@@ -442,8 +455,9 @@ class RAGPipeline:
         ranked = sorted(candidates, key=lambda d: (-fused(d), -cosine.get(d, floor), d))[:k]
         sources = []
         for d in ranked:
-            source = by_doc.get(d)
-            if source is None:  # found by BM25 only: its best BM25 chunk and that chunk's cosine
+            if d in by_doc:
+                source = self._source(*by_doc[d])
+            else:  # found by BM25 only: its best BM25 chunk and that chunk's cosine
                 lo, hi = self._doc_range(d)
                 best = lo + int(np.argmax(chunk_scores[lo:hi]))
                 source = self._source(best, self._cosine(best, vector, floor))
