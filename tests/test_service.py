@@ -117,9 +117,10 @@ def test_batch_is_one_embedding_one_search_and_two_guardrail_calls(make_service,
     questions = ["How do I load a model by alias?", TOXIC, "What does HNSW trade for speed?"]
     single = [service.answer(q) for q in questions]
     calls = {"encode": 0, "check_many": 0, "search": 0}
-    for obj, name in ((service.rag, "encode_queries"), (service.guardrail, "check_many"), (service.rag, "search")):
+    for obj, name in ((service.rag, "encode_queries"), (service.guardrail, "check_many"),
+                      (service.rag, "retrieve_vectors")):  # one FAISS search (and one BM25 pass per question)
         original = getattr(obj, name)
-        key = "encode" if name == "encode_queries" else name
+        key = {"encode_queries": "encode", "retrieve_vectors": "search"}.get(name, name)
 
         def spy(*a, _original=original, _key=key, **kw):
             calls[_key] += 1
