@@ -8,33 +8,37 @@ export TOKENIZERS_PARALLELISM ?= false
 # where `make run` serves: `make run PORT=8100 HOST=0.0.0.0`
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make serve-model` serves on 5001 unless PORT is given (`make serve-model PORT=5002 HOST=0.0.0.0`)
+MODEL_PORT := $(if $(filter-out file default undefined,$(origin PORT)),$(PORT),5001)
+# one install step, said before and timed after, with pip's own progress: $(call step,WHAT,COMMAND)
+step = @echo "==> $(1)"; t0=$$(date +%s); $(2) && echo "==> done in $$(( $$(date +%s) - t0 )) s"
 
 .PHONY: help install install-test install-bench system-test-deps mlserver-venv run chat index test serve-model bench soak clean
 
 help:
-	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model | bench | clean"
+	@echo "make run [PORT=8000 HOST=127.0.0.1] | chat | index | test | serve-model [PORT=5001 HOST=127.0.0.1] | bench | clean"
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(call step,creating the virtualenv $(VENV) with $(PYTHON),$(PYTHON) -m venv $(VENV))
+	$(call step,upgrading pip,$(PIP) install --upgrade pip)
 
 # torch first, pinned: the CPU wheel (a bare `torch` requirement would pull a CUDA build)
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[serve]'
-	touch $@
+	$(call step,installing torch 2.13.0 - the CPU wheel - ~25 s,$(PIP) install torch==2.13.0)
+	$(call step,installing llmops-chatbot with its serve extra - ~70 s on a first run,$(PIP) install -e '.[serve]')
+	@touch $@
 
 # the KServe SDK without its dependencies: tests/test_kserve.py validates the InferenceService against its
 # generated models only; its model-server pins (psutil<6, protobuf<7, grpcio) would downgrade ours
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[test]'
-	$(PIP) install --quiet --no-deps kserve==0.21.0
-	touch $@
+	$(call step,installing the test extra,$(PIP) install -e '.[test]')
+	$(call step,installing the KServe SDK without its dependencies,$(PIP) install --no-deps kserve==0.21.0)
+	@touch $@
 
 # the benchmark peer (LlamaIndex) and tools: the `bench` extra, never a runtime dependency
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[bench]'
-	touch $@
+	$(call step,installing the bench extra - the LlamaIndex peer and tools,$(PIP) install -e '.[bench]')
+	@touch $@
 
 # KServe's MLflow runtime (MLServer + mlserver-mlflow) in its own virtualenv, reused when present: MLServer pins
 # fastapi<0.116 and protobuf<7, ours are newer. torch first (the CPU wheel), then the runtime and this project
@@ -84,8 +88,8 @@ test: install-test system-test-deps mlserver-venv
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install
-	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
-	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p 5001 --host 127.0.0.1
+	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	  $(BIN)/mlflow models serve -m models:/llmops-chatbot@production --env-manager local -p $(MODEL_PORT) --host $(HOST)
 
 # the benchmark suite (BENCHMARKS.md), ~10-13 min; BENCH_ARGS=--quick for a ~4 min smoke run
 bench: $(VENV)/.installed-bench
@@ -93,14 +97,23 @@ bench: $(VENV)/.installed-bench
 
 # requirements.lock: the image's runtime + serve + postgres dependencies, pinned with hashes (the Dockerfile
 # installs it with --require-hashes). torch is left out (the Dockerfile takes the CPU wheel from the PyTorch index);
-# its dependencies are resolved from that wheel. LOCK_TORCH_SOURCE="--find-links DIR" uses a local wheel instead.
-LOCK_TORCH_SOURCE ?= --find-links https://download.pytorch.org/whl/cpu/torch/
+# its dependencies are resolved from the CPU wheel. The package index is pip's own: PIP_INDEX_URL, else
+# `pip config get global.index-url`, else uv's default (PyPI); so it works behind a mirror. The CPU torch wheel
+# comes from LOCK_TORCH_SOURCE when given ("--find-links DIR"), else pip's find-links (PIP_FIND_LINKS or
+# global.find-links), else uv's PyTorch CPU backend (--torch-backend cpu). `make -n lock` shows the command.
+LOCK_TORCH_SOURCE ?=
 .PHONY: lock
 lock: $(BIN)/python
 	$(PIP) install --quiet uv
+	@index="$${PIP_INDEX_URL:-$$($(PIP) config get global.index-url 2>/dev/null)}"; \
+	links="$${PIP_FIND_LINKS:-$$($(PIP) config get global.find-links 2>/dev/null)}"; \
+	torch='$(LOCK_TORCH_SOURCE)'; \
+	if [ -z "$$torch" ]; then for d in $$links; do torch="$$torch --find-links $$d"; done; fi; \
+	torch="$${torch:---torch-backend cpu}"; \
+	set -x; \
 	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --generate-hashes --upgrade \
-	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
-	  $(LOCK_TORCH_SOURCE) --no-emit-package torch --no-emit-package llmops-chatbot \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $${index:+--index-url "$$index"} \
+	  $$torch --no-emit-package torch --no-emit-package llmops-chatbot \
 	  --custom-compile-command "make lock" -o requirements.lock
 # 10 minutes of /chat (8 clients) and /feedback against a fresh server on 127.0.0.1, tracing on (BENCHMARKS.md);
 # SOAK_ARGS="--duration 60" for a short one

@@ -25,11 +25,13 @@ GUARDRAIL_BACKENDS = ("auto", "toxic-bert", "embedded")
 SERVING_BACKENDS = ("in-process", "remote")
 EMBEDDING_BACKENDS = ("auto", "torch", "onnx")  # chatbot_model.retrieval.embedder
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")  # chatbot_model.retrieval.index
+TRACE_SINKS = ("auto", "otlp", "mlflow")  # chatbot_model.tracing.otlp
 NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator, one message shape
     "guardrail_backend": ("guardrail backend", GUARDRAIL_BACKENDS),
     "embedding_backend": ("embedding backend", EMBEDDING_BACKENDS),
     "index_type": ("index type", INDEX_TYPES),
     "serving_backend": ("serving backend", SERVING_BACKENDS),
+    "trace_sink": ("trace sink", TRACE_SINKS),
 }
 
 
@@ -60,6 +62,20 @@ def mask_url(url: str | None) -> str | None:
 def mask_secrets(text: str) -> str:
     """Free text (an error message, a log line) with every `scheme://user:PASSWORD@` password masked."""
     return _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text) if "://" in text else text
+
+
+def default_tracking_uri() -> str:
+    """The store used without MLFLOW_TRACKING_URI: `mlflow.db` in the checkout (the folder holding MLproject),
+    whatever the working directory, so a notebook elsewhere finds the registered model; an installed package
+    without a checkout uses `./mlflow.db`."""
+    if (PROJECT_ROOT / "MLproject").is_file():
+        return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return "sqlite:///mlflow.db"
+
+
+def told_experiment() -> bool:
+    """True when the caller chose the MLflow experiment (MLFLOW_EXPERIMENT_NAME or MLFLOW_EXPERIMENT_ID)."""
+    return bool(os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
 
 
 def _artifact(name: str) -> Path:
@@ -100,8 +116,10 @@ class Settings(BaseSettings):
                                 "scripts/calibrate_abstention.py; {} = the abstain_below floor")
     lexical_weight: float = Field(0.3, ge=0, le=5, description="weight of the BM25 side (normalised to the best "
                                   "document) added to the cosine when ranking documents; 0 = dense only")
-    index_type: str = Field("auto", description="faiss index: auto, flat, hnsw or ivf")
-    embedding_backend: str = Field("auto", description="embedder runtime: auto (onnx when possible), torch or onnx")
+    index_type: str = Field("auto", description="faiss index: auto (exact below 20,000 chunks, IVF above), flat, "
+                            "hnsw or ivf")
+    embedding_backend: str = Field("auto", description="embedder runtime: auto (ONNX Runtime when its export "
+                                   "reproduces the model, else torch), torch or onnx")
     embedding_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads per query; 0 = cores, at most 4")
     embedding_cache_dir: Path | None = Field(None, description="where ONNX exports are cached; "
                                              "unset = ~/.cache/llmops-chatbot")
@@ -110,7 +128,8 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(0, ge=0, le=65536, description="ivf: lists probed per query; 0 = chosen by size")
 
     # guardrail
-    guardrail_backend: str = Field("auto", description=f"one of {list(GUARDRAIL_BACKENDS)}")
+    guardrail_backend: str = Field("auto", description="the classifier that checks questions and answers: auto "
+                                   "(toxic-bert when it loads, else embedded), toxic-bert or embedded")
     toxic_bert_model: str = Field("unitary/toxic-bert", description="hub id or local directory of toxic-bert")
     guardrail_threshold: float = Field(0.5, gt=0, lt=1, description="unsafe when any label >= threshold")
     guardrail_load_timeout_s: float = Field(10.0, gt=0, description="auto: how long to try loading toxic-bert")
@@ -144,19 +163,34 @@ class Settings(BaseSettings):
                                       "open; then one probe request decides (401/403 disable it until the key "
                                       "changes)")
     max_answer_tokens: int = Field(512, ge=16, description="max tokens a remote model may answer")
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"))
-    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"))
+    provider_max_concurrency: int = Field(8, ge=1, le=256, description="provider calls of one batch (pyfunc "
+                                          "`predict` of many rows) in flight at once")
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"),
+                                             description="turns on the `gpt` route's provider; unset = it falls back")
+    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"),
+                                        description="any OpenAI-compatible server (vLLM, Ollama, ...); unset = OpenAI")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATBOT_ANTHROPIC_API_KEY"),
+                                                description="turns on the `claude` route's provider; unset = it falls back")
+    anthropic_base_url: str | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATBOT_ANTHROPIC_BASE_URL"),
+                                           description="a proxy in front of Anthropic's API; unset = Anthropic")
 
     # MLflow
     tracking_uri: str = Field(
-        "sqlite:///mlflow.db",
+        default_factory=default_tracking_uri,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "CHATBOT_TRACKING_URI"),
-        description="MLflow tracking store",
+        description="MLflow tracking store; unset = `mlflow.db` in the checkout (the folder holding MLproject), "
+                    "whatever the working directory (an installed package without a checkout: ./mlflow.db)",
     )
-    experiment_name: str = Field("llmops-chatbot", description="MLflow experiment for chat sessions and traces")
+    experiment_name: str = Field("llmops-chatbot", validation_alias=AliasChoices("MLFLOW_EXPERIMENT_NAME",
+                                                                                 "CHATBOT_EXPERIMENT_NAME"),
+                                 description="MLflow experiment of every command's runs, chat sessions and "
+                                 "traces (`mlflow run` included); MLFLOW_EXPERIMENT_ID chooses one by id")
+    eval_experiment_name: str = Field("llmops-chatbot-eval", description="MLflow experiment of `evaluate` runs "
+                                      "and their per-question traces, apart from users' chat traces "
+                                      "(MLFLOW_EXPERIMENT_NAME/ID, when set, win)")
     tracing: bool = Field(True, description="record one MLflow trace per request")
+    trace_sink: str = Field("auto", description="where traces are written: auto (OTLP to the tracking server when "
+                            "MLFLOW_TRACKING_URI is http(s), else the in-process MLflow writer), otlp or mlflow")
     trace_queue_size: int = Field(2_000, ge=1, description="traces waiting for the background exporter (~6 KB each); when "
                                   "full, new traces are dropped and counted (chatbot_traces_dropped_total)")
     trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the time the trace exporter may "
@@ -196,6 +230,23 @@ class Settings(BaseSettings):
     adaptation_bias_gain: float = Field(0.3, ge=0, le=1, description="most that feedback can raise bias_towards_35")
     adaptation_grounded_share: float = Field(0.3, gt=0, lt=1, description="decayed share of thumbs down that "
                                              "switches to the grounded hint")
+    # attaching stored ratings to their MLflow traces (store/feedback.py)
+    feedback_retry_after_s: float = Field(30.0, ge=0, description="first automatic retry of a rating not yet "
+                                          "attached to its trace, then doubling ...")
+    feedback_retry_cap_s: float = Field(600.0, ge=0, description="... up to this many seconds between retries")
+    feedback_max_attempts: int = Field(12, ge=1, description="tries whose trace is not found before a rating is "
+                                       "marked orphaned (~1 h of backoff at the defaults)")
+    feedback_lease_s: float = Field(120.0, gt=0, description="a rating claimed for attaching is retried by another "
+                                    "process after this long (its claimer crashed)")
+    feedback_retries_per_record: int = Field(10, ge=0, description="older unattached ratings a synchronous "
+                                             "`record` retries")
+    feedback_sync_batch: int = Field(200, ge=1, description="ratings the background attach worker tries per pass")
+    feedback_sync_interval_s: float = Field(5.0, gt=0, description="the background attach worker also wakes this "
+                                            "often for due retries")
+    feedback_sync_share: float = Field(0.15, gt=0, le=1, description="most of the time the attach worker may spend "
+                                       "while requests keep coming (1 = no limit)")
+    tracking_probe_timeout_s: float = Field(2.0, gt=0, description="TCP reachability probe of an http(s) tracking "
+                                            "server before attaching ratings")
 
     # conversations (chatbot_model/store/conversations.py, followup.py)
     conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "
@@ -222,6 +273,9 @@ class Settings(BaseSettings):
         if self.local_reserve_s >= self.request_budget_s:
             raise ValueError(f"local_reserve_s ({self.local_reserve_s:g}) must be below request_budget_s "
                              f"({self.request_budget_s:g}); lower CHATBOT_LOCAL_RESERVE_S")
+        if self.trace_sink == "otlp" and not self.tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(f"CHATBOT_TRACE_SINK=otlp needs an http(s) tracking server as MLFLOW_TRACKING_URI, not "
+                             f"{mask_url(self.tracking_uri)}; set one, or CHATBOT_TRACE_SINK=auto")
         if self.serving_backend == "remote" and not self.scoring_url:
             raise ValueError("serving_backend 'remote' needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):
@@ -263,10 +317,23 @@ def artifact_root(tracking_uri: str) -> str | None:
     return (db.resolve().parent / "mlartifacts").as_uri()
 
 
-def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment (created with a local artifact root for sqlite).
+def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
+    """The id of experiment `name`, created (with a local artifact root for sqlite) when missing."""
+    import mlflow
 
-    Returns the experiment id.
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(tracking_uri or mlflow.get_tracking_uri()))
+    except mlflow.exceptions.MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def configure_mlflow(settings: Settings, experiment_name: str | None = None) -> str:
+    """Point MLflow at the configured store and experiment: MLFLOW_EXPERIMENT_ID when set, else
+    `experiment_name` (default: the settings' experiment). Returns the experiment id.
     """
     import mlflow
 
@@ -274,13 +341,7 @@ def configure_mlflow(settings: Settings) -> str:
     os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses (mlflow run, models serve) see the same store
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: bars are only noise
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
-    if experiment is None:
-        try:
-            experiment_id = mlflow.create_experiment(settings.experiment_name, artifact_location=artifact_root(uri))
-        except mlflow.exceptions.MlflowException:  # another process created it first
-            experiment_id = mlflow.get_experiment_by_name(settings.experiment_name).experiment_id
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(
+        experiment_name or settings.experiment_name, uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

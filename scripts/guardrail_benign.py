@@ -33,7 +33,7 @@ SHORT_TRAIN = [
     "hello world", "a fake answer", "fake reply", "mock response", "stub answer", "sample text", "no idea",
     "not sure", "correct", "wrong", "that's wrong", "try again", "whatever works", "lol ok", "brb", "yo",
 ]
-SHORT_EVAL = [  # held out: never trained on, nor any text equal up to case and punctuation (the examples)
+SHORT_EVAL = [  # held out: never trained on, nor any text equal up to case and punctuation (the identity-sentence examples)
     "ok", "thanks", "thanks!", "yes", "no", "hi", "hello there", "?", "42", "x?", "0", "fake answer",
     "This is a fake reply", "fake-openai answer from gpt-4o-mini", "thank you", "ok cool", "alright", "yes!",
     "no.", "good night", "cheers", "5", "z", "hm?", "what now?", "go ahead", "agreed", "great, thanks",

@@ -8,6 +8,7 @@ The layers, top first. A module may import its own layer and the layers below it
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chatbot_model"
@@ -107,3 +108,23 @@ def test_the_checks_see_an_upward_import_and_a_circle():
 def test_every_module_is_in_a_layer():
     for module in _modules():
         _layer(module)
+
+
+def test_imports_inside_functions_say_why():
+    # an import of the package's own modules (or of the standard library) inside a function hides an arrow of the
+    # graph from a reader: it belongs at the top of the module unless deferring it saves start-up time or keeps a
+    # replacement visible, and then its line says so
+    silent = []
+    for module, path in _modules().items():
+        lines = path.read_text().split("\n")
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                    name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                    own = name.split(".")[0] in ("chatbot_model", *sys.stdlib_module_names)
+                    said = any("#" in line for line in lines[node.lineno - 2:node.end_lineno])  # or just above
+                    if own and not said:
+                        silent.append(f"{module}:{node.lineno} {name}")
+    assert silent == [], "imports inside functions without a reason:\n" + "\n".join(silent)

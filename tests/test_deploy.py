@@ -165,11 +165,11 @@ def test_wheel_builds_like_the_dockerfile(tmp_path):
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     assert "chatbot_model/server/__init__.py" in names, "the FastAPI app is missing from the wheel"
     # package data declared in pyproject: every file that exists in the source is in the wheel
-    for folder in ("guardrail_data", "server/static"):
+    for folder in ("guardrail/data", "server/static", "store/migrations/versions"):
         for path in (ROOT / "chatbot_model" / folder).glob("*"):
             if path.is_file():
                 assert f"chatbot_model/{folder}/{path.name}" in names, f"package data missing: {path.name}"
-    assert any(n.startswith("chatbot_model/guardrail_data/") for n in names)
+    assert any(n.startswith("chatbot_model/guardrail/data/") for n in names)
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheels[0]).read(metadata).decode()
     assert "Requires-Dist: torch==2.13.0" in text and "Provides-Extra: serve" in text

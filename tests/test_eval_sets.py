@@ -31,9 +31,9 @@ def training_texts() -> list[str]:
     spec.loader.exec_module(module)
     trained, _ = module.split_benign(module.benign_corpus())
     from guardrail_templates import template_rows
-    from train_guardrail import ISSUE_SENTENCES
+    from train_guardrail import IDENTITY_SENTENCES
 
-    templates = template_rows(all_eval_texts() + ISSUE_SENTENCES)  # as train_guardrail.py generates them
+    templates = template_rows(all_eval_texts() + IDENTITY_SENTENCES)  # as train_guardrail.py generates them
     return texts + [text for _, _, text in trained] + [r["text"] for r in templates]
 
 

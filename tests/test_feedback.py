@@ -345,7 +345,7 @@ def test_each_rating_weighs_exactly_half_per_half_life_and_the_window_is_bounded
 
 
 def test_each_version_counts_only_the_ratings_given_to_it_after_its_baseline(settings):
-    """Version 2's base already carries version 1's ratings: they are not counted again (issue: 0.60, not 0.45)."""
+    """Version 2's base already carries version 1's ratings: they are not counted again (the bias is 0.45, not 0.60)."""
     clock = Clock(1_800_000_000.0)
     store = FeedbackStore(settings.feedback_db_url, attach=False, clock=clock)
     for _ in range(2):

@@ -150,4 +150,4 @@ def test_generate_dockerfile_installs_the_model_requirements_and_serves(producti
     assert requirements[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"  # the CPU torch wheel
     assert "torch==2.13.0" in requirements and any(r.startswith("mlflow==") for r in requirements)
     assert (out / "model_dir" / "artifacts" / "index" / "index.faiss").is_file()
-    assert (out / "model_dir" / "code" / "chatbot_model" / "pyfunc.py").is_file()
+    assert (out / "model_dir" / "code" / "chatbot_model" / "lifecycle" / "pyfunc.py").is_file()

@@ -65,8 +65,8 @@ def test_logged_model_has_artifacts_code_requirements_signature_and_tags(store):
     local = Path(mlflow.artifacts.download_artifacts(version.version_uri))
     assert {"docs.json", "adapter_hint.txt", "model_settings.json", "index"} <= {p.name for p in (local / "artifacts").iterdir()}
     assert {"index.faiss", "sentences.bin", "sentence_vectors.npy", "manifest.json"} <= {p.name for p in (local / "artifacts" / "index").iterdir()}
-    assert (local / "code" / "chatbot_model" / "pyfunc.py").is_file()
-    assert (local / "code" / "chatbot_model" / "guardrail_data" / "embedded.npz").is_file()
+    assert (local / "code" / "chatbot_model" / "lifecycle" / "pyfunc.py").is_file()
+    assert (local / "code" / "chatbot_model" / "guardrail" / "data" / "embedded.npz").is_file()
     requirements = (local / "requirements.txt").read_text().split()
     assert "torch==2.13.0" in requirements and any(r.startswith("faiss-cpu==") for r in requirements)
 

@@ -115,11 +115,11 @@ def test_bad_questions_are_422_naming_the_field(client, payload, field):
     assert field in body["fields"]
 
 
-def test_lone_surrogate_and_malformed_json_are_422(client):
+def test_lone_surrogate_is_422_and_malformed_json_400(client):  # tests/test_input_errors.py: the JSON messages
     assert_error(client.post("/chat", content=b'{"question": "\\ud800"}',
                              headers={"content-type": "application/json"}), 422, "invalid_input", "question")
     assert_error(client.post("/chat", content=b'{"question": ', headers={"content-type": "application/json"}),
-                 422, "invalid_input", "JSON")
+                 400, "invalid_json", "JSON")
     assert_error(client.post("/chat", content=b'[1, 2]', headers={"content-type": "application/json"}),
                  422, "invalid_input")
 

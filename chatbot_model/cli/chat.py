@@ -16,9 +16,9 @@ from typing import TextIO
 
 import click
 
+from chatbot_model.contract import ChatResult, trim_history
 from chatbot_model.errors import InvalidInput, ProviderError
-from chatbot_model.contract import ChatResult
-from chatbot_model.pipeline.streaming import StreamFailed
+from chatbot_model.pipeline.streaming import DeltaEvent, FinalEvent, ReplaceEvent, StreamFailed
 
 log = logging.getLogger(__name__)
 QUIT = {"q", "quit", "exit"}
@@ -66,7 +66,6 @@ def format_result(result: ChatResult) -> str:
 def stream_answer(service, question: str, history: list | None = None) -> ChatResult:
     """Print the answer as it arrives ("bot> ", then each sentence once the guardrail passed it; the safe reply
     in place of the rest if it stops the answer) and return the whole result."""
-    from chatbot_model.pipeline.streaming import DeltaEvent, FinalEvent, ReplaceEvent
 
     result, started = None, False
     for event in service.stream(question, history):
@@ -93,8 +92,6 @@ def format_effect(change: dict) -> str:
 def run_chat(service, settings, stream: TextIO) -> int:
     """Run the loop until q or end of input; returns the number of answered turns."""
     import mlflow
-
-    from chatbot_model.contract import trim_history
 
     click.echo(banner(service))
     turns = 0

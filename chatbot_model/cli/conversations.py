@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from chatbot_model.errors import ConfigError
+
 
 def _store():
-    from chatbot_model.config import load_settings
-    from chatbot_model.store.conversations import ConversationStore
-    from chatbot_model.errors import ConfigError
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.store.conversations import ConversationStore  # deferred: loads numpy, pydantic, sqlalchemy
 
     store = ConversationStore.from_settings(load_settings())
     if store is None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from chatbot_model.errors import ConfigError
+from chatbot_model.store import migrations
+from chatbot_model.store.db import Database, oneline
 
 
 def _store(url: str | None):
-    from chatbot_model.config import load_settings
-    from chatbot_model.errors import ConfigError
-    from chatbot_model.store.db import Database
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
 
     url = url or load_settings().feedback_db_url
     if not url:
@@ -37,10 +41,6 @@ def upgrade(url: str | None, revision: str) -> None:
     """Bring the schema to the newest revision (a database from before migrations is stamped 0001 first)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from chatbot_model.store import migrations
-    from chatbot_model.errors import ConfigError
-    from chatbot_model.store.db import oneline
-
     store = _store(url)
     engine = store.make_engine()
     try:
@@ -68,13 +68,8 @@ def upgrade(url: str | None, revision: str) -> None:
 @_url_option
 def current(url: str | None) -> None:
     """Print the schema revision of the database (exit 1 when it is not at head)."""
-    from pathlib import Path
 
     from sqlalchemy.exc import SQLAlchemyError
-
-    from chatbot_model.store import migrations
-    from chatbot_model.errors import ConfigError
-    from chatbot_model.store.db import oneline
 
     store = _store(url)
     db_path = store.sqlite_path

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import click
 
+from chatbot_model.errors import ConfigError, NotFound
+from chatbot_model.lifecycle.comparison import table, verdict, version_stats
+from chatbot_model.lifecycle.model_uri import version_by_alias
+from chatbot_model.pipeline.adaptation import AdaptationRule
+
 
 def _store_and_settings():
-    from chatbot_model.config import load_settings
-    from chatbot_model.errors import ConfigError
-    from chatbot_model.store.feedback import FeedbackStore
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.store.feedback import FeedbackStore  # deferred: loads numpy, pydantic, sqlalchemy
 
     settings = load_settings()
     if not settings.feedback_db_url:
         raise ConfigError("no feedback store: set CHATBOT_FEEDBACK_DB_URL (e.g. sqlite:///.chatbot/feedback.db)")
-    return FeedbackStore(settings.feedback_db_url, attach=False), settings
+    return FeedbackStore(settings.feedback_db_url, attach=False, settings=settings), settings
 
 
 @click.group("feedback")
@@ -25,7 +29,6 @@ def feedback() -> None:
 @click.option("--model-version", help="Derive the adaptation state from this model version's ratings only.")
 def stats(model_version: str | None) -> None:
     """Counts by route, model and model version; the current bias_towards_35 and hint."""
-    from chatbot_model.pipeline.adaptation import AdaptationRule
 
     store, settings = _store_and_settings()
     counts = store.stats()
@@ -61,10 +64,6 @@ def compare(name: str | None, champion: str | None, challenger: str | None, min_
     at least --min-ratings each; see chatbot_model/lifecycle/comparison.py)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from chatbot_model.lifecycle.comparison import table, verdict, version_stats
-    from chatbot_model.errors import NotFound
-    from chatbot_model.lifecycle.model_uri import version_by_alias
 
     store, settings = _store_and_settings()
     name = name or settings.registered_model_name

@@ -23,9 +23,9 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
     """Score a model on the golden set; log a run `evaluate`; tag the registered version (eval.status, eval.*).
 
     Exits 1 when the evaluation failed (a metric below its threshold)."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.evaluation import THRESHOLDS
-    from chatbot_model.lifecycle.loop import evaluate_model
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.evaluation import THRESHOLDS  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import evaluate_model  # deferred: loads numpy, pydantic
 
     settings = load_settings()
     uri = model_uri or settings.model_uri
@@ -45,12 +45,24 @@ def evaluate(model_uri: str | None, golden_dir: str | None, genai: bool) -> None
                    f"eval.run_id={report.run_id}")
     if report.evaluation.passed:
         click.echo("PASSED")
-        if report.version:
+        if report.version and _serving(report.name) == report.version:
+            click.echo(f"{report.name} version {report.version} already serves as Production: nothing to promote")
+        elif report.version:
             click.echo(f"next: llmops-chatbot promote-model --name {report.name} --stage Production "
                        f"--version {report.version}")
         return
     click.echo("FAILED: " + "; ".join(report.evaluation.failures))
     raise SystemExit(1)
+
+
+def _serving(name: str) -> str | None:
+    """The version in Production (alias, else stage) on the store `evaluate` used."""
+    from mlflow import MlflowClient
+
+    from chatbot_model.lifecycle.model_uri import production_version  # deferred: --help stays fast
+
+    found = production_version(MlflowClient(), name)
+    return str(found.version) if found is not None else None
 
 
 @click.command("adapt")
@@ -61,8 +73,8 @@ def adapt(name: str | None, always: bool) -> None:
     """Register a new version with the hint and router bias learned from the feedback since Production.
 
     It does not promote: evaluate the new version, then promote-model."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.loop import adapt as run_adapt
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.loop import adapt as run_adapt  # deferred: loads numpy, pydantic
 
     settings = load_settings()
     result = run_adapt(settings, name or None, always=always)

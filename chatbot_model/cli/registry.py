@@ -7,9 +7,11 @@ and the registered/promoted version), so each `mlflow run` is one run with what 
 
 from __future__ import annotations
 
+import os
+
 import click
 
-STAGE_CHOICES = ("Staging", "Production")  # registry.STAGES (kept literal: this module imports only click)
+from chatbot_model.lifecycle.model_uri import STAGES
 
 
 def _blank(value):
@@ -22,8 +24,8 @@ def _blank(value):
 @click.option("--hint-file", default=None, help="Hint file to ship (default: CHATBOT_HINT_PATH, artifacts/adapter_hint.txt).")
 def register_model(name: str | None, docs: str | None, hint_file: str | None) -> None:
     """Log the chatbot as an MLflow pyfunc model and register it as a new version of NAME."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.registry import log_and_register
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.registry import log_and_register  # deferred: loads numpy, pydantic
 
     result = log_and_register(load_settings(), _blank(name), _blank(docs), _blank(hint_file))
     click.echo(f"registered {result.name} version {result.version}")
@@ -36,7 +38,7 @@ def register_model(name: str | None, docs: str | None, hint_file: str | None) ->
 
 @click.command("promote-model")
 @click.option("--name", default=None, help="Registered model name (default: CHATBOT_REGISTERED_MODEL_NAME, llmops-chatbot).")
-@click.option("--stage", required=True, type=click.Choice(STAGE_CHOICES, case_sensitive=False),
+@click.option("--stage", required=True, type=click.Choice(list(STAGES), case_sensitive=False),
               help="Target stage; the alias of the same name (staging/production) moves with it.")
 @click.option("--version", default=None, help="Version to promote (default: the latest).")
 @click.option("--force", is_flag=True,
@@ -48,13 +50,13 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
 
     To Production only a version whose evaluation passed (`llmops-chatbot evaluate`) and that is not worse
     than the current Production version beyond the tolerance; Staging has no gate."""
-    import os
 
     import mlflow
     from mlflow import MlflowClient
 
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused  # deferred: loads pydantic
+    # deferred: loads numpy, pydantic
     from chatbot_model.lifecycle.registry import feedback_store_of, name_step_run, promote, use_store
 
     settings = load_settings()

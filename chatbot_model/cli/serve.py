@@ -1,19 +1,23 @@
-"""`llmops-chatbot serve`: the FastAPI wrapper under uvicorn (imports only click at the top)."""
+"""`llmops-chatbot serve`: the FastAPI wrapper under uvicorn (light at the top: click and the settings)."""
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import click
 
-BACKEND_CHOICES = ("in-process", "remote")  # config.SERVING_BACKENDS (kept literal: this module imports only click)
+from chatbot_model.config import SERVING_BACKENDS, configure_mlflow, load_settings, mask_url
+from chatbot_model.lifecycle.gate import EvaluationGate
+from chatbot_model.lifecycle.loop import evaluate_model
+from chatbot_model.lifecycle.model_uri import resolve_version
+from chatbot_model.lifecycle.registry import log_and_register, promote
 
 
 def ensure_registered_model(settings) -> str | None:
     """Register, evaluate and promote the default model when `settings.model_uri` does not resolve; returns
     what it did. The promotion goes through the evaluation gate like any other (no --force): a default model
     that fails its evaluation is not served, and the error says why."""
-    from chatbot_model.config import configure_mlflow
-    from chatbot_model.lifecycle.model_uri import resolve_version
-
     configure_mlflow(settings)
     try:
         if resolve_version(settings.model_uri):
@@ -21,10 +25,6 @@ def ensure_registered_model(settings) -> str | None:
     except Exception:  # noqa: BLE001 - missing model or alias: register one below
         pass
     from mlflow import MlflowClient
-
-    from chatbot_model.lifecycle.gate import EvaluationGate
-    from chatbot_model.lifecycle.loop import evaluate_model
-    from chatbot_model.lifecycle.registry import log_and_register, promote
 
     registered = log_and_register(settings)
     report = evaluate_model(settings, registered.version_uri)
@@ -36,9 +36,6 @@ def ensure_registered_model(settings) -> str | None:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail at once, before anything is registered or loaded, when HOST:PORT cannot be bound."""
-    import errno
-    import socket
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -59,7 +56,7 @@ def check_port_free(host: str, port: int) -> None:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default=None,
+@click.option("--backend", type=click.Choice(SERVING_BACKENDS), default=None,
               help="in-process (load the model here) or remote (an `mlflow models serve` URL); "
                    "default: CHATBOT_SERVING_BACKEND.")
 @click.option("--model-uri", default=None, help="Model to load in-process (default: CHATBOT_MODEL_URI).")
@@ -74,8 +71,7 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
     check_port_free(host, port)
     import uvicorn
 
-    from chatbot_model.config import load_settings, mask_url
-    from chatbot_model.server.main import create_app
+    from chatbot_model.server.main import create_app  # deferred: loads fastapi, opentelemetry, prometheus_client
 
     overrides = {"serving_backend": backend, "model_uri": model_uri, "scoring_url": scoring_url}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})

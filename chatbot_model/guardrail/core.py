@@ -24,6 +24,10 @@ import numpy as np
 
 from chatbot_model.config import Settings
 from chatbot_model.errors import ConfigError, InvalidInput, unknown_name
+from chatbot_model.guardrail.embedded import CACHED_TEXTS, load_model
+from chatbot_model.guardrail.toxic_bert_onnx import OnnxTextClassifier
+from chatbot_model.retrieval.embedder import get_embedder
+from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +134,6 @@ def _cached_onnx(model: str):
     if directory is None:
         return None
     try:
-        from chatbot_model.guardrail.toxic_bert_onnx import OnnxTextClassifier
-
         return OnnxTextClassifier(directory, export=False)
     except (ImportError, ConfigError, OSError, KeyError, ValueError):
         return None
@@ -139,7 +141,6 @@ def _cached_onnx(model: str):
 
 def export_toxic_bert_onnx(model: str = "unitary/toxic-bert") -> Path:
     """Export toxic-bert (local dir or cached hub id) to ONNX once (needs torch); later loads use it."""
-    from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
     directory = _local_dir(model)
     if directory is None:
@@ -187,8 +188,6 @@ class Embedded(Classifier):
     labels = ("hate", "threat", "insult", "sexual_minors")
 
     def __init__(self, weights: str | Path = EMBEDDED_WEIGHTS, embedder=None):
-        from chatbot_model.guardrail.embedded import load_model
-
         self.model = load_model(str(weights))
         self.labels = self.model.labels
         self._embedder = embedder
@@ -196,15 +195,12 @@ class Embedded(Classifier):
     @property
     def embedder(self):
         if self._embedder is None:
-            from chatbot_model.retrieval.embedder import get_embedder
-
             self._embedder = get_embedder("")
         return self._embedder
 
     def warm(self, chunks) -> None:
         """Score the knowledge base's sentences ahead of the output checks that cite them (the model remembers its
         recent texts); run by the service in a background thread."""
-        from chatbot_model.guardrail.embedded import CACHED_TEXTS
 
         sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
         for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
@@ -288,6 +284,9 @@ def _load_with_timeout(factory: Callable[[], Classifier], timeout_s: float, what
     return box["value"]
 
 
+_AUTO_REASONS_LOGGED: set[str] = set()
+
+
 def _auto(settings: Settings) -> Classifier:
     started = time.perf_counter()
     try:
@@ -295,8 +294,12 @@ def _auto(settings: Settings) -> Classifier:
                                         f"toxic-bert {settings.toxic_bert_model!r}")
     except Exception as exc:
         reason = str(exc).split("; ")[0]  # the fix is said once, below
-        log.warning("guardrail backend: embedded, because %s; to use toxic-bert, %s", reason, HOW_TO_GET_TOXIC_BERT)
-        return CLASSIFIERS["embedded"](settings)
+        if reason not in _AUTO_REASONS_LOGGED:  # once per process, at INFO: `llmops-chatbot doctor` explains it
+            _AUTO_REASONS_LOGGED.add(reason)
+            log.info("guardrail backend: embedded, because %s; to use toxic-bert, %s", reason, HOW_TO_GET_TOXIC_BERT)
+        classifier = CLASSIFIERS["embedded"](settings)
+        classifier.chosen_because = f"auto: {reason}"  # /health shows it
+        return classifier
     log.info("guardrail backend: toxic-bert (%s, loaded in %.1f s)", settings.toxic_bert_model,
              time.perf_counter() - started)
     return classifier

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.retrieval.embedder import embedded_model_path, onnx_session
 
 WEIGHTS = Path(__file__).resolve().parent / "data" / "embedded.npz"
 FEATURES = "char_wb-2-5-v1+encoder-v1"  # the recipe; a weights file trained with another one is refused
@@ -92,8 +93,6 @@ class TokenEmbeddings:
         from tokenizers import Tokenizer
 
         if model_dir is None:
-            from chatbot_model.retrieval.embedder import embedded_model_path
-
             model_dir = embedded_model_path()
         with safe_open(str(Path(model_dir) / "model.safetensors"), "np") as f:
             get = lambda name: f.get_tensor(f"embeddings.{name}").astype(np.float32)  # noqa: E731
@@ -119,8 +118,6 @@ class PolicyEncoder:
     _lock = threading.Lock()
 
     def __init__(self, path: Path, sha256: str, embeddings_sha256: str):
-        from chatbot_model.retrieval.embedder import onnx_session
-
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as exc:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import click
-
+from chatbot_model.contract import AnswerRow, SourceRow, validate_question
 from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 ROWS_PER_PART = 20_000  # default part size when --partitions is not given
@@ -62,7 +62,7 @@ class BatchReport:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
-def _n(count: int, noun: str) -> str:
+def count_of(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
@@ -126,8 +126,6 @@ def read_questions(spark, path: str):
 def _spark_type(annotation):
     from pyspark.sql.types import ArrayType, BooleanType, DoubleType, StringType, StructField, StructType
 
-    from chatbot_model.contract import SourceRow
-
     simple = {str: StringType(), bool: BooleanType(), float: DoubleType()}
     if annotation in simple:
         return simple[annotation]
@@ -141,8 +139,6 @@ def result_type():
     """The UDF's struct: every `AnswerRow` column in order (sources as an array of structs)."""
     from pyspark.sql.types import StructField, StructType
 
-    from chatbot_model.contract import AnswerRow
-
     return StructType([StructField(name, _spark_type(field.annotation))
                        for name, field in AnswerRow.model_fields.items()])
 
@@ -153,8 +149,6 @@ def _check_udf(max_chars: int):
     from pyspark.sql.functions import pandas_udf
 
     def check(rows, questions):
-        from chatbot_model.contract import validate_question
-
         out = []
         for row, question in zip(rows, questions):
             try:
@@ -232,14 +226,14 @@ def _local_model(model_uri: str, dst: str) -> tuple[str, str | None]:
     """The model downloaded once on the driver (spark_udf ships this copy to the workers) and its version."""
     import mlflow
 
-    from chatbot_model.lifecycle.model_uri import resolve_version
-
     version = resolve_version(model_uri)
     return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst), version
 
 
 def _max_question_chars(model_dir: str) -> int:
     """The question limit the model enforces (its logged value unless CHATBOT_MAX_QUESTION_CHARS is set)."""
+  
+    # deferred: loads click, fastapi, mlflow
     from chatbot_model.lifecycle.pyfunc import ARTIFACTS, settings_from_artifacts
 
     artifacts = {key: str(Path(model_dir) / "artifacts" / name) for key, name in ARTIFACTS.items()}
@@ -270,8 +264,6 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
     import mlflow
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType, DoubleType, StringType
-
-    from chatbot_model.contract import AnswerRow
 
     if partitions is not None and partitions < 1:
         raise InvalidInput(f"--partitions must be at least 1, got {partitions}", field="partitions")
@@ -306,7 +298,7 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         done = {p for p in range(parts) if fs.exists(f"{output}/{part_name(p)}")}
         bounds = [total * p // parts for p in range(parts + 1)]
         rows_done = sum(bounds[p + 1] - bounds[p] for p in done)
-        progress(f"{total:,} questions in {_n(parts, 'part')}; {_n(len(done), 'part')} ({rows_done:,} rows) "
+        progress(f"{total:,} questions in {count_of(parts, 'part')}; {count_of(len(done), 'part')} ({rows_done:,} rows) "
                  "already done" + (", skipped" if done else ""))
 
         env = {"CHATBOT_TRACING": "true" if tracing else "false"}
@@ -359,28 +351,3 @@ def batch_score(model_uri: str, input_path: str, output: str, *, master: str = "
         shutil.rmtree(tmp, ignore_errors=True)
         if own:
             spark.stop()
-
-
-@click.command("batch-score")
-@click.option("--model-uri", default="models:/llmops-chatbot@production", show_default=True,
-              help="The model: models:/NAME@alias, models:/NAME/N, runs:/..., or an exported model directory.")
-@click.option("--input", "input_path", required=True,
-              help="Questions: a .parquet, .csv (with a header) or .jsonl file (or Spark directory) with a "
-                   "`question` column.")
-@click.option("--output", required=True,
-              help="Answers: a Parquet directory (one file per part). Rerun with the same value to resume.")
-@click.option("--master", default="local[*]", show_default=True,
-              help="Spark master: local[N], or a cluster (spark://HOST:7077, yarn, k8s://...).")
-@click.option("--partitions", type=int, default=None,
-              help=f"Parts to split the input into (default: one per {ROWS_PER_PART:,} rows); each part is "
-                   "written when done, a rerun skips it.")
-@click.option("--tracing/--no-tracing", default=False, show_default=True,
-              help="Record an MLflow trace per row (off: a big batch would swamp the tracking store).")
-def batch_score_command(model_uri: str, input_path: str, output: str, master: str, partitions: int | None,
-                        tracing: bool) -> None:
-    """Answer every question of a file on Spark (mlflow.pyfunc.spark_udf) into Parquet; resumable."""
-    report = batch_score(model_uri, input_path, output, master=master, partitions=partitions, tracing=tracing,
-                         progress=click.echo)
-    click.echo(f"done: {report.rows:,} rows in {_n(report.parts, 'part')} -> {report.output} "
-               f"({_n(report.skipped, 'part')} skipped, {report.scored:,} rows scored now at "
-               f"{report.rows_per_s:.1f} rows/s; {report.errors:,} rows with an error)")

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 Z_95 = 1.959964
 MIN_RATINGS = 30
-VERDICTS = ("better", "worse", "not yet distinguishable")
 
 
 def wilson(up: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -79,7 +78,7 @@ class VersionStats:
 
 @dataclass
 class Verdict:
-    outcome: str  # one of VERDICTS
+    outcome: str  # "better", "worse" or "not yet distinguishable"
     z: float
     reason: str
 

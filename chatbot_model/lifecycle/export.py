@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 
 from chatbot_model.errors import InvalidInput
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 ADAPTATIONS = ("frozen", "live")
 EXPORT_INFO = "export.json"  # beside MLmodel: where the directory came from
@@ -43,7 +43,7 @@ class Export:
     adaptation: str
 
 
-def _is_remote(dest: str) -> bool:
+def is_remote(dest: str) -> bool:
     return "://" in dest and not dest.startswith("file://")
 
 
@@ -51,8 +51,6 @@ def prepare(model_uri: str, workdir: Path, adaptation: str = "frozen") -> tuple[
     """Download `model_uri` into `workdir/model` and pin its version and adaptation in MLmodel."""
     import mlflow
     from mlflow.models import Model
-
-    from chatbot_model.lifecycle.model_uri import resolve_version
 
     if adaptation not in ADAPTATIONS:
         raise InvalidInput(f"--adaptation {adaptation!r}: choose one of {list(ADAPTATIONS)}", field="adaptation")
@@ -78,7 +76,7 @@ def export_model(model_uri: str, dest: str, adaptation: str = "frozen") -> Expor
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    target = None if _is_remote(dest) else Path(dest.removeprefix("file://")).resolve()
+    target = None if is_remote(dest) else Path(dest.removeprefix("file://")).resolve()
     if target is not None and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidInput(f"--dest {target} exists and is not an empty directory; choose a new one (an export "
                            "is never merged into an older one)", field="dest")
@@ -113,25 +111,3 @@ def check_offline(model_dir: str | Path, question: str = "What is MLflow used fo
     if left:
         raise RuntimeError(f"loading the exported model wrote {left} into the working directory")
     return json.loads(rows[0])
-
-
-@click.command("export-model")
-@click.option("--model-uri", default="models:/llmops-chatbot@production", show_default=True,
-              help="The model to export: models:/NAME@alias, models:/NAME/N, runs:/...")
-@click.option("--dest", required=True, help="A new or empty local directory, or s3://BUCKET/PATH (any MLflow "
-                                            "artifact store URI); KServe's storageUri points at it.")
-@click.option("--adaptation", type=click.Choice(ADAPTATIONS), default="frozen", show_default=True,
-              help="frozen: the version serves alone; live: it follows the ratings in CHATBOT_FEEDBACK_DB_URL.")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Load the local export in a fresh process with no tracking server and no network, and answer "
-                   "one question.")
-def export_model_command(model_uri: str, dest: str, adaptation: str, check: bool) -> None:
-    """Write the self-contained model directory KServe's MLflow runtime (MLServer) loads."""
-    done = export_model(model_uri, dest, adaptation)
-    click.echo(f"exported {model_uri}" + (f" (version {done.version})" if done.version else "")
-               + f" -> {done.dest} (adaptation {adaptation})")
-    if check and not _is_remote(done.dest):
-        row = check_offline(done.dest)
-        click.echo(f"check: loaded offline with no tracking server; answered by {row['provider']} "
-                   f"({len(row['sources'])} sources)")
-    click.echo(f"KServe: set storageUri to {done.dest} in k8s/kserve/inferenceservice.yaml")

@@ -23,6 +23,7 @@ import getpass
 import logging
 
 from chatbot_model.errors import ChatbotError
+from chatbot_model.lifecycle.comparison import MIN_RATINGS, table, verdict, version_stats
 from chatbot_model.lifecycle.evaluation import compare
 from chatbot_model.lifecycle.model_uri import production_version
 
@@ -54,8 +55,6 @@ class EvaluationGate:
     """`gate(model_version, stage)` for `registry.promote`; `lines` holds the side-by-side table it printed."""
 
     def __init__(self, client, name: str, *, force: bool = False, feedback_store=None, min_ratings: int | None = None):
-        from chatbot_model.lifecycle.comparison import MIN_RATINGS
-
         self.client, self.name, self.force = client, name, force
         self.feedback_store, self.min_ratings = feedback_store, min_ratings or MIN_RATINGS
         self.lines: list[str] = []
@@ -108,7 +107,6 @@ class EvaluationGate:
         ratings; None when it is not, or when there is nothing to compare."""
         if self.feedback_store is None or not self.production_version:
             return None
-        from chatbot_model.lifecycle.comparison import table, verdict, version_stats
 
         production = version_stats(self.feedback_store, self.production_version, "production")
         candidate = version_stats(self.feedback_store, version, "candidate")

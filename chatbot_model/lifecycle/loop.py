@@ -29,9 +29,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, ensure_experiment, told_experiment
 from chatbot_model.errors import ConfigError, NotFound
-from chatbot_model.lifecycle.evaluation import TOLERANCE, THRESHOLDS, Evaluation, GoldenSet, evaluate
+from chatbot_model.lifecycle.evaluation import (THRESHOLDS, TOLERANCE, Evaluation, GoldenSet, evaluate,
+                                                first_relevant_rank)
+from chatbot_model.lifecycle.evaluation import fact_coverage as coverage
+from chatbot_model.lifecycle.model_uri import production_version, resolve
+from chatbot_model.lifecycle.registry import log_and_register, name_step_run, use_store
+from chatbot_model.lifecycle.workspace import missing_model_hint
+from chatbot_model.pipeline.adaptation import AdaptationRule
+from chatbot_model.pipeline.adapter import read_hint
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,6 @@ def _run(run_name: str):
     if active is not None:
         yield active
     elif os.environ.get("MLFLOW_RUN_ID"):
-        from chatbot_model.lifecycle.registry import name_step_run
-
         with mlflow.start_run() as run:
             name_step_run(run_name)  # `mlflow run` named it at random
             yield run
@@ -80,9 +85,6 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from chatbot_model.lifecycle.model_uri import resolve
-    from chatbot_model.lifecycle.registry import use_store
-
     use_store(settings)
     client = MlflowClient()
     registered = resolve(client, model_uri)
@@ -92,7 +94,10 @@ def evaluate_model(settings: Settings, model_uri: str, *, golden_dir: str | Path
         # the version alone: adaptation frozen at its own bias and hint, whatever the live feedback says
         model = mlflow.pyfunc.load_model(model_uri, model_config={"adaptation": "frozen"})
     except MlflowException as exc:
-        raise NotFound(f"cannot load {model_uri}: {exc.message}; check the URI and MLFLOW_TRACKING_URI") from None
+        hint = missing_model_hint(model_uri, mlflow.get_tracking_uri()) if registered is None else ""
+        raise NotFound(f"cannot load {model_uri}: {exc.message}; " + (hint or "check the URI and MLFLOW_TRACKING_URI")) from None
+    if not told_experiment():  # evaluation runs and their traces apart from the users' chat traces
+        mlflow.set_experiment(experiment_id=ensure_experiment(settings.eval_experiment_name))
     with _run("evaluate") as run:
 
         def predict(questions: list[str]) -> list[dict]:
@@ -135,9 +140,6 @@ def _genai_view(predict, golden: GoldenSet) -> dict[str, float]:
     """The retrieval questions through `mlflow.genai.evaluate` (code scorers only) in the active run."""
     import mlflow
     from mlflow.genai.scorers import scorer
-
-    from chatbot_model.lifecycle.evaluation import fact_coverage as coverage
-    from chatbot_model.lifecycle.evaluation import first_relevant_rank
 
     def predict_fn(question: str) -> dict:
         row = predict([question])[0]
@@ -208,8 +210,6 @@ def _parent_hint(client, name: str, version, settings: Settings) -> str:
     """The hint the parent version ships: its prompt version, else its adapter_hint.txt artifact."""
     import mlflow
 
-    from chatbot_model.pipeline.adapter import read_hint
-
     uri = (version.tags or {}).get("prompt_uri")
     if uri:
         try:
@@ -228,10 +228,7 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
     import mlflow
     from mlflow import MlflowClient
 
-    from chatbot_model.pipeline.adaptation import AdaptationRule
-    from chatbot_model.store.feedback import FeedbackStore
-    from chatbot_model.lifecycle.model_uri import production_version
-    from chatbot_model.lifecycle.registry import log_and_register, use_store
+    from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
     name = name or settings.registered_model_name
     if not settings.feedback_db_url:
@@ -252,7 +249,7 @@ def adapt(settings: Settings, name: str | None = None, *, always: bool = False,
     parent_bias = float(parent_tags.get("bias_towards_35", settings.bias_towards_35))
     parent_hint = _parent_hint(client, name, parent, settings)
     rule = AdaptationRule.from_settings(settings, base_bias=parent_bias, default_hint=parent_hint)
-    store = FeedbackStore(settings.feedback_db_url, attach=False)
+    store = FeedbackStore(settings.feedback_db_url, attach=False, settings=settings)
     try:  # the rows and weights a live service computes (adaptation.py): one rule, one implementation
         rows = rule.window(store, now=now, since_ts=window_start.timestamp())
     finally:

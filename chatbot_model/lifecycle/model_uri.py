@@ -16,6 +16,8 @@ import re
 
 from chatbot_model.errors import NotFound
 
+STAGES = {"Staging": "staging", "Production": "production"}  # stage -> the alias that names it
+
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
 
 

@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,8 +62,13 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
+from chatbot_model.config import ensure_experiment, load_settings, told_experiment
 from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, check_history, validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
+from chatbot_model.pipeline.service import LLMService
+from chatbot_model.retrieval.chunk_store import STORE_FILES
+from chatbot_model.retrieval.onnx_export import register_onnx_dir
+from chatbot_model.retrieval.rag import RAGPipeline, fingerprint, iter_documents
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +118,6 @@ def invalid(message: str) -> MlflowException:
 def model_settings(settings, guardrail_backend: str | None = None, baseline_ts: float | None = None) -> dict[str, Any]:
     """What model_settings.json holds: `MODEL_FIELDS` and `DEFAULT_FIELDS` of `settings`, and the adaptation
     baseline (default: now)."""
-    import time
 
     out = {name: getattr(settings, name) for name in MODEL_FIELDS + DEFAULT_FIELDS}
     out[BASELINE_KEY] = time.time() if baseline_ts is None else float(baseline_ts)
@@ -123,7 +128,6 @@ def model_settings(settings, guardrail_backend: str | None = None, baseline_ts: 
 
 def settings_from_artifacts(artifacts: dict[str, str]):
     """Settings for the logged model: logged values, env overrides for `DEFAULT_FIELDS` and runtime knobs."""
-    from chatbot_model.config import load_settings
 
     logged = json.loads(Path(artifacts["settings"]).read_text(encoding="utf-8"))
     overrides = {k: logged[k] for k in MODEL_FIELDS if k in logged}
@@ -137,7 +141,6 @@ def _index_matches(index_dir: Path, expected: str) -> bool:
         manifest = json.loads((index_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    from chatbot_model.retrieval.chunk_store import STORE_FILES
 
     files = ("index.faiss", *STORE_FILES, "lexical/doc_starts.npy")
     return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
@@ -152,8 +155,6 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
     `mlflow.pyfunc.load_model(uri, model_config=...)`): `model_version` attributes this model's ratings to
     that registered version; `adaptation: "frozen"` serves the version alone, without the feedback store
     (the evaluation gate scores it so)."""
-    from chatbot_model.retrieval.rag import RAGPipeline, fingerprint, iter_documents
-    from chatbot_model.pipeline.service import LLMService
 
     config = dict(model_config or {})
     settings = settings_from_artifacts(artifacts)
@@ -161,8 +162,6 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
     if config.get("adaptation") == "frozen":
         settings = settings.model_copy(update={"feedback_db_url": ""})
     if ONNX_ARTIFACT in artifacts:
-        from chatbot_model.retrieval.onnx_export import register_onnx_dir
-
         register_onnx_dir(artifacts[ONNX_ARTIFACT])
     expected = fingerprint(iter_documents(settings.docs_path), RAGPipeline(settings).embedder_name, settings)
     if not _index_matches(Path(settings.index_dir), expected):
@@ -179,15 +178,10 @@ def service_from_artifacts(artifacts: dict[str, str], model_config: dict | None 
 
 def _use_experiment(name: str) -> None:
     """Traces of a served model go to the `llmops-chatbot` experiment unless the process chose one already."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+    if told_experiment():
         return
     try:
-        from chatbot_model.config import artifact_root
-
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            mlflow.create_experiment(name, artifact_location=artifact_root(mlflow.get_tracking_uri()))
-        mlflow.set_experiment(name)
+        mlflow.set_experiment(experiment_id=ensure_experiment(name))
     except Exception as exc:  # tracing is best effort: answers must not depend on the store
         log.warning("traces will go to the default experiment (%s)", exc)
 

@@ -33,13 +33,18 @@ from typing import Callable
 
 from chatbot_model.config import PROJECT_ROOT, Settings, configure_mlflow
 from chatbot_model.errors import InvalidInput, NotFound, unknown_name
+from chatbot_model.lifecycle.gate import EvaluationGate
+from chatbot_model.lifecycle.model_uri import STAGES
+from chatbot_model.lifecycle.prompts import link_to_model, promote_prompt, register_hint
+from chatbot_model.pipeline.adapter import read_hint
+from chatbot_model.retrieval.embedder import get_embedder
+from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole package is logged with the model (code_paths)
 MODEL_CODE = Path(__file__).resolve().parent / "model_code.py"
 ARTIFACT_NAME = "model"  # `name=` of the logged model: runs:/RUN_ID/model
-STAGES = {"Staging": "staging", "Production": "production"}  # stage -> alias
 # what the served model imports: the project's own dependencies (pyproject.toml, read from the installed
 # distribution's metadata) plus this list, each pinned to the installed version
 DISTRIBUTION = "llmops-chatbot"
@@ -190,9 +195,10 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
 
     The index is built in `workdir` (seeded from `settings.index_dir` when that holds one, so an up-to-date
     index is reused, never modified)."""
-    from chatbot_model.pipeline.adapter import read_hint
+  
+    # deferred: loads click, fastapi, mlflow
     from chatbot_model.lifecycle.pyfunc import ARTIFACTS, BASELINE_KEY, ONNX_ARTIFACT, model_settings
-    from chatbot_model.retrieval.rag import RAGPipeline, load_documents
+    from chatbot_model.retrieval.rag import RAGPipeline, load_documents  # resolved per call (replaceable at its source)
 
     docs_path = Path(docs or settings.docs_path)
     load_documents(docs_path)  # fail early with a clear message
@@ -229,8 +235,6 @@ def prepare_artifacts(settings: Settings, workdir: Path, docs: str | Path | None
 
 def _embedder_export(settings: Settings) -> Path | None:
     """The ONNX export of the embedded embedder when the model will use it (exported now if not cached)."""
-    from chatbot_model.retrieval.embedder import get_embedder
-    from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
     if settings.embedding_model or settings.embedding_backend == "torch":
         return None
@@ -245,6 +249,7 @@ def log_model(settings: Settings, docs=None, hint_file=None, *, registered_model
     """Log the model into the active run; returns (ModelInfo, tags)."""
     import mlflow
 
+    # deferred: loads click, fastapi, mlflow
     from chatbot_model.lifecycle.pyfunc import INPUT_EXAMPLE, MODEL_CONFIG, SIGNATURE
 
     with tempfile.TemporaryDirectory(prefix="llmops-chatbot-model-") as tmp:
@@ -264,8 +269,6 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
     """Log a new model and register it as the next version of `name`; recorded on the active run (or a new one)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from chatbot_model.pipeline.adapter import read_hint
 
     name = name or settings.registered_model_name
     use_store(settings)
@@ -296,7 +299,6 @@ def log_and_register(settings: Settings, name: str | None = None, docs=None, hin
 def _register_hint(hint: str, model_id: str | None = None) -> str | None:
     """The hint's version in the prompt registry (prompts.py), linked to the logged model; None, with a
     warning, when the store has no prompt registry."""
-    from chatbot_model.lifecycle.prompts import link_to_model, register_hint
 
     try:
         uri = register_hint(hint)
@@ -341,8 +343,6 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
     worse than Production). `force=True` overrides its refusal and records it as `promotion.forced*` tags."""
     from mlflow import MlflowClient
 
-    from chatbot_model.lifecycle.gate import EvaluationGate
-
     stage = canonical_stage(stage)
     alias = STAGES[stage]
     if client is None:
@@ -378,8 +378,6 @@ def promote(name: str, stage: str, version: str | int | None = None, *, gate: Ga
     if stage == "Production":  # the hint it ships becomes prompts:/llmops-chatbot-hint@production
         prompt_uri = (client.get_model_version(name, str(target.version)).tags or {}).get("prompt_uri")
         if prompt_uri:
-            from chatbot_model.lifecycle.prompts import promote_prompt
-
             promote_prompt(prompt_uri)
     forced = gate.record_forced(str(target.version), reason) if isinstance(gate, EvaluationGate) else None
     log.info("%s version %s -> %s (archived %s)", name, target.version, stage, holders)
@@ -391,9 +389,9 @@ def feedback_store_of(settings: Settings | None):
     """The feedback store the promotion gate reads live ratings from (None without one)."""
     if settings is None or not settings.feedback_db_url:
         return None
-    from chatbot_model.store.feedback import FeedbackStore
+    from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
-    return FeedbackStore(settings.feedback_db_url, attach=False)
+    return FeedbackStore(settings.feedback_db_url, attach=False, settings=settings)
 
 
 def _drop_stale_aliases(client, name: str) -> None:

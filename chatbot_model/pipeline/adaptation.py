@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from chatbot_model.pipeline.adapter import GROUNDED_HINT
+from chatbot_model.pipeline.adapter import GROUNDED_HINT, read_hint
 
 log = logging.getLogger(__name__)
 PRIOR = 2.0
@@ -98,8 +98,6 @@ class AdaptationRule:
     def from_settings(cls, settings, *, base_bias: float | None = None, default_hint: str | None = None):
         """Parameters from settings; the base bias and default hint of a loaded model override theirs."""
         if default_hint is None:
-            from chatbot_model.pipeline.adapter import read_hint
-
             default_hint = read_hint(settings.hint_path)
         return cls(base_bias=settings.bias_towards_35 if base_bias is None else float(base_bias),
                    default_hint=default_hint, half_life_s=settings.adaptation_half_life_h * 3600.0,

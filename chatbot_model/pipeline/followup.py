@@ -25,7 +25,7 @@ Two ways, one interface (`Resolution`):
   message, rewrite the message to be a standalone question"). Any failure, an empty or over-long reply, or
   no reply within CHATBOT_CONDENSE_TIMEOUT_S falls back to the offline rule.
 
-Measured on artifacts/eval/conversations.jsonl (see the README's "Conversations" section and `evaluate`).
+Measured on artifacts/eval/conversations.jsonl (see docs/conversations.md and `evaluate`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 
 from chatbot_model.contract import CompletionRequest
+from chatbot_model.guardrail.core import SAFE_REPLY
+from chatbot_model.providers.local import NOT_COVERED
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,6 @@ class Resolution:
     method: str
     refers: bool = False
 
-    @property
-    def resolved(self) -> bool:
-        return self.method in ("offline", "condensed")
-
 
 def refers_back(question: str) -> bool:
     """A pronoun or demonstrative, or an opening like a continuation."""
@@ -85,9 +83,6 @@ def is_followup(question: str) -> bool:
 
 def is_declined(reply: str) -> bool:
     """The reply of an abstained or blocked turn (or none): such a turn is no anchor for a follow-up."""
-    from chatbot_model.guardrail.core import SAFE_REPLY
-    from chatbot_model.providers.local import NOT_COVERED
-
     text = " ".join((reply or "").split())
     return not text or text in (NOT_COVERED, SAFE_REPLY) or bool(DECLINED.search(text[:300]))
 

@@ -11,26 +11,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from chatbot_model.pipeline import followup
-from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.config import Settings
-from chatbot_model.contract import trim_history, validate_history, validate_question
-from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
+from chatbot_model.contract import (ChatResult, Completion, CompletionRequest, Source, trim_history, validate_history,
+                                    validate_question)
 from chatbot_model.errors import ConfigError, InvalidInput, ProviderError
-from chatbot_model.providers.local import KB_TOPIC
+from chatbot_model.guardrail.core import SAFE_REPLY, build_guardrail
+from chatbot_model.pipeline import followup
+from chatbot_model.pipeline.adaptation import SharedAdaptation
+from chatbot_model.pipeline.adapter import REQUEST_HINT, ControlHintAdapter
 from chatbot_model.pipeline.router import ROUTES, HeuristicRouter, Route
-from chatbot_model.contract import ChatResult, Completion, CompletionRequest, Source
 from chatbot_model.pipeline.streaming import STREAM_SINK, stream_answer
+from chatbot_model.providers import PROVIDERS, build_provider
+from chatbot_model.providers.base import reason_of
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
+from chatbot_model.providers.local import KB_TOPIC, not_covered
+from chatbot_model.retrieval.abstention import AbstentionModel
+from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
+from chatbot_model.retrieval.rag import RAGPipeline, is_shipped_corpus
 from chatbot_model.tracing.writer import record_traces
 
 log = logging.getLogger(__name__)
-MAX_CONCURRENT_CALLS = 8
 SUGGEST_NEAR = 0.5  # a declined question whose P(covered) is at least this share of the threshold gets suggestions
 
 
@@ -58,8 +65,6 @@ def _abstention_model(settings: Settings):
     """The settings' abstention model, or None (then the cosine floor decides)."""
     if not settings.abstain_model:
         return None
-    from chatbot_model.retrieval.abstention import AbstentionModel
-
     try:
         return AbstentionModel.from_dict(settings.abstain_model)
     except (KeyError, TypeError, ValueError) as exc:
@@ -85,14 +90,37 @@ def _timed(steps: dict[str, Step], name: str):
         step.end_ns = time.time_ns()
 
 
+@dataclass
+class _Turn:
+    """One question of a batch as it goes through the steps of `LLMService.answer_many`."""
+
+    question: str
+    history: list[dict]
+    resolution: followup.Resolution | None = None
+    rows: list[int] = field(default_factory=list)  # rows of the batch's query vectors: its candidate queries
+    check_in: Any = None
+    sources: list[Source] = field(default_factory=list)
+    retrieval: Any = None  # the kept `rag.Retrieval` (sources and the abstention features)
+    decline: tuple[str, tuple[str, ...]] = ("", ())  # the "not covered" reply and the titles it suggests
+    query_vector: np.ndarray | None = None
+    standalone: str = ""
+    abstained: bool = False
+    route: Route | None = None
+    completion: Completion | None = None
+    fallback: str | None = None
+    check_out: Any = None
+
+    @property
+    def prompt_sources(self) -> list[Source]:
+        return [] if self.abstained else self.sources
+
+
 class LLMService:
     """Orchestrates one request or a batch; components are injected (tests pass real ones with fakes inside)."""
 
     def __init__(self, settings: Settings, *, guardrail, rag, router: HeuristicRouter,
                  adapter: ControlHintAdapter, providers: dict | None = None, feedback_store=None,
                  model_version: str | None = None, adaptation_since_ts: float | None = None):
-        from chatbot_model.providers import PROVIDERS, build_provider
-
         self.settings = settings
         self.guardrail = guardrail
         self.rag = rag
@@ -100,7 +128,7 @@ class LLMService:
         self.adapter = adapter
         self.providers = providers or {name: build_provider(name, settings) for name in PROVIDERS}
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
-        self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="provider")
+        self._pool = ThreadPoolExecutor(max_workers=settings.provider_max_concurrency, thread_name_prefix="provider")
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
         self.abstention = _abstention_model(settings)
         self._kb_topic: str | None | bool = False  # not looked up yet
@@ -112,8 +140,6 @@ class LLMService:
         # with a feedback store, bias and hint come from the state shared by every process (adaptation.py)
         self.feedback_store, self.model_version, self.adaptation = feedback_store, model_version, None
         if feedback_store is not None:
-            from chatbot_model.pipeline.adaptation import SharedAdaptation
-
             self.adaptation = SharedAdaptation.from_settings(
                 feedback_store, settings, base_bias=router.bias_towards_35, default_hint=adapter.default_hint,
                 since_ts=adaptation_since_ts)
@@ -128,15 +154,13 @@ class LLMService:
         The feedback store is `CHATBOT_FEEDBACK_DB_URL` unless one is passed (an empty URL: none, in-memory
         feedback as before).
         """
-        from chatbot_model.store.feedback import FeedbackStore
-        from chatbot_model.guardrail.core import build_guardrail
-        from chatbot_model.retrieval.rag import RAGPipeline
+        from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
 
         adapter = ControlHintAdapter(hint) if hint else ControlHintAdapter.from_file(settings.hint_path)
         router = HeuristicRouter(settings.bias_towards_35 if bias is None else bias)
         rag = RAGPipeline(settings).load_or_build(docs_path, progress=progress)
         if feedback_store is None and settings.feedback_db_url:
-            feedback_store = FeedbackStore(settings.feedback_db_url)
+            feedback_store = FeedbackStore(settings.feedback_db_url, settings=settings)
         return cls(settings, guardrail=build_guardrail(settings), rag=rag, router=router, adapter=adapter,
                    providers=providers, feedback_store=feedback_store, model_version=model_version,
                    adaptation_since_ts=adaptation_since_ts)
@@ -158,103 +182,120 @@ class LLMService:
         `histories[i]`: the earlier turns of question i's conversation (`contract.validate_history`), trimmed
         to CHATBOT_HISTORY_MAX_MESSAGES / _CHARS. `deadline` bounds the provider calls of the whole batch
         (default: CHATBOT_REQUEST_BUDGET_S from when they start); `deadline.cancel()` from another thread ends
-        the remote calls at once (local answers)."""
+        the remote calls at once (local answers). Each step below runs once for the whole batch."""
+        turns = self._turns(questions, histories)
+        if not turns:
+            return []
+        t0 = time.time_ns()
+        steps: dict[str, Step] = {}
+        with _timed(steps, "condense"):
+            self._resolve_followups(turns)
+        with _timed(steps, "embed"):
+            vectors = self._embed(turns)
+        with _timed(steps, "guardrail_input"):
+            self._check_questions(turns, vectors)
+        safe = [t for t in turns if t.check_in.safe]
+        with _timed(steps, "retrieval"):
+            self._retrieve(safe, vectors)
+        self._abstain(safe)
+        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
+        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
+        with _timed(steps, "routing"):
+            for turn in safe:
+                turn.route = self.router.route(turn.question, bias=bias)
+        with _timed(steps, "llm"):
+            self._complete(safe, hint, deadline)
+        with _timed(steps, "guardrail_output"):
+            checks = self._check_answers({i: turn.completion for i, turn in enumerate(safe)})
+            for i, turn in enumerate(safe):
+                turn.check_out = checks[i]
+        results = [self._result(turn, (time.time_ns() - t0) / 1e6) for turn in turns]
+        if self.settings.tracing:
+            self._trace(results, steps, [turn.check_in for turn in turns], t0, hint)
+        return results
+
+    # ------------------------------------------------------------ the steps of answer_many
+    def _turns(self, questions, histories) -> list["_Turn"]:
+        """Validated questions and trimmed histories, one `_Turn` each."""
         if not isinstance(questions, (list, tuple)):
             raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
         many = len(questions) > 1
         qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
               for i, q in enumerate(questions)]
-        hs = self._histories(histories, len(qs), many)
-        if not qs:
-            return []
-        t0 = time.time_ns()
-        steps: dict[str, Step] = {}
+        return [_Turn(q, h) for q, h in zip(qs, self._histories(histories, len(qs), many))]
 
-        with _timed(steps, "condense"):
-            resolutions = self._resolve(qs, hs)
-        with _timed(steps, "embed"):  # the questions, then the extra queries of follow-ups: one call
-            extra = [(i, c) for i, r in enumerate(resolutions) for c in r.candidates if c != qs[i]]
-            encoded = self.rag.encode_queries(qs + [c for _, c in extra])
-            vectors = encoded[:len(qs)]
-        with _timed(steps, "guardrail_input"):
-            shared = vectors if self._guardrail_shares_embedder() else None
-            checks_in = self.guardrail.check_many(qs, vectors=shared)
-        ok = [i for i, c in enumerate(checks_in) if c.safe]
-        row_of_extra = {key: len(qs) + n for n, key in enumerate(extra)}
-        rows_of = {i: [i if c == qs[i] else row_of_extra[i, c] for c in resolutions[i].candidates] for i in ok}
-        with _timed(steps, "retrieval"):
-            wanted = [row for i in ok for row in rows_of[i]]
-            texts = qs + [c for _, c in extra]
-            found = dict(zip(wanted, self.rag.retrieve_vectors([texts[r] for r in wanted], encoded[wanted]))) \
-                if wanted else {}
-        sources, kept_retrieval, standalone, query_vectors = {}, {}, {}, {}
-        for i in ok:
-            kept = followup.choose(resolutions[i], [found[row] for row in rows_of[i]], self.covered)
-            kept_retrieval[i] = found[rows_of[i][kept]]
-            sources[i] = kept_retrieval[i].sources
-            query_vectors[i] = encoded[rows_of[i][kept]]
-            standalone[i] = resolutions[i].candidates[kept] if hs[i] else ""
-        # not covered: the abstention model (or, without one, the cosine floor) says the knowledge base does not
-        # answer it; the provider then gets no sources and build_prompt tells it to say so (the local answerer
-        # replies NOT_COVERED, with the closest titles when the question was near the floor)
-        abstain = {i for i in ok if not sources[i] or not self.covered(kept_retrieval[i])}
-        if abstain:
-            log.info("abstained on %d of %d questions (not covered)", len(abstain), len(ok))
-        prompt_sources = {i: [] if i in abstain else sources[i] for i in ok}
-        declines = {i: self._decline(kept_retrieval[i]) for i in abstain}
-        bias, hint = self.current_state()  # this request's snapshot; shared components are never written
-        hint = REQUEST_HINT.get() or hint  # a caller's own system prompt, when the server allows it
-        with _timed(steps, "routing"):
-            routes = {i: self.router.route(qs[i], bias=bias) for i in ok}
-        with _timed(steps, "llm"):
-            requests = {i: CompletionRequest(system=hint, prompt=build_prompt(qs[i], prompt_sources[i], self.kb_topic,
-                                                                              declines.get(i, ("", ()))[1]),
-                                             question=qs[i], sources=prompt_sources[i], model="",
-                                             question_vector=query_vectors[i], history=hs[i],
-                                             decline=declines.get(i, ("", ()))[0]) for i in ok}
-            answers = self._complete_all(requests, routes, deadline)
-        with _timed(steps, "guardrail_output"):
-            checks_out = self._check_answers({i: answers[i][0] for i in ok})
+    def _resolve_followups(self, turns: list["_Turn"]) -> None:
+        for turn, resolution in zip(turns, self._resolve([t.question for t in turns], [t.history for t in turns])):
+            turn.resolution = resolution
 
-        elapsed_ms = (time.time_ns() - t0) / 1e6
-        results = []
-        for i, q in enumerate(qs):
-            if i not in sources:
-                results.append(self._blocked(q, checks_in[i], "input", elapsed_ms))
-                continue
-            completion, fallback = answers[i]
-            result = ChatResult(
-                question=q, standalone_question=standalone[i], answer=completion.text,
-                sources=[s.to_dict() for s in prompt_sources[i]],
-                abstained=i in abstain,
-                route=routes[i].name, provider=completion.provider, model=completion.model, fallback=fallback,
-                route_reasons=routes[i].reasons, guardrail=checks_out[i].to_dict(), latency_ms=round(elapsed_ms, 2))
-            if not checks_out[i].safe:
-                result = self._blocked(q, checks_out[i], "output", elapsed_ms, result)
-            results.append(result)
-        for result in results:
-            result.model_version = self.model_version
-        if self.settings.tracing:
-            self._trace(results, steps, checks_in, t0, hint)
-        return results
+    def _embed(self, turns: list["_Turn"]) -> np.ndarray:
+        """One embedding call: the questions first (row i = turn i), then the extra queries of follow-ups; each
+        turn learns the rows of its candidate queries."""
+        texts = [t.question for t in turns]
+        for turn_no, turn in enumerate(turns):
+            turn.rows = []
+            for candidate in turn.resolution.candidates:
+                if candidate == turn.question:
+                    turn.rows.append(turn_no)
+                else:
+                    turn.rows.append(len(texts))
+                    texts.append(candidate)
+        return self.rag.encode_queries(texts)
+
+    def _check_questions(self, turns: list["_Turn"], vectors: np.ndarray) -> None:
+        shared = vectors[:len(turns)] if self._guardrail_shares_embedder() else None
+        for turn, check in zip(turns, self.guardrail.check_many([t.question for t in turns], vectors=shared)):
+            turn.check_in = check
+
+    def _retrieve(self, turns: list["_Turn"], vectors: np.ndarray) -> None:
+        """One retrieval call (one FAISS search, BM25 per query) for every candidate query; each turn keeps the
+        candidate `followup.choose` picks."""
+        text_of = {row: text for turn in turns for row, text in zip(turn.rows, turn.resolution.candidates)}
+        wanted = [row for turn in turns for row in turn.rows]
+        found = dict(zip(wanted, self.rag.retrieve_vectors([text_of[r] for r in wanted], vectors[wanted]))) \
+            if wanted else {}
+        for turn in turns:
+            kept = followup.choose(turn.resolution, [found[row] for row in turn.rows], self.covered)
+            turn.retrieval = found[turn.rows[kept]]
+            turn.sources = turn.retrieval.sources
+            turn.query_vector = vectors[turn.rows[kept]]
+            turn.standalone = turn.resolution.candidates[kept] if turn.history else ""
+
+    def _abstain(self, turns: list["_Turn"]) -> None:
+        """Not covered: the abstention model (or, without one, the cosine floor) says the knowledge base does not
+        answer it; the provider then gets no sources and build_prompt tells it to say so (the local answerer
+        replies NOT_COVERED, with the closest titles when the question came near being covered)."""
+        for turn in turns:
+            turn.abstained = not turn.sources or not self.covered(turn.retrieval)
+            if turn.abstained:
+                turn.decline = self._decline(turn.retrieval)
+        if any(turn.abstained for turn in turns):
+            log.info("abstained on %d of %d questions (not covered)", sum(turn.abstained for turn in turns),
+                     len(turns))
+
+    def _complete(self, turns: list["_Turn"], hint: str, deadline: Deadline | None) -> None:
+        requests = {i: CompletionRequest(system=hint, prompt=build_prompt(t.question, t.prompt_sources, self.kb_topic,
+                                                                          t.decline[1]),
+                                         question=t.question, sources=t.prompt_sources, model="",
+                                         question_vector=t.query_vector, history=t.history, decline=t.decline[0])
+                    for i, t in enumerate(turns)}
+        answers = self._complete_all(requests, {i: t.route for i, t in enumerate(turns)}, deadline)
+        for i, turn in enumerate(turns):
+            turn.completion, turn.fallback = answers[i]
 
     @property
     def kb_topic(self) -> str | None:
         """What the knowledge base is about, for the "not covered" reply: the shipped one's topic, None for
         other documents (generic wording)."""
         if self._kb_topic is False:
-            from chatbot_model.retrieval.rag import is_shipped_corpus
-
             self._kb_topic = KB_TOPIC if is_shipped_corpus(getattr(self.rag, "manifest", {}) or {}) else None
         return self._kb_topic
 
     def _decline(self, retrieval) -> tuple[str, tuple[str, ...]]:
         """(the local "not covered" reply, the titles it suggests): the two closest document titles when the
         question came near being covered (`SUGGEST_NEAR`)."""
-        from chatbot_model.providers.local import not_covered
-
         near = False
-        if retrieval.sources:
+        if retrieval is not None and retrieval.sources:
             if self.abstention is not None:
                 near = self.abstention.probability(retrieval.features) >= SUGGEST_NEAR * self.abstention.threshold
             else:
@@ -265,11 +306,26 @@ class LLMService:
     def covered(self, retrieval) -> bool:
         """Does the knowledge base answer the question that made `retrieval`? The abstention model's decision
         (settings.abstain_model), else the best cosine against settings.abstain_below."""
-        if not retrieval.sources:
+        if retrieval is None or not retrieval.sources:
             return False
         if self.abstention is not None:
             return self.abstention.covered(retrieval.features)
         return retrieval.best_score >= self.settings.abstain_below
+
+    def _result(self, turn: "_Turn", elapsed_ms: float) -> ChatResult:
+        if not turn.check_in.safe:
+            result = self._blocked(turn.question, turn.check_in, "input", elapsed_ms)
+        else:
+            completion = turn.completion
+            result = ChatResult(
+                question=turn.question, standalone_question=turn.standalone, answer=completion.text,
+                sources=[s.to_dict() for s in turn.prompt_sources], abstained=turn.abstained,
+                route=turn.route.name, provider=completion.provider, model=completion.model, fallback=turn.fallback,
+                route_reasons=turn.route.reasons, guardrail=turn.check_out.to_dict(), latency_ms=round(elapsed_ms, 2))
+            if not turn.check_out.safe:
+                result = self._blocked(turn.question, turn.check_out, "output", elapsed_ms, result)
+        result.model_version = self.model_version
+        return result
 
     def _resolve(self, qs: list[str], hs: list[list[dict]]) -> list[followup.Resolution]:
         """What retrieval searches for each question (`followup`): with history and a remote provider, its
@@ -328,13 +384,9 @@ class LLMService:
         return out
 
     def _guardrail_shares_embedder(self) -> bool:
-        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
-
         return self.rag.embedder_name == EMBEDDED_MODEL
 
     def _blocked(self, question: str, check, where: str, elapsed_ms: float, result: ChatResult | None = None):
-        from chatbot_model.guardrail.core import SAFE_REPLY
-
         base = result or ChatResult(question=question, answer="", sources=[], route="blocked",
                                     provider="guardrail", model=check.backend)
         base.answer, base.blocked, base.blocked_by = SAFE_REPLY, True, where
@@ -378,7 +430,6 @@ class LLMService:
 
         The reason shown is a short category per provider ("openai: server error (500) x3"); the upstream
         detail is logged, never returned."""
-        from chatbot_model.providers.base import reason_of
 
         reasons = []
         sink = STREAM_SINK.get()  # a streamed request (LLMService.stream): the answer goes out as it comes
@@ -441,6 +492,8 @@ class LLMService:
         """What is active: guardrail backend, embedder, index, providers and whether they have keys."""
         return {
             "guardrail": self.guardrail.backend,
+            **({"guardrail_reason": why} if (why := getattr(self.guardrail.classifier, "chosen_because", None))
+               else {}),
             "embedder": self.rag.embedder_name,
             "index": self.rag.info(),
             "providers": {name: p.status() for name, p in self.providers.items()},
@@ -453,6 +506,6 @@ class LLMService:
         exporter (`chatbot_model.tracing.writer`). Never fails or slows the request."""
         try:
             record_traces(results, steps, checks_in, t0, hint, queue_size=self.settings.trace_queue_size,
-                          share=self.settings.trace_export_share)
+                          share=self.settings.trace_export_share, sink=self.settings.trace_sink)
         except Exception as exc:  # tracing is best effort: an unreachable store must not fail answers
             log.warning("could not record the trace: %s", exc)

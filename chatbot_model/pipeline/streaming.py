@@ -29,9 +29,10 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator
 
-from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
+from chatbot_model.contract import AnswerRow, Completion, CompletionRequest
 from chatbot_model.errors import ChatbotError, ProviderError
-from chatbot_model.contract import Completion, CompletionRequest
+from chatbot_model.guardrail.core import SAFE_REPLY
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,6 @@ class Sink:
         return True
 
     def _replace(self) -> None:
-        from chatbot_model.guardrail.core import SAFE_REPLY
-
         self.put(ReplaceEvent(SAFE_REPLY))
 
 
@@ -217,7 +216,6 @@ def stream_answer(service, question: str, history: list[dict] | None = None,
     before any event; a failure after the first event raises from the generator (StreamFailed, ProviderError).
     Closing the generator early cancels `deadline` (default: the server's `REQUEST_DEADLINE`, else a fresh
     CHATBOT_REQUEST_BUDGET_S) and with it the upstream call."""
-    from chatbot_model.contract import AnswerRow
 
     deadline = deadline or REQUEST_DEADLINE.get() or Deadline.start(
         service.settings.request_budget_s, service.settings.local_reserve_s, service.clock)

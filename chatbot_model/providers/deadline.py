@@ -89,9 +89,6 @@ class Deadline:
             if callback in self._on_cancel:
                 self._on_cancel.remove(callback)
 
-    def expired(self) -> bool:
-        return self.remaining() <= 0.0
-
 
 # the deadline of the request being served in this context (set by the HTTP server); the service uses it when
 # no deadline is passed explicitly

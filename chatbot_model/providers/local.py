@@ -27,8 +27,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from chatbot_model.providers.base import Provider
 from chatbot_model.contract import Completion, CompletionRequest, Source
+from chatbot_model.retrieval.lexical import tokenize
+from chatbot_model.providers.base import Provider
+from chatbot_model.retrieval.embedder import get_embedder
 
 MODEL_NAME = "extractive-v1"
 KB_TOPIC = ("llmops-chatbot and MLflow: tracking and tracing, the model registry, serving and deploying the "
@@ -138,8 +140,6 @@ class LocalProvider(Provider):
         if question is None:
             texts.insert(0, request.question)
         if texts:
-            from chatbot_model.retrieval.embedder import get_embedder
-
             encoded = get_embedder(self.settings.embedding_model, settings=self.settings).encode(texts)
             if question is None:
                 question, encoded = encoded[0], encoded[1:]
@@ -165,8 +165,6 @@ def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None]:
 
 @lru_cache(maxsize=65536)  # knowledge-base sentences come back question after question
 def _words(text: str) -> frozenset[str]:
-    from chatbot_model.retrieval.lexical import tokenize
-
     return frozenset(tokenize(text))
 
 

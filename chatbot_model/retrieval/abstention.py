@@ -23,9 +23,12 @@ training questions (`choose_threshold`). The fitted model is a small dict (`to_d
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import numpy as np
+
+from chatbot_model.retrieval.rag import split_sentences
 
 FEATURES = ("dense_best", "lexical_coverage", "dense_margin", "agreement", "log_length", "known_share")
 
@@ -107,10 +110,6 @@ def pseudo_questions(docs, *, per_document: int = 4, seed: int = 0) -> list[str]
     """Covered questions made from the documents alone, for calibrating on a user's own knowledge base: each
     title in lower case, and `per_document` word windows (3 to 8 words) of random sentences of each document,
     the way people type fragments of what they read. Seeded: the same documents give the same questions."""
-    import random
-
-    from chatbot_model.retrieval.rag import split_sentences
-
     rng = random.Random(seed)
     out = []
     for doc in docs:

@@ -71,9 +71,6 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-TorchEmbedder = Embedder
-
-
 # ---------------------------------------------------------------- ONNX Runtime
 def default_threads() -> int:
     """Threads for one query: the cores of this process (cgroup/affinity aware), at most 4."""

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from chatbot_model.config import INDEX_TYPES
+from chatbot_model.errors import unknown_name
 
 log = logging.getLogger(__name__)
 FLAT_MAX = 20_000
@@ -34,8 +35,6 @@ CLASS_TO_TYPE = {"IndexFlatIP": "flat", "IndexHNSWFlat": "hnsw", "IndexIVFFlat":
 def choose_index_type(n: int, requested: str = "auto") -> str:
     """`requested` unless `auto`: flat below FLAT_MAX vectors, else ivf. Tiny corpora are always flat."""
     if requested not in INDEX_TYPES:
-        from chatbot_model.errors import unknown_name
-
         raise unknown_name("index type", requested, list(INDEX_TYPES))
     if requested == "auto":
         return "flat" if n < FLAT_MAX else "ivf"

@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 from chatbot_model.errors import ConfigError
@@ -139,7 +141,6 @@ def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None, 
 
     head "hidden": a sentence-transformers embedder (last hidden state; pooling runs in numpy);
     head "logits": a sequence classifier (logits; the caller applies sigmoid or softmax)."""
-    import time
 
     src, target = Path(src), Path(target)
     config = st_config(src) if head == "hidden" else classifier_config(src)
@@ -171,7 +172,6 @@ def export_onnx(src: str | Path, target: str | Path, *, key: str | None = None, 
     try:
         ids = torch.ones(2, 16, dtype=torch.long)
         names = ["input_ids", "attention_mask", "token_type_ids"]
-        import warnings
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -27,10 +27,11 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
-from dataclasses import asdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import math
@@ -38,9 +39,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot_model.config import Settings
-from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.config import DEFAULT_ARTIFACTS, Settings
 from chatbot_model.contract import Chunk, Document, Source
+from chatbot_model.retrieval.lexical import TOKENIZER, LexicalIndex, LexicalQuery
+from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
+from chatbot_model.retrieval.embedder import EMBEDDED_MODEL, get_embedder
+from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, build_index, choose_index_type
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
@@ -168,8 +173,6 @@ def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk
 def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings) -> str:
     """Changes when the documents, the embedder or the chunking change (and only then)."""
     h = hashlib.sha256()
-    from chatbot_model.retrieval.lexical import TOKENIZER
-
     h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap, TOKENIZER]).encode())
     for doc in docs:
         h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
@@ -186,8 +189,6 @@ def documents_digest(docs: Iterable[Document]) -> str:
 
 def is_shipped_corpus(manifest: dict) -> bool:
     """Is the index built from the knowledge base shipped in artifacts/docs.json?"""
-    from chatbot_model.config import DEFAULT_ARTIFACTS
-
     shipped = DEFAULT_ARTIFACTS / "docs.json"
     if not manifest.get("documents_digest") or not shipped.exists():
         return False
@@ -226,15 +227,11 @@ class RAGPipeline:
     @property
     def embedder(self):
         if self._embedder is None:
-            from chatbot_model.retrieval.embedder import get_embedder
-
             self._embedder = get_embedder(self.settings.embedding_model, settings=self.settings)
         return self._embedder
 
     @property
     def embedder_name(self) -> str:
-        from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
-
         return self.settings.embedding_model or EMBEDDED_MODEL
 
     # -- building and loading
@@ -257,8 +254,6 @@ class RAGPipeline:
         vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
         chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
         self.index, index_params = self._make_index(chunk_vecs)
-        from chatbot_model.retrieval.lexical import LexicalIndex
-
         self.lexical = LexicalIndex.build(chunks)
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
                          "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
@@ -275,13 +270,21 @@ class RAGPipeline:
         from tqdm.auto import tqdm
 
         batch = 128
+        if progress and texts:  # say what happens before the first batch: loading (or exporting) the embedder
+            tqdm.write(f"embedding {len(texts)} texts (chunks and their sentences) in "
+                       f"{-(-len(texts) // batch)} batches; loading the embedder {self.embedder_name} "
+                       "(a first run exports it to ONNX once, ~30 s) ...", file=sys.stderr)
+            started = time.perf_counter()
+            self.embedder.encode(texts[:1])
+            tqdm.write(f"embedder ready ({getattr(self.embedder, 'backend', '') or 'torch'}) in "
+                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
         parts = [self.embedder.encode(texts[i:i + batch])
-                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress)]
+                 for i in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress,
+                               miniters=1, mininterval=0)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def _make_index(self, vectors: np.ndarray):
         """(index, params) of the type `settings.index_type` asks for (auto: by corpus size, see index.py)."""
-        from chatbot_model.retrieval.index import build_index
 
         s = self.settings
         return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
@@ -290,8 +293,6 @@ class RAGPipeline:
     def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
         """Write the index directory (atomically), then map its chunk store."""
         import faiss
-
-        from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
 
         target = Path(self.settings.index_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -312,15 +313,10 @@ class RAGPipeline:
             raise
         self.chunks = ChunkStore(target)
         self._doc_starts = None
-        from chatbot_model.retrieval.lexical import LexicalIndex
-
         self.lexical = LexicalIndex.load(target)  # the memory-mapped copy
 
     def _load(self, fp: str) -> bool:
         import faiss
-
-        from chatbot_model.retrieval.chunk_store import ChunkStore
-        from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, choose_index_type
 
         root = Path(self.settings.index_dir)
         try:
@@ -340,8 +336,6 @@ class RAGPipeline:
                 ivf_nprobe=self.settings.ivf_nprobe)
             manifest["index_type"] = manifest["index_params"]["type"]
             self.chunks = ChunkStore(root)
-            from chatbot_model.retrieval.lexical import LexicalIndex
-
             self.lexical = LexicalIndex.load(root)
             self._doc_starts = None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -430,8 +424,6 @@ class RAGPipeline:
             return default
 
     def _fuse(self, question: str, by_doc: dict[int, tuple[int, float]], k: int, vector: np.ndarray) -> Retrieval:
-        from chatbot_model.retrieval.lexical import LexicalQuery
-
         weight = self.settings.lexical_weight if self.lexical is not None else 0.0
         cosine = {d: score for d, (_, score) in by_doc.items()}
         floor = min(cosine.values()) if cosine else -1.0

@@ -11,7 +11,7 @@ __all__ = ["app", "create_app"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from chatbot_model.server import main
+        from chatbot_model.server import main  # resolved per call (replaceable at its source)
 
         if name == "create_app":
             return main.create_app

@@ -23,10 +23,14 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Iterator
 
-from chatbot_model.config import Settings, mask_secrets, mask_url
+from chatbot_model.config import Settings, configure_mlflow, mask_secrets, mask_url
 from chatbot_model.contract import AnswerRow
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, unknown_name
+from chatbot_model.lifecycle.model_uri import parse
+from chatbot_model.pipeline.service import LLMService
+from chatbot_model.server import rollout
 from chatbot_model.server.errors import BackendFailed, BackendTimeout, BackendUnavailable, ModelNotLoaded
+from chatbot_model.server.rollout import assign
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +220,7 @@ def _describe(obj: Any) -> dict:
                 d = describe()
             except Exception:  # noqa: BLE001 - information only
                 return {}
-            return {k: d[k] for k in ("guardrail", "providers", "embedder") if k in d}
+            return {k: d[k] for k in ("guardrail", "guardrail_reason", "providers", "embedder") if k in d}
     return {}
 
 
@@ -231,9 +235,6 @@ class ServiceBackend(Backend):
 
     def _load(self) -> None:
         if self.service is None:
-            from chatbot_model.config import configure_mlflow
-            from chatbot_model.pipeline.service import LLMService
-
             if self.settings.tracing:
                 configure_mlflow(self.settings)
             self.service = LLMService.from_settings(self.settings)
@@ -263,9 +264,6 @@ class InProcessBackend(Backend):
 
     def __init__(self, settings: Settings, model: Any | None = None, *, loader: Callable[[str], Any] | None = None,
                  resolver: Callable[[str], Callable[[], str | None]] | None = None):
-        from chatbot_model.lifecycle.model_uri import parse
-        from chatbot_model.server import rollout
-
         super().__init__(settings)
         self.model = model  # an injected model (tests): served as is, never reloaded
         parsed = parse(settings.model_uri)
@@ -343,7 +341,6 @@ class InProcessBackend(Backend):
 
     def pick(self, session_id: str | None):
         """The follower answering this session: the challenger for its sticky share, else the champion."""
-        from chatbot_model.server.rollout import assign
 
         challenger = self.challenger
         if (challenger is not None and challenger.version is not None

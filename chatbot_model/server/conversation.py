@@ -12,6 +12,7 @@ Without a conversation store (CHATBOT_FEEDBACK_DB_URL empty) a session id only g
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,15 +20,16 @@ from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.config import Settings
 from chatbot_model.contract import check_history
+from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import ConversationUnavailable
+from chatbot_model.server.state import ServedTrace
 
 log = logging.getLogger(__name__)
 
 
 def conversation_store(app) -> Any:
     """The app's conversation store, sharing the feedback store's database (None when none is configured)."""
-    from chatbot_model.store.conversations import ConversationStore
-    from chatbot_model.server.deps import settings_of
+    from chatbot_model.store.conversations import ConversationStore  # deferred: loads sqlalchemy
 
     state = app.state
     if getattr(state, "conversation_store", None) is None:
@@ -82,9 +84,6 @@ def store_turn_now(app, session_id: str | None, row: dict, model_version: str | 
 async def served_turn(app, trace_id: str, timeout_s: float) -> tuple[Any, str | None]:
     """(the ServedTrace of the stored turn that answered with `trace_id` on any replica, or None; why the store
     could not say, or None). No store configured: (None, None)."""
-    import asyncio
-
-    from chatbot_model.server.state import ServedTrace
 
     try:
         store = conversation_store(app)
@@ -99,3 +98,17 @@ async def served_turn(app, trace_id: str, timeout_s: float) -> tuple[Any, str | 
         return None, None
     return ServedTrace(trace_id=trace_id, route="blocked" if turn.blocked else turn.route, provider=turn.provider,
                        model=turn.model, session_id=turn.session_id, model_version=turn.model_version), None
+
+
+def record_answer(row: dict, session_id: str | None, backend, traces, metrics, app=None) -> None:
+    """What the server keeps of an answer it gave, for /chat, its stream and /v1 alike: metrics, the served trace
+    for /feedback and, with `app`, the conversation's turn (a stream stores it before its final event goes out,
+    so a follow-up sees it). Blocking: run it in a worker thread."""
+    version = row.get("model_version") or getattr(backend, "version", None)
+    metrics.observe_answer(row)
+    if app is not None:
+        store_turn_now(app, session_id, row, version)
+    traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
+                                model=row["model"], session_id=session_id, model_version=version))
+    log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"], row["provider"],
+             row["blocked"], row["latency_ms"])

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from chatbot_model.config import Settings
+from chatbot_model.config import Settings, load_settings
 from chatbot_model.server.backends import Backend
 from chatbot_model.server.errors import FeedbackUnavailable, NotServed, Unauthorized
 from chatbot_model.server.state import Metrics, TraceMemory
@@ -27,8 +27,6 @@ def settings_of(app) -> Settings:
     """The app's settings: given to `create_app`, else loaded (and validated) from the environment once."""
     settings = getattr(app.state, "settings", None)
     if settings is None:
-        from chatbot_model.config import load_settings
-
         settings = app.state.settings = load_settings()
     return settings
 
@@ -49,19 +47,19 @@ async def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _open_feedback_store(state, url: str | None) -> Any:
+def _open_feedback_store(state, settings: Settings) -> Any:
     with _opening:  # concurrent first requests open one store
-        return _open_once(state, url)
+        return _open_once(state, settings)
 
 
-def _open_once(state, url: str | None) -> Any:
+def _open_once(state, settings: Settings) -> Any:
     if getattr(state, "feedback_store", None) is None:
         try:
-            from chatbot_model.store.feedback import FeedbackStore
+            from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
         except ImportError as exc:
             raise FeedbackUnavailable(f"the feedback store is not available ({exc})") from None
         try:
-            state.feedback_store = FeedbackStore(url)
+            state.feedback_store = FeedbackStore(settings.feedback_db_url, settings=settings)
         except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database
             raise FeedbackUnavailable(f"cannot open the feedback store ({type(exc).__name__}: {exc}); "
                                       "check CHATBOT_FEEDBACK_DB_URL") from None
@@ -74,7 +72,7 @@ async def feedback_store(request: Request) -> Any:
     state = request.app.state
     store = getattr(state, "feedback_store", None)
     if store is None:
-        store = await run_in_threadpool(_open_feedback_store, state, settings_of(request.app).feedback_db_url)
+        store = await run_in_threadpool(_open_feedback_store, state, settings_of(request.app))
     return store
 
 

@@ -67,10 +67,6 @@ class Unauthorized(ServerError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
-class BodyTooLarge(ServerError):
-    status, code = 413, "body_too_large"
-
-
 # domain errors that may reach the edge, with their status
 DOMAIN_STATUS: dict[type[ChatbotError], int] = {InvalidInput: 422, NotFound: 404, ConfigError: 503, ProviderError: 502}
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -96,11 +92,50 @@ def _validation_message(err: dict) -> str:
         return "body: not valid JSON — send a JSON object such as {\"question\": \"...\"}"
     if err.get("type") == "missing":
         return f"{field}: field required"
+    if field == "question" and err.get("type") == "string_too_short":  # "" says what "   " says
+        return EMPTY_QUESTION
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{field}: {msg}"
 
 
+EMPTY_QUESTION = "question is empty; ask something in words"  # contract.validate_question's words
+JSON_EXAMPLE = 'send a JSON object such as {"question": "..."}'
+
+
+def _json_position(doc, pos: int) -> tuple[int, int]:
+    """(line, column), both from 1, of character `pos` of the body."""
+    text = doc.decode("utf-8", "replace") if isinstance(doc, (bytes, bytearray)) else str(doc or "")
+    before = text[:pos]
+    return before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1
+
+
+def _is_json(content_type: str | None) -> bool:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _body_error(request: Request, exc: RequestValidationError) -> JSONResponse | None:
+    """The body itself is wrong (not JSON, or not sent as JSON): one message with the fix, not field errors."""
+    errors = exc.errors()
+    broken = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if broken is not None:
+        pos = broken.get("loc", ("body", 0))[-1]
+        line, column = _json_position(exc.body, pos if isinstance(pos, int) else 0)
+        reason = (broken.get("ctx") or {}).get("error")
+        return error_response(400, "invalid_json", f"body is not valid JSON (line {line}, column {column})"
+                              + (f": {reason}" if reason else "") + f"; {JSON_EXAMPLE}")
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type) and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        got = f"Content-Type {content_type.split(';')[0]}" if content_type else "no Content-Type"
+        return error_response(415, "unsupported_media_type", f"the body must be JSON sent with `Content-Type: "
+                              f"application/json` (got {got}); {JSON_EXAMPLE}")
+    return None
+
+
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    refused = _body_error(request, exc)
+    if refused is not None:
+        return refused
     errors = exc.errors()
     fields = sorted({_field(e.get("loc", ())) for e in errors})
     message = "; ".join(dict.fromkeys(_validation_message(e) for e in errors)) or "invalid request"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddlewa
 from chatbot_model.server.rollout import RolloutCollector
 from chatbot_model.server.routes import chat, docs, feedback, health, metrics, openai_compat, page
 from chatbot_model.server.state import Metrics, TraceMemory
+from chatbot_model.tracing import writer as tracing
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -55,11 +57,8 @@ async def lifespan(app: FastAPI):
 async def drain(state) -> None:
     """Shutdown, bounded by 10 s in all: stop the feedback worker (its pending ratings stay in the database),
     then write the queued traces; what is still queued at the deadline is counted as dropped."""
-    import time
 
     from starlette.concurrency import run_in_threadpool
-
-    from chatbot_model.tracing import writer as tracing
 
     deadline = time.monotonic() + tracing.DRAIN_TIMEOUT_S
     store = getattr(state, "feedback_store", None)

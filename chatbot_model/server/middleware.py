@@ -92,8 +92,8 @@ def metric_labels(scope, status: int) -> tuple[str, str, str]:
     or "other", so made-up paths and methods cannot grow the metrics."""
     route = scope.get("route")
     endpoint = getattr(route, "path", None) or UNMATCHED
-    if endpoint.startswith("/static"):
-        endpoint = "/static"
+    if endpoint.startswith("/static") or (endpoint == UNMATCHED and scope.get("path", "").startswith("/static/")):
+        endpoint = "/static"  # the mounted StaticFiles app sets no route in the scope
     method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
     return endpoint, method, str(status)
 

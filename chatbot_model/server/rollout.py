@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from chatbot_model.config import mask_secrets
+from chatbot_model.errors import NotFound
+from chatbot_model.lifecycle.model_uri import resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,6 @@ def registry_resolver(uri: str) -> Callable[[], str | None]:
     """Where a `models:/` URI points now: a version number, None when the alias is gone; raises when the
     registry cannot say (unreachable)."""
     def resolve() -> str | None:
-        from chatbot_model.errors import NotFound
-        from chatbot_model.lifecycle.model_uri import resolve_version
-
         try:
             return resolve_version(uri)
         except NotFound:  # the alias (or the model) is gone

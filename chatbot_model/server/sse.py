@@ -28,8 +28,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatbot_model.config import Settings
-from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
 from chatbot_model.errors import ChatbotError
+from chatbot_model.pipeline.adapter import REQUEST_HINT
+from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
 from chatbot_model.server.errors import BackendFailed, BackendTimeout, ServerError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ _END = object()
 def request_deadline(settings: Settings, hint: str | None = None) -> tuple[Deadline, contextvars.Context]:
     """A fresh deadline for one request, and a context in which the service sees it (`REQUEST_DEADLINE`) and,
     when given, the caller's hint (`adapter.REQUEST_HINT`)."""
-    from chatbot_model.pipeline.adapter import REQUEST_HINT
 
     deadline = Deadline.start(settings.request_budget_s, settings.local_reserve_s)
     context = contextvars.copy_context()
@@ -208,19 +208,3 @@ async def stream_chat(question: str, backend, settings: Settings, on_final: Call
     stream = EventStream(backend_events(backend, question, history, session_id), deadline, context, settings.backend_timeout_s,
                          format_event=as_sse, on_error=lambda exc: sse("error", error_event(exc)))
     return await stream.open()
-
-
-def record_answer(row: dict, session_id: str | None, backend, traces, metrics, app=None) -> None:
-    """What the server keeps of an answer it gave: metrics, the served trace for /feedback and, with `app`,
-    the conversation's turn (stored before the final event goes out, so a follow-up sees it)."""
-    from chatbot_model.server import conversation
-    from chatbot_model.server.state import ServedTrace
-
-    version = row.get("model_version") or getattr(backend, "version", None)
-    metrics.observe_answer(row)
-    if app is not None:
-        conversation.store_turn_now(app, session_id, row, version)
-    traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
-                                model=row["model"], session_id=session_id, model_version=version))
-    log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f streamed", row["trace_id"], row["route"],
-             row["provider"], row["blocked"], row["latency_ms"])

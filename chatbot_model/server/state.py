@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from chatbot_model.providers.breaker import BreakerCollector
+from chatbot_model.tracing import writer as tracing
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -62,8 +63,6 @@ class TracesDroppedCollector:
         return [CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])]
 
     def collect(self):
-        from chatbot_model.tracing import writer as tracing
-
         counts = tracing.stats()
         family = CounterMetricFamily("chatbot_traces_dropped", "traces not written, by reason", labels=["reason"])
         family.add_metric(["queue_full"], counts["dropped"])

@@ -8,8 +8,8 @@ id as source id, the comment as rationale, `{"feedback_id": row id}` as metadata
 committed. If the tracking store is down or the trace is not there yet, the row stays unsynced (`synced_at` is
 NULL) and is attached later: by the next `record` (a few rows whose next try is due), by the store's background
 worker (`record(..., background=True)`: the server's way, no attach or flush in the request), or by `sync()` /
-`llmops-chatbot sync-feedback`. Tries back off (`retry_after_s` doubling up to `retry_cap_s`); a rating whose trace
-is still not found after `max_attempts` tries is marked orphaned (`orphaned_at`, terminal: the trace was dropped
+`llmops-chatbot sync-feedback`. Tries back off (CHATBOT_FEEDBACK_RETRY_AFTER_S doubling up to ..._RETRY_CAP_S); a rating whose trace
+is still not found after CHATBOT_FEEDBACK_MAX_ATTEMPTS tries is marked orphaned (`orphaned_at`, terminal: the trace was dropped
 or lost) and no longer retried. No rating is attached twice: a row is claimed by an atomic UPDATE
 before it is attached (a lease, so a crashed claimer is retried later), and before logging, the trace's
 assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case).
@@ -31,10 +31,12 @@ from urllib.parse import urlparse
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
+from chatbot_model.config import Settings
 from chatbot_model.contract import MAX_COMMENT_CHARS
 from chatbot_model.errors import InvalidInput
 from chatbot_model.store.db import Database
 from chatbot_model.store.tables import feedback_table
+from chatbot_model.tracing import writer as tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +90,19 @@ def _naive_utc(ts: float) -> datetime:
 class FeedbackStore:
     """Ratings in a SQL database; `record` writes one and attaches it to its MLflow trace (best effort)."""
 
-    lease_s = 120.0          # a claimed row is retried by others after this long (claimer crashed)
-    retry_after_s = 30.0     # first automatic retry of an unsynced row after this long, then doubling ...
-    retry_cap_s = 600.0      # ... up to this
-    max_attempts = 12        # tries whose trace is not found before a row is orphaned (~1 h of backoff)
-    auto_retry_limit = 10    # rows `record` retries per call
-    background_batch = 200   # rows the background worker tries per pass
-    background_interval_s = 5.0  # the background worker also wakes this often for due retries
-    background_share = 0.15  # most of the time the worker attaches while ratings keep coming (GIL)
-    connect_timeout_s = 2.0  # reachability probe of an http(s) tracking server
-
     def __init__(self, url: str = "", *, attach: bool = True, clock: Callable[[], float] = time.time,
-                 database: Database | None = None):
+                 database: Database | None = None, settings: Settings | None = None):
         self.database = database or Database(url)
+        tuning = settings or Settings.model_construct()  # the defaults, without reading the environment
+        self.lease_s = tuning.feedback_lease_s
+        self.retry_after_s = tuning.feedback_retry_after_s
+        self.retry_cap_s = tuning.feedback_retry_cap_s
+        self.max_attempts = tuning.feedback_max_attempts
+        self.auto_retry_limit = tuning.feedback_retries_per_record
+        self.background_batch = tuning.feedback_sync_batch
+        self.background_interval_s = tuning.feedback_sync_interval_s
+        self.background_share = tuning.feedback_sync_share
+        self.connect_timeout_s = tuning.tracking_probe_timeout_s
         self.url = self.database.url
         self.attach = attach
         self.clock = clock  # epoch seconds; tests inject one
@@ -138,8 +140,6 @@ class FeedbackStore:
             rating=rating, comment=comment or None, sync_attempts=0))
         log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
         if background:
-            from chatbot_model.tracing import writer as tracing
-
             tracing.note_activity()
             if trace_id:
                 self.background().notify()
@@ -424,7 +424,6 @@ class BackgroundSync:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            from chatbot_model.tracing import writer as tracing
 
             started = time.monotonic()
             try:
@@ -447,7 +446,6 @@ class BackgroundSync:
 
 def _flush_traces(timeout: float = 10.0) -> None:
     """Trace export is asynchronous: write this process's queued traces before attaching to them (bounded)."""
-    from chatbot_model.tracing import writer as tracing
 
     try:
         tracing.flush(timeout)

@@ -29,7 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from chatbot_model.config import Settings
 from chatbot_model.contract import ChatResult
+from chatbot_model.tracing.otlp import export_spans, resolve_sink
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,9 @@ SPAN_TYPES = {
     "llm": "CHAT_MODEL",
     "guardrail_output": "GUARDRAIL",
 }
-DEFAULT_QUEUE_SIZE = 2_000   # ~6 KB each: the backlog stays within ~15 MB
+_DEFAULTS = Settings.model_construct()  # CHATBOT_TRACE_QUEUE_SIZE and _TRACE_EXPORT_SHARE when none are given
 BATCH_SIZE = 64           # records per log_spans call
 DRAIN_TIMEOUT_S = 10.0    # shutdown drains at most this long
-DEFAULT_SHARE = 0.15      # most of the wall-clock time the exporter writes while requests keep coming
 IDLE_S = 0.25             # no request for this long: the exporter writes at full speed
 
 
@@ -75,6 +76,7 @@ class TraceRecord:
     steps: tuple  # (name, start_ns, end_ns)
     standalone_question: str = ""  # what retrieval searched (a follow-up resolved); "" without history
     model_version: str = ""  # the registered version that answered ("" when not a registered model)
+    sink: str = "mlflow"  # "otlp": posted to the tracking server's /v1/traces (tracing/otlp.py)
 
 
 def new_trace_id() -> str:
@@ -83,7 +85,7 @@ def new_trace_id() -> str:
 
 
 def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str, *, tracking_uri: str,
-                experiment_id: str) -> TraceRecord:
+                experiment_id: str, sink: str = "mlflow") -> TraceRecord:
     taken = list(SPAN_TYPES) if result.blocked_by != "input" else ["embed", "guardrail_input"]
     if not result.standalone_question:
         taken = [name for name in taken if name != "condense"]
@@ -96,7 +98,8 @@ def make_record(result: ChatResult, steps: dict, check_in, t0_ns: int, hint: str
         fallback=result.fallback,
         latency_ms=float(result.latency_ms), sources=tuple(result.sources or ()), guardrail=result.guardrail,
         check_in=check_in.to_dict() if check_in is not None else None, hint=hint, steps=bounds,
-        standalone_question=result.standalone_question or "", model_version=str(result.model_version or ""))
+        standalone_question=result.standalone_question or "", model_version=str(result.model_version or ""),
+        sink=sink)
 
 
 # ---------------------------------------------------------------- building MLflow spans (exporter thread)
@@ -165,14 +168,18 @@ def build_spans(r: TraceRecord) -> list:
 
 
 def write_traces(records: list[TraceRecord]) -> None:
-    """Write records' traces: one `log_spans` call per (tracking URI, experiment)."""
+    """Write records' traces: one call per (tracking URI, experiment, sink): an OTLP request the tracking server
+    writes (`otlp`), or `TracingClient.log_spans` in this process (`mlflow`)."""
     from mlflow.tracing.client import TracingClient
 
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str, str], list] = {}
     for r in records:
-        groups.setdefault((r.tracking_uri, r.experiment_id), []).extend(build_spans(r))
-    for (uri, experiment_id), spans in groups.items():
-        TracingClient(uri).log_spans(experiment_id, spans)
+        groups.setdefault((r.tracking_uri, r.experiment_id, r.sink), []).extend(build_spans(r))
+    for (uri, experiment_id, sink), spans in groups.items():
+        if sink == "otlp":
+            export_spans(uri, experiment_id, spans)
+        else:
+            TracingClient(uri).log_spans(experiment_id, spans)
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -182,8 +189,8 @@ class TracePipeline:
     `writer` writes a list of records (tests inject one that blocks or fails); `maxsize` bounds memory.
     """
 
-    def __init__(self, maxsize: int = DEFAULT_QUEUE_SIZE, *, writer: Callable[[list], None] = write_traces,
-                 batch_size: int = BATCH_SIZE, share: float = DEFAULT_SHARE):
+    def __init__(self, maxsize: int = _DEFAULTS.trace_queue_size, *, writer: Callable[[list], None] = write_traces,
+                 batch_size: int = BATCH_SIZE, share: float = _DEFAULTS.trace_export_share):
         self.maxsize = maxsize
         self.batch_size = batch_size
         self.writer = writer
@@ -354,8 +361,8 @@ def pipeline(maxsize: int | None = None, share: float | None = None) -> TracePip
     if _pipeline is None:
         with _pipeline_lock:
             if _pipeline is None:
-                _pipeline = TracePipeline(maxsize or DEFAULT_QUEUE_SIZE,
-                                          share=DEFAULT_SHARE if share is None else share)
+                _pipeline = TracePipeline(maxsize or _DEFAULTS.trace_queue_size,
+                                          share=_DEFAULTS.trace_export_share if share is None else share)
                 atexit.register(_pipeline.shutdown)
     return _pipeline
 
@@ -380,16 +387,18 @@ def _async_enabled() -> bool:
 
 
 def record_traces(results: Iterable[ChatResult], steps: dict, checks_in: Iterable, t0_ns: int, hint: str, *,
-                  queue_size: int | None = None, share: float | None = None) -> None:
+                  queue_size: int | None = None, share: float | None = None, sink: str = "auto") -> None:
     """Give each result its trace id and queue its trace (written in the calling thread when async logging is
     off). Dropped traces keep their ids: the answer was given, only its trace is missing."""
     import mlflow
     from mlflow.tracking.fluent import _get_experiment_id
 
     uri, experiment_id = mlflow.get_tracking_uri(), _get_experiment_id() or "0"
+    sink = resolve_sink(sink, uri)
     records = []
     for result, check in zip(results, checks_in):
-        record = make_record(result, steps, check, t0_ns, hint, tracking_uri=uri, experiment_id=experiment_id)
+        record = make_record(result, steps, check, t0_ns, hint, tracking_uri=uri, experiment_id=experiment_id,
+                             sink=sink)
         result.trace_id = record.trace_id
         records.append(record)
     note_activity()

@@ -7,14 +7,14 @@ import functools
 import logging
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.contract import validate_question
 from chatbot_model.server import conversation
 from chatbot_model.server.deps import Authorized, BackendDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import BackendFailed, BackendTimeout
 from chatbot_model.server.schemas import STREAM_RESPONSE, ChatRequest, ChatResponse, responses
-from chatbot_model.server.sse import record_answer, run_cancelling_on_disconnect, stream_chat
-from chatbot_model.server.state import ServedTrace
+from chatbot_model.server.sse import run_cancelling_on_disconnect, stream_chat
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -30,7 +30,7 @@ async def chat(request: Request, body: ChatRequest, backend: BackendDep, setting
     history = await conversation.history_for(request.app, settings, body.session_id, body.history)
     if body.stream:
         return await stream_chat(question, backend, settings, functools.partial(
-            record_answer, session_id=body.session_id, backend=backend, traces=traces, metrics=metrics,
+            conversation.record_answer, session_id=body.session_id, backend=backend, traces=traces, metrics=metrics,
             app=request.app), history=history or None, session_id=body.session_id)
     try:
         rows = await run_cancelling_on_disconnect(request, settings, functools.partial(
@@ -41,12 +41,5 @@ async def chat(request: Request, body: ChatRequest, backend: BackendDep, setting
     row = rows[0]
     if row["error"]:
         raise BackendFailed(f"the model could not answer: {row['error']}")
-    metrics.observe_answer(row)
-    await conversation.store_turn(request.app, body.session_id, row,
-                                  row["model_version"] or getattr(backend, "version", None))
-    traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
-                                model=row["model"], session_id=body.session_id,
-                                model_version=row["model_version"] or None))
-    log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"],
-             row["provider"], row["blocked"], row["latency_ms"])
+    await run_in_threadpool(conversation.record_answer, row, body.session_id, backend, traces, metrics, request.app)
     return ChatResponse.model_validate(row)

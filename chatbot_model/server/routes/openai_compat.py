@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbot_model.contract import validate_question
 from chatbot_model.errors import ChatbotError, InvalidInput
+from chatbot_model.server.conversation import record_answer
 from chatbot_model.server.deps import (BackendDep, MetricsDep, SettingsDep, TracesDep, _bearer, check_api_key,
                                        settings_of)
 from chatbot_model.server.errors import ServerError, Unauthorized
-from chatbot_model.server.sse import (EventStream, backend_events, record_answer, request_deadline,
-                                      run_cancelling_on_disconnect)
+from chatbot_model.server.sse import EventStream, backend_events, request_deadline, run_cancelling_on_disconnect
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
@@ -156,7 +156,8 @@ async def _parse(request: Request) -> ChatCompletionRequest:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise OpenAIError(400, f"{where}: {first.get('msg')}", "invalid_input", where) from None
-        raise OpenAIError(400, "the body is not valid JSON; send a chat completion request", "invalid_json") from None
+        where = f" (line {exc.lineno}, column {exc.colno}): {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise OpenAIError(400, f"body is not valid JSON{where}; send a chat completion request", "invalid_json") from None
 
 
 def _served_model(settings, backend) -> dict:

@@ -1,0 +1,88 @@
+"""Traces through OpenTelemetry, written by the tracking server: with an http(s) tracking URI the trace pipeline
+posts its spans over OTLP/HTTP to a real `mlflow server` (`/v1/traces`, the experiment id in a header); they are
+found by `mlflow.search_traces`, and feedback attaches to them. The SQLite default keeps the in-process writer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from chatbot_model.config import load_settings
+from chatbot_model.errors import ConfigError
+from chatbot_model.tracing import writer as tracing
+from chatbot_model.tracing.otlp import resolve_sink
+from chatbot_model.tracing.writer import TracePipeline, TraceRecord
+from tests.server_helpers import free_port
+from tests.test_rollout_registry import process
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_sink_follows_the_tracking_uri():
+    assert resolve_sink("auto", "sqlite:///mlflow.db") == "mlflow"
+    assert resolve_sink("auto", "http://127.0.0.1:5000") == "otlp"
+    assert resolve_sink("mlflow", "http://127.0.0.1:5000") == "mlflow"
+    with pytest.raises(ConfigError, match="CHATBOT_TRACE_SINK=otlp needs an http"):
+        load_settings(trace_sink="otlp")
+    with pytest.raises(ConfigError, match="unknown trace sink 'kafka'"):
+        load_settings(trace_sink="kafka")
+
+
+def record(uri: str, experiment_id: str, n: int) -> TraceRecord:
+    t0 = 1_700_000_000_000_000_000 + n * 1_000_000
+    return TraceRecord(trace_id=tracing.new_trace_id(), tracking_uri=uri, experiment_id=experiment_id, t0_ns=t0,
+                       question=f"question {n}", answer="an answer [1]", route="gpt", route_reasons=("short",),
+                       provider="local", model="extractive", blocked=False, blocked_by=None, abstained=False,
+                       fallback="openai: OPENAI_API_KEY is not set", latency_ms=3.0,
+                       sources=({"id": "d1", "title": "T", "source": "s", "score": 0.9},), guardrail=None,
+                       check_in=None, hint="hint", steps=(("retrieval", t0, t0 + 1_000_000),
+                                                          ("llm", t0 + 1_000_000, t0 + 2_000_000)), sink="otlp")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    url = f"http://127.0.0.1:{free_port()}"
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    with process([str(bindir / "mlflow"), "server", "--backend-store-uri", store, "--default-artifact-root",
+                  str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+                  "--workers", "1"], env, tmp_path, url, "/health"):
+        yield url
+
+
+def test_traces_sent_over_otlp_are_stored_by_the_server_and_take_feedback(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    experiment_id = MlflowClient().create_experiment("llmops-chatbot")
+    records = [record(mlflow_server, experiment_id, n) for n in range(20)]
+    pipe = TracePipeline(100, share=1.0)  # the serving process's exporter thread, batches of up to 64
+    for r in records:
+        assert pipe.submit(r)
+    assert pipe.flush(60)
+    assert pipe.stats()["exported"] == 20 and pipe.stats()["failed"] == 0
+
+    found = mlflow.search_traces(locations=[experiment_id], return_type="list", max_results=100)
+    assert {t.info.trace_id for t in found} == {r.trace_id for r in records}
+    trace = mlflow.get_trace(records[0].trace_id)
+    assert [s.name for s in trace.data.spans] == ["chat", "retrieval", "llm"]
+    assert trace.info.tags["route"] == "gpt"
+    mlflow.log_feedback(trace_id=records[0].trace_id, name="user_rating", value=True,
+                        source=mlflow.entities.AssessmentSource(source_type="HUMAN", source_id="u1"))
+    (assessment,) = mlflow.get_trace(records[0].trace_id).info.assessments
+    assert assessment.name == "user_rating" and assessment.value is True
+    pipe.shutdown(5)
+
+
+def test_a_refused_export_is_counted_as_failed(mlflow_server):
+    pipe = TracePipeline(10, share=1.0)
+    assert pipe.submit(record(mlflow_server, "999999", 0))  # no such experiment: the server refuses it
+    pipe.flush(30)
+    assert pipe.stats()["failed"] == 1
+    pipe.shutdown(5)
