@@ -79,7 +79,7 @@ class AnswerStyle:
 
 
 ANSWER_STYLES = {  # checked in order; a hint with none of the words gets "standard"
-    "detailed": AnswerStyle(5, 0.5, ("detailed", "grounded", "factual", "thorough"), new_facts_only=False),
+    "detailed": AnswerStyle(5, 0.35, ("detailed", "grounded", "factual", "thorough"), new_facts_only=False),
     "concise": AnswerStyle(3, 0.75, ("concise", "brief", "short")),
     "standard": AnswerStyle(3, 0.6),
 }
