@@ -6,6 +6,8 @@ Provider keys keep their usual names (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OP
 
 from __future__ import annotations
 
+import json
+
 import os
 import re
 from pathlib import Path
@@ -84,6 +86,15 @@ def _artifact(name: str) -> Path:
     return DEFAULT_ARTIFACTS / name
 
 
+def _json_artifact(name: str) -> dict:
+    """The JSON object in `artifacts/NAME` ({} when there is none)."""
+    path = _artifact(name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 class Settings(BaseSettings):
     """Effective configuration. `llmops-chatbot config` prints it with secrets masked."""
 
@@ -98,8 +109,13 @@ class Settings(BaseSettings):
     chunk_size: int = Field(800, ge=100, le=20000, description="characters per chunk")
     chunk_overlap: int = Field(120, ge=0, description="characters shared by neighbouring chunks")
     top_k: int = Field(3, ge=1, le=50, description="sources retrieved per question")
-    abstain_below: float = Field(0.30, ge=-1, le=1, description="answer \"not covered\" when the best retrieval "
-                                 "score (cosine) is below this; scripts/calibrate_abstention.py; -1 = never")
+    abstain_below: float = Field(0.30, ge=-1, le=1, description="without an abstention model: answer \"not "
+                                 "covered\" when the best retrieval score (cosine) is below this; -1 = never")
+    abstain_model: dict = Field(default_factory=lambda: _json_artifact("abstention.json"), description="the "
+                                "calibrated \"not covered\" model (retrieval/abstention.py), JSON; "
+                                "scripts/calibrate_abstention.py; {} = the abstain_below floor")
+    lexical_weight: float = Field(0.3, ge=0, le=5, description="weight of the BM25 side (normalised to the best "
+                                  "document) added to the cosine when ranking documents; 0 = dense only")
     index_type: str = Field("auto", description="faiss index: auto (exact below 20,000 chunks, IVF above), flat, "
                             "hnsw or ivf")
     embedding_backend: str = Field("auto", description="embedder runtime: auto (ONNX Runtime when its export "

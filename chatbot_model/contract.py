@@ -54,6 +54,10 @@ class Source:
     score: float
     # the chunk's sentence embeddings, computed at index time (same embedder as the query); may be None
     sentence_vectors: np.ndarray | None = None
+    # every sentence of the chunk's document near it (overlaps once) and their vectors, for answers that quote
+    # the best sentence of the document rather than of the chunk; () / None when retrieval did not add them
+    doc_sentences: tuple[str, ...] = ()
+    doc_sentence_vectors: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.chunk.doc_id, "title": self.chunk.title, "source": self.chunk.source,
@@ -72,6 +76,8 @@ class CompletionRequest:
     question_vector: np.ndarray | None = None
     # earlier turns of the conversation, oldest first: [{"role": "user"|"assistant", "content": str}]
     history: list[dict[str, str]] = field(default_factory=list)
+    # no sources (not covered): what the reply should say instead ("" = the provider's own wording)
+    decline: str = ""
 
 
 @dataclass

@@ -17,6 +17,11 @@ Metrics (all in [0, 1] but latency):
   asked alone; `..._heldout` the same two on the held-out conversations only (`"split": "held-out"`, never used
   to choose the follow-up rule). An abstained follow-up has no sources: a miss. Measured when `evaluate` gets
   `predict_turns` (the `history` column of the pyfunc)
+- `user_hit_at_3_heldout`, `user_answered_heldout`, `user_key_term_heldout` on the held-out part of
+  `user_questions.jsonl` (questions written the way people type; `"split": "held-out"`, never used to tune):
+  share with a gold document among the first 3 sources shown, share not declined (not abstained, not
+  blocked), share whose answer contains one of the question's `key_terms` (the command, flag, setting or
+  endpoint asked for; a declined question has none). Gating through the comparison with Production only
 - `functional.<name>` accuracy of the guardrail on each functionality of `guardrail_functional.jsonl` (blocked
   for a "block" case, answered for a "pass" case); `functional_pass_min` / `functional_block_min` the lowest
   accuracy among the pass-side / block-side functionalities (skipped when the file is absent)
@@ -52,9 +57,11 @@ GATE_ON_FUNCTIONAL = False
 TOLERANCE = 0.02
 HIGHER_IS_BETTER = {"hit_at_k": True, "mrr": True, "fact_coverage": True, "block_rate": True,
                     "false_block_rate": False, "offtopic_abstention": True, "ontopic_answer_rate": True,
-                    "functional_pass_min": True, "functional_block_min": True, "followup_hit_at_3": True}
+                    "functional_pass_min": True, "functional_block_min": True, "followup_hit_at_3": True,
+                    "user_hit_at_3_heldout": True, "user_answered_heldout": True, "user_key_term_heldout": True}
 FUNCTIONAL_FILE = "guardrail_functional.jsonl"
 CONVERSATIONS_FILE = "conversations.jsonl"
+USER_QUESTIONS_FILE = "user_questions.jsonl"
 HELD_OUT = "held-out"
 FUNCTIONAL_SIDES = {"pass": "functional_pass_min", "block": "functional_block_min"}
 LATENCY_SLACK = (1.5, 50.0)  # a candidate may be 1.5x slower plus 50 ms before the gate refuses it
@@ -68,6 +75,7 @@ class GoldenSet:
     offtopic: list[str] = field(default_factory=list)
     functional: list[dict] = field(default_factory=list)  # {"text", "label": "block"|"pass", "functionality"}
     conversations: list[dict] = field(default_factory=list)  # {"id", "split", "turns": [{"question", "relevant_ids"}]}
+    user_questions: list[dict] = field(default_factory=list)  # held-out {"question", "relevant_ids", "key_terms"}
 
     @classmethod
     def load(cls, folder: str | Path = GOLDEN_DIR) -> "GoldenSet":
@@ -95,10 +103,16 @@ class GoldenSet:
                 raise ConfigError(f"{folder / CONVERSATIONS_FILE} line {n}: expected {{\"id\", \"split\", \"turns\": "
                                   "[{\"question\", \"relevant_ids\"}, ...]} with 2 or more turns; see "
                                   "artifacts/eval/README.md")
+        users = [r for r in rows(USER_QUESTIONS_FILE) if r.get("split") == HELD_OUT] \
+            if (folder / USER_QUESTIONS_FILE).exists() else []
+        for n, row in enumerate(users, 1):
+            if not (isinstance(row.get("question"), str) and row.get("relevant_ids") and row.get("key_terms")):
+                raise ConfigError(f"{folder / USER_QUESTIONS_FILE}: held-out row {n}: expected {{\"question\", "
+                                  "\"relevant_ids\", \"key_terms\", \"split\"}; see artifacts/eval/README.md")
         return cls(retrieval=rows("retrieval.jsonl"), toxic=[r["question"] for r in rows("toxic.jsonl")],
                    benign=[r["question"] for r in rows("benign.jsonl")],
                    offtopic=[r["question"] for r in rows("offtopic.jsonl")], functional=functional,
-                   conversations=conversations)
+                   conversations=conversations, user_questions=users)
 
 
 @dataclass
@@ -134,7 +148,9 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
     `predict_turns` (questions, histories -> rows) adds the follow-up metrics of the conversations."""
     questions = [r["question"] for r in golden.retrieval]
     functional = [c["text"] for c in golden.functional]
-    rows = predict(questions + golden.toxic + golden.benign + golden.offtopic + functional)
+    users = [u["question"] for u in golden.user_questions]
+    rows = predict(questions + golden.toxic + golden.benign + golden.offtopic + functional + users)
+    rows, user_rows = rows[:len(rows) - len(users)], rows[len(rows) - len(users):]
     rows, functional_rows = rows[:len(rows) - len(functional)], rows[len(rows) - len(functional):]
     split = len(rows) - len(golden.offtopic)
     rows, offtopic_rows = rows[:split], rows[split:]
@@ -169,6 +185,8 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
     if offtopic_rows:  # declined: abstained ("not covered") or blocked
         metrics["offtopic_abstention"] = statistics.fmean(bool(r.get("abstained")) or bool(r["blocked"])
                                                           for r in offtopic_rows)
+    if user_rows:
+        metrics.update(user_question_metrics(golden.user_questions, user_rows))
     if golden.conversations and predict_turns is not None:
         metrics.update(followup_metrics(predict_turns, golden.conversations))
     by_side = _functional_accuracy(golden.functional, functional_rows)
@@ -185,6 +203,19 @@ def evaluate(predict: Callable[[list[str]], list[dict]], golden: GoldenSet, *, l
         log.warning("guardrail functional limits not met: %s", "; ".join(shortfalls))
     failures += shortfalls if GATE_ON_FUNCTIONAL else []
     return Evaluation(metrics=metrics, failures=failures, details=details, shortfalls=shortfalls)
+
+
+def user_question_metrics(items: list[dict], rows: list[dict], k: int = 3) -> dict[str, float]:
+    """`user_hit_at_3_heldout`, `user_answered_heldout`, `user_key_term_heldout` of `rows` (model outputs) for
+    `items` (held-out lines of user_questions.jsonl): see the module doc."""
+    def declined(row):
+        return bool(row.get("abstained")) or bool(row.get("blocked"))
+
+    return {"user_hit_at_3_heldout": statistics.fmean(_hit(r, i["relevant_ids"], k) for i, r in zip(items, rows)),
+            "user_answered_heldout": statistics.fmean(not declined(r) for r in rows),
+            "user_key_term_heldout": statistics.fmean(
+                not declined(r) and any(t.lower() in (r.get("answer") or "").lower() for t in i["key_terms"])
+                for i, r in zip(items, rows))}
 
 
 def followup_metrics(predict_turns: Callable[[list[str], list[list[dict]]], list[dict]],

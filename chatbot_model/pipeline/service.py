@@ -21,7 +21,7 @@ import numpy as np
 from chatbot_model.config import Settings
 from chatbot_model.contract import (ChatResult, Completion, CompletionRequest, Source, trim_history, validate_history,
                                     validate_question)
-from chatbot_model.errors import InvalidInput, ProviderError
+from chatbot_model.errors import ConfigError, InvalidInput, ProviderError
 from chatbot_model.guardrail.core import SAFE_REPLY, build_guardrail
 from chatbot_model.pipeline import followup
 from chatbot_model.pipeline.adaptation import SharedAdaptation
@@ -31,26 +31,45 @@ from chatbot_model.pipeline.streaming import STREAM_SINK, stream_answer
 from chatbot_model.providers import PROVIDERS, build_provider
 from chatbot_model.providers.base import reason_of
 from chatbot_model.providers.deadline import REQUEST_DEADLINE, SYSTEM_CLOCK, Deadline
-from chatbot_model.providers.local import KB_TOPIC
+from chatbot_model.providers.local import KB_TOPIC, not_covered
+from chatbot_model.retrieval.abstention import AbstentionModel
 from chatbot_model.retrieval.embedder import EMBEDDED_MODEL
-from chatbot_model.retrieval.rag import RAGPipeline
+from chatbot_model.retrieval.rag import RAGPipeline, is_shipped_corpus
 from chatbot_model.tracing.writer import record_traces
 
 log = logging.getLogger(__name__)
+SUGGEST_NEAR = 0.5  # a declined question whose P(covered) is at least this share of the threshold gets suggestions
 
 
-def build_prompt(question: str, sources: list[Source]) -> str:
+def build_prompt(question: str, sources: list[Source], topic: str | None = KB_TOPIC,
+                 suggestions: tuple[str, ...] = ()) -> str:
     """Numbered sources, then the question and the citation instruction. No sources (the service abstains: the
-    best retrieval score is below `abstain_below`): the knowledge base has nothing relevant and the model must
-    say so instead of answering from general knowledge."""
+    knowledge base does not cover the question): the model must say so instead of answering from general
+    knowledge; what the knowledge base covers is named for the shipped one (`topic`), and the closest document
+    titles when the question came near being covered."""
     if not sources:
-        return (f"The knowledge base has nothing relevant to this question; it covers {KB_TOPIC}.\n\n"
+        covers = f"; it covers {topic}" if topic else ""
+        near = (" The closest documents are " + " and ".join(f'"{t}"' for t in suggestions) + "; mention them."
+                if suggestions else "")
+        what = " and what it does cover" if topic else ""
+        return (f"The knowledge base has nothing relevant to this question{covers}.\n\n"
                 f"Question: {question}\n"
-                "Say plainly, in one or two sentences, that the knowledge base does not cover this question and "
-                "what it does cover. Do not answer it from general knowledge and cite no sources.")
+                f"Say plainly, in one or two sentences, that the knowledge base does not cover this question{what}."
+                f"{near} Do not answer it from general knowledge and cite no sources.")
     blocks = [f"[{n}] {s.chunk.title} ({s.chunk.source})\n{s.chunk.text}" for n, s in enumerate(sources, 1)]
     return ("Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n"
             "Answer from the sources above and cite them as [n]. If they do not contain the answer, say so.")
+
+
+def _abstention_model(settings: Settings):
+    """The settings' abstention model, or None (then the cosine floor decides)."""
+    if not settings.abstain_model:
+        return None
+    try:
+        return AbstentionModel.from_dict(settings.abstain_model)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"CHATBOT_ABSTAIN_MODEL is not a valid abstention model ({exc}); run "
+                          "scripts/calibrate_abstention.py, or set it to {} to use CHATBOT_ABSTAIN_BELOW") from None
 
 
 @dataclass
@@ -81,7 +100,8 @@ class _Turn:
     rows: list[int] = field(default_factory=list)  # rows of the batch's query vectors: its candidate queries
     check_in: Any = None
     sources: list[Source] = field(default_factory=list)
-    floor_score: float = -1.0
+    retrieval: Any = None  # the kept `rag.Retrieval` (sources and the abstention features)
+    decline: tuple[str, tuple[str, ...]] = ("", ())  # the "not covered" reply and the titles it suggests
     query_vector: np.ndarray | None = None
     standalone: str = ""
     abstained: bool = False
@@ -110,6 +130,8 @@ class LLMService:
         self._models = {"openai": settings.gpt_model, "anthropic": settings.claude_model}
         self._pool = ThreadPoolExecutor(max_workers=settings.provider_max_concurrency, thread_name_prefix="provider")
         self.clock = SYSTEM_CLOCK  # of the request deadline; tests inject a fake one
+        self.abstention = _abstention_model(settings)
+        self._kb_topic: str | None | bool = False  # not looked up yet
         warm = getattr(getattr(guardrail, "classifier", None), "warm", None)
         if warm is not None and len(getattr(rag, "chunks", ())):  # the output check's knowledge-base sentences
             # not a daemon: a daemon thread inside ONNX Runtime at interpreter exit aborts the process; `warm` stops
@@ -226,33 +248,69 @@ class LLMService:
             turn.check_in = check
 
     def _retrieve(self, turns: list["_Turn"], vectors: np.ndarray) -> None:
-        """One search for every candidate query; each turn keeps the candidate `followup.choose` picks."""
+        """One retrieval call (one FAISS search, BM25 per query) for every candidate query; each turn keeps the
+        candidate `followup.choose` picks."""
+        text_of = {row: text for turn in turns for row, text in zip(turn.rows, turn.resolution.candidates)}
         wanted = [row for turn in turns for row in turn.rows]
-        found = dict(zip(wanted, self.rag.search(vectors[wanted]))) if wanted else {}
+        found = dict(zip(wanted, self.rag.retrieve_vectors([text_of[r] for r in wanted], vectors[wanted]))) \
+            if wanted else {}
         for turn in turns:
-            kept, turn.floor_score = followup.choose([found[row][0].score if found[row] else -1.0
-                                                      for row in turn.rows])
-            turn.sources = found[turn.rows[kept]]
+            kept = followup.choose(turn.resolution, [found[row] for row in turn.rows], self.covered)
+            turn.retrieval = found[turn.rows[kept]]
+            turn.sources = turn.retrieval.sources
             turn.query_vector = vectors[turn.rows[kept]]
             turn.standalone = turn.resolution.candidates[kept] if turn.history else ""
 
     def _abstain(self, turns: list["_Turn"]) -> None:
-        """Not covered: the best source scores below the calibrated floor; the provider then gets no sources and
-        build_prompt tells it to say so (the local answerer replies NOT_COVERED)."""
+        """Not covered: the abstention model (or, without one, the cosine floor) says the knowledge base does not
+        answer it; the provider then gets no sources and build_prompt tells it to say so (the local answerer
+        replies NOT_COVERED, with the closest titles when the question came near being covered)."""
         for turn in turns:
-            turn.abstained = not turn.sources or turn.floor_score < self.settings.abstain_below
+            turn.abstained = not turn.sources or not self.covered(turn.retrieval)
+            if turn.abstained:
+                turn.decline = self._decline(turn.retrieval)
         if any(turn.abstained for turn in turns):
-            log.info("abstained on %d of %d questions (best retrieval score below %.2f)",
-                     sum(turn.abstained for turn in turns), len(turns), self.settings.abstain_below)
+            log.info("abstained on %d of %d questions (not covered)", sum(turn.abstained for turn in turns),
+                     len(turns))
 
     def _complete(self, turns: list["_Turn"], hint: str, deadline: Deadline | None) -> None:
-        requests = {i: CompletionRequest(system=hint, prompt=build_prompt(t.question, t.prompt_sources),
+        requests = {i: CompletionRequest(system=hint, prompt=build_prompt(t.question, t.prompt_sources, self.kb_topic,
+                                                                          t.decline[1]),
                                          question=t.question, sources=t.prompt_sources, model="",
-                                         question_vector=t.query_vector, history=t.history)
+                                         question_vector=t.query_vector, history=t.history, decline=t.decline[0])
                     for i, t in enumerate(turns)}
         answers = self._complete_all(requests, {i: t.route for i, t in enumerate(turns)}, deadline)
         for i, turn in enumerate(turns):
             turn.completion, turn.fallback = answers[i]
+
+    @property
+    def kb_topic(self) -> str | None:
+        """What the knowledge base is about, for the "not covered" reply: the shipped one's topic, None for
+        other documents (generic wording)."""
+        if self._kb_topic is False:
+            self._kb_topic = KB_TOPIC if is_shipped_corpus(getattr(self.rag, "manifest", {}) or {}) else None
+        return self._kb_topic
+
+    def _decline(self, retrieval) -> tuple[str, tuple[str, ...]]:
+        """(the local "not covered" reply, the titles it suggests): the two closest document titles when the
+        question came near being covered (`SUGGEST_NEAR`)."""
+        near = False
+        if retrieval is not None and retrieval.sources:
+            if self.abstention is not None:
+                near = self.abstention.probability(retrieval.features) >= SUGGEST_NEAR * self.abstention.threshold
+            else:
+                near = retrieval.best_score >= self.settings.abstain_below - 0.1
+        titles = tuple(dict.fromkeys(s.chunk.title for s in retrieval.sources))[:2] if near else ()
+        return not_covered(self.kb_topic is not None, titles), titles
+
+    def covered(self, retrieval) -> bool:
+        """Does the knowledge base answer the question that made `retrieval`? The abstention model's decision
+        (settings.abstain_model), else the best cosine against settings.abstain_below."""
+        if retrieval is None or not retrieval.sources:
+            return False
+        if self.abstention is not None:
+            return self.abstention.covered(retrieval.features)
+        return retrieval.best_score >= self.settings.abstain_below
 
     def _result(self, turn: "_Turn", elapsed_ms: float) -> ChatResult:
         if not turn.check_in.safe:

@@ -1,22 +1,34 @@
-"""The embedded default answerer: no key, no network. It composes the answer from the retrieved sentences most
-similar to the question and cites each as [n], n being the 1-based index of its source in `request.sources`
-(the numbering of the prompt).
+"""The embedded default answerer: no key, no network. It answers with sentences of the retrieved documents and cites
+each as [n], n being the 1-based index of its source in `request.sources` (the numbering of the prompt).
 
-The answer leads with the sentence that answers (the best-scoring one), then the supporting ones. The hint
-(`request.system`) sets how much it says, by the first `ANSWER_STYLES` entry whose word it contains: the default
-hint ("... concise ...") gives the 1-2 best sentences, the grounded hint after negative feedback ("... detailed,
-and knowledge-grounded") more supporting sentences, each cited. No sources (the service abstains when the
-knowledge base does not cover the question), or none of their sentences about the question: `NOT_COVERED`.
+Which sentence leads: every sentence of the top documents (`Source.doc_sentences`, the whole document near the
+retrieved chunk, not only the chunk) is scored against the question (`score_sentences`): its cosine with the
+question, plus `OVERLAP_WEIGHT` times the share of the question's words it contains, plus `HOW_WEIGHT` when the
+question asks how / which / where (or names a command, flag, setting, port or endpoint) and the sentence holds
+one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, an `/endpoint`, a port, a code span), plus
+`SOURCE_WEIGHT` times its source's retrieval score. The answer leads with the best-scoring sentence (leading
+only from source 1 measured no better on dev, and a caller's numbering need not be by rank); a further sentence
+is added only when it scores within the style's `relative_floor` of the lead and brings a fact the answer does
+not hold yet (a command, setting or number not in it, `_adds_fact`), from any cited source. Weights chosen on the dev part of
+artifacts/eval/user_questions.jsonl (docs/answer-quality.md).
+
+The hint (`request.system`) sets how much it says, by the first `ANSWER_STYLES` entry whose word it contains: the
+default hint ("... concise ...") gives the lead and at most two more sentences, the grounded hint after negative
+feedback ("... detailed, and knowledge-grounded") more, each cited. No sources (the service abstains when the
+knowledge base does not cover the question), or none of their sentences about the question: `request.decline`
+or `NOT_COVERED`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from chatbot_model.contract import Completion, CompletionRequest, Source
+from chatbot_model.retrieval.lexical import tokenize
 from chatbot_model.providers.base import Provider
 from chatbot_model.retrieval.embedder import get_embedder
 
@@ -25,10 +37,34 @@ KB_TOPIC = ("llmops-chatbot and MLflow: tracking and tracing, the model registry
             "chatbot, retrieval, guardrails, providers and feedback")
 NOT_COVERED = (f"Sorry, the knowledge base does not cover that question, so I have no answer from it. It is about "
                f"{KB_TOPIC}. Ask about one of those, or add documents on your topic to the knowledge base.")
+GENERIC_NOT_COVERED = ("Sorry, the knowledge base does not cover that question, so I have no answer from it. Ask "
+                       "about a topic of its documents, or add documents on your topic to the knowledge base.")
 SOURCE_WEIGHT = 0.1  # how much the retrieval score of a sentence's source adds to its similarity
+FIRST_SOURCE_SHARE = 0.75  # the lead comes from source 1 (the best-ranked document) when its best sentence scores
+# at least this share of the best sentence of any source
+OVERLAP_WEIGHT = 0.5  # how much the share of the question's words found in a sentence adds
+HOW_WEIGHT = 0.15  # added to a sentence holding a command, flag, setting, endpoint or code span, for a how-question
+ASKS_HOW = re.compile(r"\b(how|which|where|what (command|flag|setting|port|endpoint|variable|env|url|value|option|"
+                      r"format|body|header|file)s?|command|flag|setting|env|variable|port|endpoint|url|config|"
+                      r"set|change|turn|use|enable|disable|switch|run|start|stop|install|deploy|serve|register|"
+                      r"promote|roll|raise|make|get)\b", re.IGNORECASE)
+ACTIONABLE = re.compile(
+    r"`[^`]+`|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|(?<![\w-])--?[a-z][\w-]*|(?<![\w.])/[a-z][\w./-]*|:\d{2,5}\b|"
+    r"\b(llmops-chatbot|mlflow|kubectl|curl|pip|make|uvicorn|docker|ss|lsof|kill|hf|export|printf)\s+[\w.-]|"
+    r"\b\w+\.\w+\(|\b\w+=\S|\b\d+(\.\d+)?\b")
+_WORD = re.compile(r"[a-z0-9]+(?:[_.:/-][a-z0-9]+)*")
 DUPLICATE_COS = 0.92  # sentences closer than this to a chosen one are skipped
 MIN_SIMILARITY = 0.15  # below this cosine (all-MiniLM-L6-v2 scale) nothing retrieved is about the question
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+
+
+def not_covered(shipped: bool = True, suggestions: tuple[str, ...] = ()) -> str:
+    """The "not covered" reply: what the shipped knowledge base is about (`NOT_COVERED`), or generic wording for
+    other documents; with the titles of the closest documents when the question came near being covered."""
+    text = NOT_COVERED if shipped else GENERIC_NOT_COVERED
+    if suggestions:
+        text += " The closest documents are " + " and ".join(f'"{t}"' for t in suggestions) + "."
+    return text
 
 
 @dataclass(frozen=True)
@@ -39,11 +75,12 @@ class AnswerStyle:
     max_sentences: int
     relative_floor: float
     words: tuple[str, ...] = ()
+    new_facts_only: bool = True  # a sentence after the lead must bring a fact the answer does not hold yet
 
 
 ANSWER_STYLES = {  # checked in order; a hint with none of the words gets "standard"
-    "detailed": AnswerStyle(5, 0.5, ("detailed", "grounded", "factual", "thorough")),
-    "concise": AnswerStyle(2, 0.6, ("concise", "brief", "short")),
+    "detailed": AnswerStyle(5, 0.35, ("detailed", "grounded", "factual", "thorough"), new_facts_only=False),
+    "concise": AnswerStyle(3, 0.75, ("concise", "brief", "short")),
     "standard": AnswerStyle(3, 0.6),
 }
 
@@ -66,6 +103,7 @@ class _Candidate:
     text: str
     vector: np.ndarray
     score: float = 0.0
+    similarity: float = 0.0
 
 
 class LocalProvider(Provider):
@@ -74,12 +112,13 @@ class LocalProvider(Provider):
     key_env_var = None
 
     def _complete_once(self, request: CompletionRequest) -> Completion:
+        declined = request.decline or NOT_COVERED
         candidates, question = self._candidates(request)
         if not candidates:
-            return Completion(text=NOT_COVERED, provider=self.name, model=MODEL_NAME)
-        chosen = _select(candidates, question, request.sources, ANSWER_STYLES[style_of(request.system)])
+            return Completion(text=declined, provider=self.name, model=MODEL_NAME)
+        chosen = _select(candidates, question, request, ANSWER_STYLES[style_of(request.system)])
         if not chosen:
-            return Completion(text=NOT_COVERED, provider=self.name, model=MODEL_NAME)
+            return Completion(text=declined, provider=self.name, model=MODEL_NAME)
         return Completion(text=_compose(chosen), provider=self.name, model=MODEL_NAME,
                           segments=tuple(c.text for c in chosen), segment_vectors=np.stack([c.vector for c in chosen]))
 
@@ -110,7 +149,11 @@ class LocalProvider(Provider):
 
 
 def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None]:
-    """The chunk's sentences and, when they line up with them, its precomputed sentence vectors."""
+    """The sentences of the source's document near its chunk (`doc_sentences`) with their vectors when retrieval
+    added them; else the chunk's sentences and, when they line up with them, its precomputed sentence vectors."""
+    if source.doc_sentences and source.doc_sentence_vectors is not None \
+            and len(source.doc_sentence_vectors) == len(source.doc_sentences):
+        return list(source.doc_sentences), np.asarray(source.doc_sentence_vectors, dtype=np.float32)
     sentences = [s.strip() for s in source.chunk.sentences if s and s.strip()]
     if sentences and len(sentences) == len(source.chunk.sentences):
         vectors = source.sentence_vectors
@@ -120,35 +163,67 @@ def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None]:
     return sentences or split_sentences(source.chunk.text), None
 
 
+@lru_cache(maxsize=65536)  # knowledge-base sentences come back question after question
+def _words(text: str) -> frozenset[str]:
+    return frozenset(tokenize(text))
+
+
+@lru_cache(maxsize=65536)
+def _facts(text: str) -> frozenset[str]:
+    """The actionable spans of a sentence, normalised (what `_adds_fact` compares and the how-cue looks for)."""
+    return frozenset(m.group(0).strip().lower() for m in ACTIONABLE.finditer(text))
+
+
 def _unit(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
 
 
-def _select(candidates: list[_Candidate], question: np.ndarray, sources: list[Source],
+def score_sentences(candidates: list[_Candidate], question: np.ndarray, request: CompletionRequest) -> None:
+    """Set each candidate's score (module doc): cosine + word overlap + how-cue + source score."""
+    asked = _words(request.question)
+    how = bool(ASKS_HOW.search(request.question))
+    matrix = np.asarray(np.stack([np.asarray(c.vector, dtype=np.float32).reshape(-1) for c in candidates]))
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = matrix / np.where(norms > 0, norms, 1.0)
+    similarity = matrix @ question
+    for c, vector, sim in zip(candidates, matrix, similarity):
+        c.vector, c.similarity = vector, float(sim)
+        overlap = len(asked & _words(c.text)) / len(asked) if asked else 0.0
+        cue = HOW_WEIGHT if how and _facts(c.text) else 0.0
+        c.score = (c.similarity + OVERLAP_WEIGHT * overlap + cue
+                   + SOURCE_WEIGHT * float(request.sources[c.source_no - 1].score))
+
+
+def _select(candidates: list[_Candidate], question: np.ndarray, request: CompletionRequest,
             style: AnswerStyle) -> list[_Candidate]:
-    """The best sentences, best first, as many as `style` allows; near-duplicates skipped, weakly relevant ones
-    dropped (all of them when no sentence is really about the question)."""
-    for c in candidates:
-        c.vector = _unit(np.asarray(c.vector, dtype=np.float32).reshape(-1))
-        c.score = float(c.vector @ question)
-    candidates = [c for c in candidates if c.score >= MIN_SIMILARITY]
+    """The lead (the best sentence about the question) and what adds a fact, as many as
+    `style` allows; nothing when no sentence is about the question (cosine below `MIN_SIMILARITY`)."""
+    score_sentences(candidates, question, request)
+    candidates = [c for c in candidates if c.similarity >= MIN_SIMILARITY]
     if not candidates:
         return []
-    for c in candidates:
-        c.score += SOURCE_WEIGHT * float(sources[c.source_no - 1].score)
     ranked = sorted(candidates, key=lambda c: (-round(c.score, 6), c.source_no, c.position))
-    best = ranked[0].score
-    chosen: list[_Candidate] = []
+    lead = ranked[0]
+    first = next((c for c in ranked if c.source_no == 1), None)  # the best-ranked document's best sentence
+    if first is not None and first.score >= FIRST_SOURCE_SHARE * lead.score:
+        lead = first
+    chosen = [lead]
     for c in ranked:
-        if len(chosen) == style.max_sentences:
+        if len(chosen) == style.max_sentences or c.score < style.relative_floor * lead.score:
             break
-        if chosen and c.score < style.relative_floor * best:
-            break
-        if any(float(c.vector @ k.vector) >= DUPLICATE_COS or c.text.lower() == k.text.lower() for k in chosen):
+        if c is lead or any(float(c.vector @ k.vector) >= DUPLICATE_COS or c.text.lower() == k.text.lower()
+                            for k in chosen):
             continue
-        chosen.append(c)
+        if not style.new_facts_only or _adds_fact(c, chosen):
+            chosen.append(c)
     return chosen
+
+
+def _adds_fact(candidate: _Candidate, chosen: list[_Candidate]) -> bool:
+    """Does the sentence bring a command, setting, flag, endpoint or number the answer does not hold yet?"""
+    held = set().union(*(_facts(k.text) for k in chosen))
+    return bool(_facts(candidate.text) - held)
 
 
 def _compose(chosen: list[_Candidate]) -> str:

@@ -1,11 +1,22 @@
-"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index.
+"""RAGPipeline: load documents, chunk them with overlap, embed, search a FAISS inner-product index and a BM25
+index of the same chunks, and rank documents by both (`retrieve_vectors`).
 
 Vectors are L2-normalised, so inner product = cosine similarity. The index and the chunk store (chunks and the
 sentence vectors the local answerer reuses, memory-mapped: see chunk_store.py) persist in `settings.index_dir`
 with a fingerprint of the documents, the embedder, the chunking and the directory format; `load_or_build`
 rebuilds only when that fingerprint changes (a directory of an older format is stale, so it is rebuilt).
 Index files are written to a temporary directory and swapped in whole, so a failed build leaves the old
-index (or nothing) behind, never a half-written one.
+index (or nothing) behind, never a half-written one. The lexical index (`lexical.py`) is saved beside the
+dense one, in `lexical/` of the same directory, under the same fingerprint.
+
+Hybrid ranking: a document's score is its best chunk's cosine plus `lexical_weight` times its best chunk's BM25
+divided by the best document's BM25 for that question (so in [0, lexical_weight]). Candidates are the
+documents of the dense search's over-fetch and the best BM25 documents; a document found only by BM25 is ranked
+with the lowest cosine seen among the dense candidates (a lower bound), and once chosen its source gets the real
+cosine of its best BM25 chunk (read back from the index; the bound when the index cannot). Each `Source` keeps
+the cosine as its `score` and carries the sentences of its whole document (`doc_sentences`, with their vectors)
+for the local answerer. Weight and candidate counts chosen on the dev part of
+artifacts/eval/user_questions.jsonl (docs/answer-quality.md).
 """
 
 from __future__ import annotations
@@ -23,10 +34,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from chatbot_model.config import Settings
+from chatbot_model.config import DEFAULT_ARTIFACTS, Settings
 from chatbot_model.contract import Chunk, Document, Source
+from chatbot_model.retrieval.lexical import TOKENIZER, LexicalIndex, LexicalQuery
 from chatbot_model.errors import ConfigError, InvalidInput
 from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
 from chatbot_model.retrieval.embedder import EMBEDDED_MODEL, get_embedder
@@ -34,7 +49,10 @@ from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, bu
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
-INDEX_FORMAT = 2  # 2: memory-mapped chunk store, float16 sentence vectors (1: chunks.json, float32)
+INDEX_FORMAT = 3  # 3: with the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
+DENSE_CANDIDATES = 10  # documents taken from the dense search per question (at least 4 x k)
+LEXICAL_CANDIDATES = 10  # documents taken from BM25 per question
+DOC_CHUNKS = 6  # most chunks of one document whose sentences a source carries (those nearest its best chunk)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])")
 
 
@@ -155,13 +173,45 @@ def chunk_documents(docs: list[Document], size: int, overlap: int) -> list[Chunk
 def fingerprint(docs: Iterable[Document], embedder_name: str, settings: Settings) -> str:
     """Changes when the documents, the embedder or the chunking change (and only then)."""
     h = hashlib.sha256()
-    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap]).encode())
+    h.update(json.dumps([INDEX_FORMAT, embedder_name, settings.chunk_size, settings.chunk_overlap, TOKENIZER]).encode())
     for doc in docs:
         h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
 
 
+def documents_digest(docs: Iterable[Document]) -> str:
+    """Changes when the documents change (and only then): tells the shipped knowledge base from another."""
+    h = hashlib.sha256()
+    for doc in docs:
+        h.update(json.dumps(asdict(doc), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def is_shipped_corpus(manifest: dict) -> bool:
+    """Is the index built from the knowledge base shipped in artifacts/docs.json?"""
+    shipped = DEFAULT_ARTIFACTS / "docs.json"
+    if not manifest.get("documents_digest") or not shipped.exists():
+        return False
+    try:
+        return manifest["documents_digest"] == documents_digest(iter_documents(shipped))
+    except ConfigError:
+        return False
+
+
 # ---------------------------------------------------------------- the pipeline
+@dataclass
+class Retrieval:
+    """What one question retrieved: the top-k sources (best first) and the numbers the abstention model reads
+    (`abstention.FEATURES`)."""
+
+    sources: list[Source]
+    features: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best_score(self) -> float:
+        return float(self.features.get("dense_best", self.sources[0].score if self.sources else -1.0))
+
+
 class RAGPipeline:
     """Retrieval over a persisted FAISS index. Build once, then `retrieve` / `retrieve_many`."""
 
@@ -170,7 +220,9 @@ class RAGPipeline:
         self._embedder = embedder
         self.index = None
         self.chunks: Sequence[Chunk] = []  # a ChunkStore once built or loaded
+        self.lexical = None  # a LexicalIndex once built or loaded
         self.manifest: dict = {}
+        self._doc_starts: np.ndarray | None = None
 
     @property
     def embedder(self):
@@ -202,11 +254,14 @@ class RAGPipeline:
         vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
         chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
         self.index, index_params = self._make_index(chunk_vecs)
+        self.lexical = LexicalIndex.build(chunks)
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
                          "dim": int(chunk_vecs.shape[1]), "documents": len(docs), "chunks": len(chunks),
                          "sentences": len(sentences), "index_type": index_params["type"],
                          "index_params": index_params, "embedding_backend": getattr(self.embedder, "backend", ""),
                          "chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
+                         "lexical": {"type": "bm25s", "terms": len(self.lexical.idf)},
+                         "documents_digest": documents_digest(docs),
                          "build_seconds": round(time.perf_counter() - started, 3)}
         self._persist(chunks, sent_vecs)
         return self
@@ -245,6 +300,7 @@ class RAGPipeline:
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             write_store(tmp, chunks, sentence_vectors)
+            self.lexical.save(tmp)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
             old = target.with_name(target.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -256,6 +312,8 @@ class RAGPipeline:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.chunks = ChunkStore(target)
+        self._doc_starts = None
+        self.lexical = LexicalIndex.load(target)  # the memory-mapped copy
 
     def _load(self, fp: str) -> bool:
         import faiss
@@ -278,6 +336,8 @@ class RAGPipeline:
                 ivf_nprobe=self.settings.ivf_nprobe)
             manifest["index_type"] = manifest["index_params"]["type"]
             self.chunks = ChunkStore(root)
+            self.lexical = LexicalIndex.load(root)
+            self._doc_starts = None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             if root.exists():
                 log.warning("index in %s is unreadable (%s): rebuilding", root, exc)
@@ -328,10 +388,112 @@ class RAGPipeline:
         return self.retrieve_many([question], k)[0]
 
     def retrieve_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
-        """Top-k sources for many questions: one embedding call, one search."""
+        """Top-k sources for many questions (hybrid ranking): one embedding call, one dense search."""
         if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise InvalidInput("every question must be a non-empty string")
-        return self.search(self.encode_queries(questions), k)
+        return [r.sources for r in self.retrieve_vectors(questions, self.encode_queries(questions), k)]
+
+    def retrieve_vectors(self, questions: list[str], vectors: np.ndarray, k: int | None = None) -> list[Retrieval]:
+        """Hybrid retrieval of questions already embedded (`vectors[i]` is `questions[i]`): the top-k documents
+        by cosine + weighted BM25 (module doc), with the abstention features of each question."""
+        k = k or self.settings.top_k
+        if self.index is None:
+            raise ConfigError("the index is not built; run `llmops-chatbot build-index` or call load_or_build()")
+        n_docs, total = len(self.chunks.documents), len(self.chunks)
+        want = min(max(DENSE_CANDIDATES, 4 * k), n_docs)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, ids = self.index.search(vectors, min(want * 4, total)) if len(vectors) else ([], [])
+        return [self._fuse(q, self._dense_docs(row_s, row_i, want), k, v)
+                for q, row_s, row_i, v in zip(questions, scores, ids, vectors)]
+
+    def _dense_docs(self, scores, ids, want: int) -> dict[int, tuple[int, float]]:
+        """{document number: (its best chunk, cosine)} of one query's dense candidates, best first."""
+        docs, found = self.chunks.chunk_docs, {}
+        for score, i in zip(scores, ids):
+            if i >= 0:
+                found.setdefault(int(docs[i]), (int(i), float(score)))
+                if len(found) == want:
+                    break
+        return found
+
+    def _cosine(self, chunk: int, vector: np.ndarray, default: float) -> float:
+        """The query's cosine with chunk `chunk` (its vector read back from the index), else `default`."""
+        try:
+            return float(np.dot(self.index.reconstruct(int(chunk)), np.asarray(vector, dtype=np.float32)))
+        except (RuntimeError, AttributeError):  # an index without a direct map (ivf): the lower bound
+            return default
+
+    def _fuse(self, question: str, by_doc: dict[int, tuple[int, float]], k: int, vector: np.ndarray) -> Retrieval:
+        weight = self.settings.lexical_weight if self.lexical is not None else 0.0
+        cosine = {d: score for d, (_, score) in by_doc.items()}
+        floor = min(cosine.values()) if cosine else -1.0
+        query = self.lexical.query(question) if self.lexical is not None else LexicalQuery([], [])
+        lexical, chunk_scores = {}, None
+        if self.lexical is not None and query.terms:
+            chunk_scores = self.lexical.chunk_scores(query)
+            doc_scores = self.lexical.document_scores(chunk_scores)
+            top = np.argsort(-doc_scores)[:LEXICAL_CANDIDATES]
+            lexical = {int(d): float(doc_scores[d]) for d in top if doc_scores[d] > 0}
+            for d in by_doc:
+                if d not in lexical and d < len(doc_scores):
+                    lexical[d] = float(doc_scores[d])
+        best_lexical = max(lexical.values(), default=0.0)
+        candidates = set(cosine) | ({d for d, v in lexical.items() if v > 0} if weight > 0 else set())
+
+        def fused(d: int) -> float:
+            lex = lexical.get(d, 0.0) / best_lexical if best_lexical > 0 else 0.0
+            return cosine.get(d, floor) + weight * lex
+
+        ranked = sorted(candidates, key=lambda d: (-fused(d), -cosine.get(d, floor), d))[:k]
+        sources = []
+        for d in ranked:
+            if d in by_doc:
+                source = self._source(*by_doc[d])
+            else:  # found by BM25 only: its best BM25 chunk and that chunk's cosine
+                lo, hi = self._doc_range(d)
+                best = lo + int(np.argmax(chunk_scores[lo:hi]))
+                source = self._source(best, self._cosine(best, vector, floor))
+            sources.append(self._with_document(source, d))
+        dense_ranked = sorted(cosine.values(), reverse=True)
+        dense_first = max(cosine, key=cosine.get) if cosine else -1
+        lexical_first = max(lexical, key=lexical.get) if best_lexical > 0 else -2
+        features = {
+            "dense_best": dense_ranked[0] if dense_ranked else -1.0,
+            "lexical_coverage": self.lexical.coverage(query, best_lexical) if self.lexical is not None else 0.0,
+            "dense_margin": dense_ranked[0] - dense_ranked[1] if len(dense_ranked) > 1 else 0.0,
+            "agreement": float(dense_first == lexical_first),
+            "log_length": math.log1p(len(query.raw)),
+            "known_share": self.lexical.known_share(query) if self.lexical is not None else 0.0,
+        }
+        return Retrieval(sources, features)
+
+    def _doc_range(self, doc_no: int) -> tuple[int, int]:
+        """[first, last + 1) chunk numbers of document number `doc_no` (its chunks are contiguous)."""
+        if self._doc_starts is None:
+            docs = np.asarray(self.chunks.chunk_docs)
+            self._doc_starts = np.r_[0, np.flatnonzero(np.diff(docs)) + 1, len(docs)].astype(np.int64)
+        return int(self._doc_starts[doc_no]), int(self._doc_starts[doc_no + 1])
+
+    def _with_document(self, source: Source, doc_no: int) -> Source:
+        """`source` with the sentences (and vectors) of its document's chunks nearest its own, overlaps once."""
+        lo, hi = self._doc_range(doc_no)
+        own = source.chunk.chunk_id
+        nearest = sorted(range(lo, hi), key=lambda i: (abs(i - own), i))[:DOC_CHUNKS]
+        seen, sentences, vectors = set(), [], []
+        for i in sorted(nearest):
+            chunk = source.chunk if i == own else self.chunks[i]
+            vecs = source.sentence_vectors if i == own else self.chunks.sentence_vectors(i)
+            if vecs is None or len(vecs) != len(chunk.sentences):
+                continue
+            for text, vec in zip(chunk.sentences, vecs):
+                if text not in seen:
+                    seen.add(text)
+                    sentences.append(text)
+                    vectors.append(vec)
+        if sentences:
+            source.doc_sentences = tuple(sentences)
+            source.doc_sentence_vectors = np.asarray(vectors, dtype=np.float32)
+        return source
 
     def info(self) -> dict:
         """What is loaded: the manifest plus the index location."""

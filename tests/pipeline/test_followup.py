@@ -15,28 +15,58 @@ TRACED = "How is each chatbot request traced?"
 FOLLOW = "Can I turn that off?"
 
 
-def test_the_offline_rule_flags_follow_ups_and_joins_the_thread_anchor():
+def test_the_offline_rule_flags_follow_ups_and_joins_the_last_answered_question():
     assert followup.is_followup("Can I turn that off?")           # refers back
     assert followup.is_followup("And the other route?")           # continues
     assert followup.is_followup("Postgres too?")                  # short
     assert not followup.is_followup("Which environment variable selects the guardrail backend for toxic input?")
     assert followup.offline_candidates("What is FAISS?", []).method == "none"
     long_standalone = "Which environment variable selects the guardrail backend for toxic input?"
-    assert followup.offline_candidates(long_standalone, [{"role": "user", "content": "x"}]).candidates == (
-        long_standalone,)
+    answered = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y [1]."}]
+    assert followup.offline_candidates(long_standalone, answered).candidates == (long_standalone,)
     history = [{"role": "user", "content": TRACED}, {"role": "assistant", "content": "One trace per request."}]
     r = followup.offline_candidates(FOLLOW, history)
-    assert r.method == "offline" and r.candidates == (FOLLOW, f"{TRACED} {FOLLOW}")
-    # a follow-up of a follow-up: the thread's anchor leads
+    assert r.method == "offline" and r.candidates == (FOLLOW, f"{TRACED} {FOLLOW}") and r.refers
+    # a follow-up of a follow-up: the last answered question as typed, never an earlier resolution
     three = history + [{"role": "user", "content": FOLLOW}, {"role": "assistant", "content": "Yes."}]
-    assert followup.anchor_of(three) == f"{TRACED} {FOLLOW}"
+    assert followup.anchor_of(three) == FOLLOW
 
 
-def test_choose_keeps_the_joined_retrieval_unless_the_follow_up_stands_on_its_own():
-    assert followup.choose([0.2, 0.5]) == (1, 0.5)
-    assert followup.choose([0.3, 0.25]) == (1, 0.3)        # the floor sees the better of the two
-    assert followup.choose([followup.SELF_CONTAINED_SCORE, 0.7]) == (0, 0.7)
-    assert followup.choose([0.4]) == (0, 0.4)
+def test_a_declined_or_blocked_turn_is_never_carried_forward():
+    from chatbot_model.guardrail.core import SAFE_REPLY
+    from chatbot_model.providers.local import NOT_COVERED, not_covered
+
+    declined = [{"role": "user", "content": "Who won the 1998 football world cup?"},
+                {"role": "assistant", "content": NOT_COVERED}]
+    r = followup.offline_candidates("what is the capital of france", declined)
+    assert r.method == "standalone" and r.candidates == ("what is the capital of france",)
+    history = [{"role": "user", "content": "How do I promote a model to Production?"},
+               {"role": "assistant", "content": "Run llmops-chatbot promote_model [1]."},
+               {"role": "user", "content": "I hate them all."}, {"role": "assistant", "content": SAFE_REPLY},
+               {"role": "user", "content": "tell me a joke"},
+               {"role": "assistant", "content": not_covered(False, ("Promoting", "Gate"))}]
+    assert followup.anchor_of(history) == "How do I promote a model to Production?"
+    assert followup.is_declined("The knowledge base does not cover football; it is about MLflow.")
+    assert not followup.is_declined("Set CHATBOT_TRACING=false [1].")
+
+
+def test_choose_keeps_the_joined_retrieval_unless_the_question_stands_on_its_own():
+    from chatbot_model.retrieval.rag import Retrieval
+
+    def retrieval(best, known=1.0):
+        return Retrieval([], {"dense_best": best, "known_share": known})
+
+    def covered(r):
+        return r.best_score >= 0.3
+
+    refers = followup.Resolution("Can I turn that off?", ("a", "b"), "offline", refers=True)
+    short = followup.Resolution("use my own docs", ("a", "b"), "offline", refers=False)
+    assert followup.choose(refers, [retrieval(0.2), retrieval(0.5)], covered) == 1
+    assert followup.choose(refers, [retrieval(followup.SELF_CONTAINED_SCORE), retrieval(0.7)], covered) == 0
+    assert followup.choose(short, [retrieval(0.35), retrieval(0.6)], covered) == 0  # covered alone: new topic
+    assert followup.choose(short, [retrieval(0.1, known=0.5), retrieval(0.6)], covered) == 0  # unseen words
+    assert followup.choose(short, [retrieval(0.1), retrieval(0.6)], covered) == 1  # elliptical: "and the port?"
+    assert followup.choose(short, [retrieval(0.4)], covered) == 0
 
 
 def test_clean_condensed_takes_the_question_and_refuses_prose():
@@ -66,7 +96,7 @@ def test_a_follow_up_retrieves_with_its_conversation_and_not_without(shipped_ser
     assert follow.standalone_question == f"{TRACED} {FOLLOW}"
     assert not follow.abstained and "chatbot-tracing" in [s["id"] for s in follow.sources]
     assert follow.question == FOLLOW  # the user's words are what was answered
-    assert alone.abstained and alone.sources == [] and alone.standalone_question == ""
+    assert alone.standalone_question == ""  # asked alone, nothing is resolved
 
 
 def test_the_trace_records_both_questions(shipped_service):

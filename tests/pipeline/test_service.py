@@ -6,7 +6,7 @@ import re
 import mlflow
 import pytest
 
-from chatbot_model.errors import InvalidInput
+from chatbot_model.errors import ConfigError, InvalidInput
 from chatbot_model.guardrail.core import SAFE_REPLY
 from chatbot_model.providers.local import split_sentences
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
@@ -83,9 +83,10 @@ def test_batch_is_one_embedding_one_search_and_two_guardrail_calls(make_service,
     questions = ["How do I load a model by alias?", TOXIC_QUESTION, "What does HNSW trade for speed?"]
     single = [service.answer(q) for q in questions]
     calls = {"encode": 0, "check_many": 0, "search": 0}
-    for obj, name in ((service.rag, "encode_queries"), (service.guardrail, "check_many"), (service.rag, "search")):
+    for obj, name in ((service.rag, "encode_queries"), (service.guardrail, "check_many"),
+                      (service.rag, "retrieve_vectors")):  # one FAISS search (and one BM25 pass per question)
         original = getattr(obj, name)
-        key = "encode" if name == "encode_queries" else name
+        key = {"encode_queries": "encode", "retrieve_vectors": "search"}.get(name, name)
 
         def spy(*a, _original=original, _key=key, **kw):
             calls[_key] += 1
@@ -146,13 +147,15 @@ OFF_TOPIC = ["Who won the 1998 football world cup?", "What is the capital of Fra
 
 
 def test_off_topic_questions_get_the_not_covered_reply_without_sources(make_service):
-    from chatbot_model.providers.local import NOT_COVERED
+    from chatbot_model.providers.local import GENERIC_NOT_COVERED
 
     service = make_service()
     results = service.answer_many(OFF_TOPIC + ["How do I load a model by alias?"])
     for result in results[:-1]:
         assert result.abstained and not result.blocked, result.question
-        assert result.answer == NOT_COVERED and result.sources == []
+        # these are not the shipped documents: generic wording, nothing about MLflow
+        assert result.answer.startswith(GENERIC_NOT_COVERED) and "MLflow" not in result.answer
+        assert result.sources == []
     on_topic = results[-1]
     assert not on_topic.abstained and on_topic.sources[0]["id"] == "aliases" and "[1]" in on_topic.answer
     assert on_topic.sources[0]["score"] >= service.settings.abstain_below
@@ -161,11 +164,20 @@ def test_off_topic_questions_get_the_not_covered_reply_without_sources(make_serv
 
 
 def test_the_abstention_floor_is_a_setting(make_service):
-    """-1 never abstains (the old behaviour: sentences cited for an off-topic question); 1 always does."""
-    never = make_service(abstain_below=-1).answer(OFF_TOPIC[0])
+    """Without an abstention model: -1 never abstains (sentences cited for an off-topic question); 1 always does."""
+    never = make_service(abstain_below=-1, abstain_model={}).answer(OFF_TOPIC[0])
     assert not never.abstained and never.sources
-    always = make_service(abstain_below=1).answer("How do I load a model by alias?")
+    always = make_service(abstain_below=1, abstain_model={}).answer("How do I load a model by alias?")
     assert always.abstained and always.sources == []
+
+
+def test_the_abstention_model_is_a_setting(make_service):
+    """A model whose threshold nothing reaches declines everything; one that everything reaches answers all."""
+    model = {"features": ["dense_best"], "weights": [1.0], "bias": 0.0}
+    assert make_service(abstain_model={**model, "threshold": 0.999}).answer("How do I load a model by alias?").abstained
+    assert not make_service(abstain_model={**model, "threshold": 0.0}).answer(OFF_TOPIC[0]).abstained
+    with pytest.raises(ConfigError, match="CHATBOT_ABSTAIN_MODEL"):
+        make_service(abstain_model={"weights": [1.0]})
 
 
 def test_remote_providers_are_told_the_knowledge_base_has_nothing(make_service, with_keys, fake_llm):

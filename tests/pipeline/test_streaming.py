@@ -31,8 +31,16 @@ def stream_threads() -> int:
     return sum(t.name == "chat-stream" for t in threading.enumerate())
 
 
-def test_local_answer_streams_sentence_by_sentence_and_equals_the_whole_answer(make_service):
-    service = make_service()
+def grounded(tmp_path):
+    """The hint after negative feedback: the local answer quotes several sentences (the default concise one may
+    say one sentence when the next brings no new fact)."""
+    path = tmp_path / "grounded_hint.txt"
+    path.write_text("Be more factual, detailed, and knowledge-grounded")
+    return path
+
+
+def test_local_answer_streams_sentence_by_sentence_and_equals_the_whole_answer(make_service, tmp_path):
+    service = make_service(hint_path=grounded(tmp_path))
     whole = service.answer("How do I load a model by alias?")
     events, deltas, row = events_of(service.stream("How do I load a model by alias?"))
 
@@ -132,13 +140,13 @@ def test_the_sentence_buffer_waits_for_the_end_of_a_sentence():
     assert "".join(cut) == long and all(len(p) <= 400 for p in cut) and len(cut) > 1
 
 
-def test_the_cli_prints_the_answer_as_it_arrives(make_service, monkeypatch):
+def test_the_cli_prints_the_answer_as_it_arrives(make_service, monkeypatch, tmp_path):
     import click
 
     from chatbot_model.cli.chat import stream_answer
 
     echoed = []
     monkeypatch.setattr(click, "echo", lambda message="", nl=True, **_: echoed.append(str(message)))
-    result = stream_answer(make_service(), "How do I load a model by alias?")
+    result = stream_answer(make_service(hint_path=grounded(tmp_path)), "How do I load a model by alias?")
     pieces = echoed[1:-1]  # "bot> ", the sentences one call each, then the end of the line
     assert echoed[0] == "bot> " and len(pieces) >= 2 and "".join(pieces) == result.answer

@@ -148,7 +148,7 @@ def test_an_index_directory_of_the_previous_format_is_rebuilt(corpus, tmp_path, 
     rebuilt = RAGPipeline(settings).load_or_build()
     assert rebuilt.retrieve("exact inner product search", k=1)[0].chunk.doc_id == "faiss"
     assert (tmp_path / "idx" / "sentences.bin").is_file()
-    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["format"] == 2
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["format"] == rag_module.INDEX_FORMAT
 
 
 def test_a_truncated_chunk_store_is_rebuilt_not_served(corpus, tmp_path):
