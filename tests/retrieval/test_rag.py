@@ -193,3 +193,13 @@ def test_a_matching_index_is_checked_by_streaming_the_documents_not_loading_them
     docs.write_text(docs.read_text() + json.dumps({"id": "new", "text": "A new document."}) + "\n")
     with pytest.raises(AssertionError, match="as a list"):  # changed documents: a rebuild, which needs them all
         RAGPipeline(settings).load_or_build()
+
+
+def test_the_shipped_knowledge_base_is_recognised_by_its_digest():
+    # a logged model recognises the shipped documents without the checkout (its "not covered" reply names the topic)
+    from chatbot_model.config import DEFAULT_ARTIFACTS
+    from chatbot_model.retrieval.rag import SHIPPED_DOCUMENTS_DIGEST, documents_digest, is_shipped_corpus, iter_documents
+
+    digest = documents_digest(iter_documents(DEFAULT_ARTIFACTS / "docs.json"))
+    assert digest == SHIPPED_DOCUMENTS_DIGEST, "artifacts/docs.json changed: update SHIPPED_DOCUMENTS_DIGEST in rag.py"
+    assert is_shipped_corpus({"documents_digest": digest}) and not is_shipped_corpus({"documents_digest": "other"})
