@@ -152,11 +152,24 @@ class Settings(BaseSettings):
     serving_backend: str = Field("in-process", description="in-process (load model_uri) or remote (scoring_url)")
     scoring_url: str | None = Field(None, description="remote backend: base URL of `mlflow models serve`")
     backend_timeout_s: float = Field(60.0, gt=0, description="timeout of one backend call")
-    api_key: SecretStr | None = Field(None, description="when set, /chat and /feedback need it as a bearer token")
+    api_key: SecretStr | None = Field(None, description="when set, /chat, /feedback and /v1 need it as a bearer "
+                                      "token, and so do /metrics and the API docs unless opened below")
+    session_secret: SecretStr | None = Field(None, description="signs the session ids the server issues (at least "
+                                             "16 characters); unset: a random secret per process, so replicas "
+                                             "must share one for a conversation to continue on another replica")
     max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted")
-    protect_metrics: bool = Field(False, description="/metrics needs the API key too (when CHATBOT_API_KEY is set)")
-    public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json to anyone; false: they need "
-                              "the API key, and are off when no CHATBOT_API_KEY is set")
+    body_read_timeout_s: float = Field(10.0, ge=0, description="a request body must arrive within this many "
+                                       "seconds, else 408 (0 = no limit; headers: the ingress's timeout)")
+    max_concurrent_chats: int = Field(32, ge=0, description="/chat and /v1 answers in progress at once in this "
+                                      "process; more get 503 with Retry-After (0 = no cap; keep it below the "
+                                      "40 worker threads so /feedback still has threads)")
+    feedback_rate_per_minute: int = Field(30, ge=0, description="ratings one client (API key, else IP address) "
+                                          "may send per minute to this process; more get 429 (0 = no limit)")
+    protect_metrics: bool | None = Field(None, description="/metrics needs the API key; unset: it does whenever "
+                                         "CHATBOT_API_KEY is set; false: /metrics is public")
+    public_docs: bool | None = Field(None, description="/docs, /redoc and /openapi.json: unset: public without "
+                                     "CHATBOT_API_KEY, behind it with one; true: public; false: behind the key, "
+                                     "and off when no key is set")
     model_load_retry_initial_s: float = Field(1.0, gt=0, description="first wait before retrying a failed model load")
     model_load_retry_max_s: float = Field(60.0, gt=0, description="longest wait between model load attempts")
     model_load_max_attempts: int = Field(0, ge=0, description="model load attempts before giving up; 0 = forever")
@@ -211,6 +224,8 @@ class Settings(BaseSettings):
         if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):
             raise ValueError("CHATBOT_PROTECT_METRICS=true needs CHATBOT_API_KEY (the key /metrics then requires); "
                              "set one, or leave /metrics public")
+        if self.session_secret is not None and 0 < len(self.session_secret.get_secret_value()) < 16:
+            raise ValueError("CHATBOT_SESSION_SECRET needs at least 16 characters (e.g. `openssl rand -hex 32`)")
         return self
 
     def masked(self) -> dict[str, str]:

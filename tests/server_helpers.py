@@ -3,6 +3,7 @@ service builder. The service is expensive (embedder, index), so tests share one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -141,7 +142,7 @@ def contract_row(question: str, **fields) -> dict:
            "route": "gpt",
            "provider": "local", "model": "extractive-v1", "fallback": "", "latency_ms": 1.5,
            "sources": [{"id": "d1", "title": "Doc one", "source": "https://example.org/d1", "score": 0.9}],
-           "trace_id": f"tr-remote-{abs(hash(question)) % 10**8}", "model_version": "", "error": ""}
+           "trace_id": "tr-" + hashlib.md5(question.encode()).hexdigest(), "model_version": "", "error": ""}
     row.update(fields)
     return row
 
@@ -192,3 +193,10 @@ class FakeScoringServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def new_session(client, key: str | None = None) -> str:
+    """A session id the app under test issued (as its first answer would return), bound to `key` if given."""
+    from chatbot_model.server.sessions import caller_fingerprint, session_ids
+
+    return session_ids(client.app).issue(caller_fingerprint(key))

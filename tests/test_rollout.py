@@ -88,7 +88,7 @@ def make_backend(registry: Registry, **overrides) -> InProcessBackend:
 class Client(threading.Thread):
     """Sends questions one after another until stopped; records every status and answering version."""
 
-    def __init__(self, http: TestClient, session_id: str = "s"):
+    def __init__(self, http: TestClient, session_id: str | None = None):
         super().__init__(daemon=True)
         self.http, self.session_id = http, session_id
         self.statuses: list[int] = []
@@ -100,7 +100,8 @@ class Client(threading.Thread):
         n = 0
         while not self.stop.is_set():
             n += 1
-            r = self.http.post("/chat", json={"question": f"question {n}", "session_id": self.session_id})
+            r = self.http.post("/chat", json={"question": f"question {n}",
+                                              **({"session_id": self.session_id} if self.session_id else {})})
             with self.answered:
                 self.statuses.append(r.status_code)
                 if r.status_code == 200:

@@ -203,6 +203,8 @@ async def stream_chat(question: str, backend, settings: Settings, on_final: Call
     def as_sse(event: dict) -> bytes:
         if event.get("event") == "final":
             on_final({k: v for k, v in event.items() if k != "event"})
+            if session_id:  # the client continues the conversation with it
+                event = {**event, "session_id": session_id}
         return chat_event(event)
 
     stream = EventStream(backend_events(backend, question, history, session_id), deadline, context, settings.backend_timeout_s,
@@ -222,5 +224,5 @@ def record_answer(row: dict, session_id: str | None, backend, traces, metrics, a
         conversation.store_turn_now(app, session_id, row, version)
     traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
                                 model=row["model"], session_id=session_id, model_version=version))
-    log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f streamed", row["trace_id"], row["route"],
+    log.info("trace=%r route=%r provider=%r blocked=%s latency_ms=%.0f streamed", row["trace_id"], row["route"],
              row["provider"], row["blocked"], row["latency_ms"])
