@@ -33,7 +33,26 @@ NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator,
 
 MASK = "***"
 _SECRET_QUERY_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key", re.IGNORECASE)
-_USERINFO_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/?#]*)(?P<at>@)")
+# free text: `scheme://user:` then the password up to the last `@` of the word (it may hold `/`, `?`, `#` or an
+# unencoded `@`); over-masking a `host:port/path@x` that has no password is the safe way to be wrong
+_USERINFO_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)(?P<password>\S*)(?P<at>@)")
+
+
+def _mask_userinfo(url: str) -> str:
+    """The password of `url` as `***`. A URL with one `@` is parsed by SQLAlchemy's `make_url` (the parser the
+    stores use: a password holding `/`, `?` or `#` is found as they find it) and rendered with the password
+    hidden; with more than one `@` (an unencoded `@`, or one in the path) the userinfo is ambiguous and the
+    free-text rule masks up to the last `@`; what `make_url` cannot parse (models:/..., runs:/...) too."""
+    from sqlalchemy.engine import make_url
+
+    if url.count("@") == 1:
+        try:
+            parsed = make_url(url)
+        except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads
+            parsed = None
+        if parsed is not None and parsed.password is not None:
+            return parsed.render_as_string(hide_password=True)
+    return mask_secrets(url)
 
 
 def mask_url(url: str | None) -> str | None:
@@ -43,7 +62,7 @@ def mask_url(url: str | None) -> str | None:
     text that is not a URL comes back unchanged. Use it wherever a URL is printed or logged."""
     if not url or ("://" not in url and "?" not in url):
         return url
-    masked = mask_secrets(url)
+    masked = _mask_userinfo(url) if "://" in url else url
     try:
         query = urlsplit(masked).query
     except ValueError:  # not a URL after all
@@ -196,7 +215,14 @@ class Settings(BaseSettings):
 
     # conversations (chatbot_model/store/conversations.py, followup.py)
     conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "
-                                               "deleted by `llmops-chatbot conversations prune`; 0 = keep them")
+                                               "deleted by the server's retention task and by `llmops-chatbot "
+                                               "conversations prune`; 0 = keep them")
+    feedback_retention_days: float = Field(365.0, ge=0, description="ratings older than this are deleted by the "
+                                           "server's retention task and `llmops-chatbot conversations prune`; "
+                                           "0 = keep them")
+    retention_interval_s: float = Field(3600.0, ge=0, description="how often the server prunes conversation turns "
+                                        "and ratings past their retention (0 = never: prune with the CLI or a "
+                                        "CronJob)")
     condense_timeout_s: float = Field(5.0, gt=0, description="longest a remote provider may take to rewrite a "
                                       "follow-up into a standalone question; then the offline rule decides")
 

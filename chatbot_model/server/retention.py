@@ -1,0 +1,48 @@
+"""Retention that runs by itself: every CHATBOT_RETENTION_INTERVAL_S the server deletes conversation turns older
+than CHATBOT_CONVERSATION_RETENTION_DAYS and ratings older than CHATBOT_FEEDBACK_RETENTION_DAYS (in a worker
+thread; a failure is logged and retried at the next interval). Every replica may run it: the deletes are
+idempotent. Clusters also get a CronJob running `llmops-chatbot conversations prune` (k8s/base/retention-cronjob.yaml)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.concurrency import run_in_threadpool
+
+log = logging.getLogger(__name__)
+
+
+def prune_once(app) -> dict[str, int]:
+    """Delete what is past its retention now; returns how many turns and ratings went."""
+    from chatbot_model.server.conversation import conversation_store
+    from chatbot_model.server.deps import _open_feedback_store, settings_of
+
+    settings = settings_of(app)
+    if not settings.feedback_db_url:
+        return {"turns": 0, "ratings": 0}
+    feedback = _open_feedback_store(app.state, settings.feedback_db_url)
+    turns = conversation_store(app)
+    return {"turns": turns.prune(settings.conversation_retention_days) if turns is not None else 0,
+            "ratings": feedback.prune(settings.feedback_retention_days)}
+
+
+async def retention_loop(app, interval_s: float) -> None:
+    """`prune_once` now and every `interval_s` seconds until cancelled."""
+    while True:
+        try:
+            done = await run_in_threadpool(prune_once, app)
+            if any(done.values()):
+                log.info("retention: deleted %d conversation turns and %d ratings", done["turns"], done["ratings"])
+        except Exception as exc:  # noqa: BLE001 - the database is down: try again next time
+            log.warning("retention: prune failed (%s); retrying in %g s", type(exc).__name__, interval_s)
+        await asyncio.sleep(interval_s)
+
+
+def start(app) -> asyncio.Task | None:
+    from chatbot_model.server.deps import settings_of
+
+    interval = settings_of(app).retention_interval_s
+    if not interval:
+        return None
+    return asyncio.get_running_loop().create_task(retention_loop(app, interval), name="retention")
