@@ -81,4 +81,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
-CMD ["uvicorn", "chatbot_model.server:app", "--host", "0.0.0.0", "--port", "8000"]
+# limits: chatbot_model/cli/serve.py UVICORN_LIMITS (a test keeps them equal)
+CMD ["uvicorn", "chatbot_model.server:app", "--host", "0.0.0.0", "--port", "8000", \
+     "--limit-concurrency", "256", "--backlog", "512", "--timeout-keep-alive", "5", \
+     "--h11-max-incomplete-event-size", "16384", "--timeout-graceful-shutdown", "20"]

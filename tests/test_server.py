@@ -76,11 +76,12 @@ def assert_error(response, status: int, code: str, *words: str) -> dict:
 
 # ---------------------------------------------------------------- /chat
 def test_chat_answers_with_sources_route_and_trace(client):
-    r = client.post("/chat", json={"question": Q, "session_id": "s1"})
+    r = client.post("/chat", json={"question": Q})
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"answer", "question", "standalone_question", "sources", "route", "provider", "model",
-                         "blocked", "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
+                         "blocked", "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error",
+                         "session_id"}
     assert body["question"] == Q and body["error"] == ""
     assert body["answer"] and not body["blocked"]
     assert body["route"] in ("gpt", "claude") and body["provider"] == "local" and body["model"] == "extractive-v1"
@@ -247,22 +248,24 @@ def test_api_key_guards_chat_and_feedback_only(make_client, settings):
     fb = client.post("/feedback", json={"trace_id": ok.json()["trace_id"], "rating": "up"},
                      headers={"Authorization": "Bearer s3cret"})
     assert fb.status_code == 200
-    assert client.get("/health").json()["api_key_required"] is True
-    assert client.get("/metrics").status_code == 200 and client.get("/").status_code == 200
+    assert client.get("/health").json() == {"status": "ok", "version": client.app.version}  # no details without it
+    assert client.get("/health", headers={"Authorization": "Bearer s3cret"}).json()["api_key_required"] is True
+    assert client.get("/metrics").status_code == 401 and client.get("/").status_code == 200
 
 
 # ---------------------------------------------------------------- /feedback
 def test_feedback_is_recorded_with_what_was_served(client, settings):
     from chatbot_model.store.feedback import FeedbackStore
 
-    answer = client.post("/chat", json={"question": Q, "session_id": "sess-7"}).json()
+    answer = client.post("/chat", json={"question": Q}).json()
     r = client.post("/feedback", json={"trace_id": answer["trace_id"], "rating": "down", "comment": "too vague"})
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "recorded", "trace_id": answer["trace_id"], "rating": "down"}
     rows = FeedbackStore(settings.feedback_db_url).ratings()
     assert len(rows) == 1
     row = rows[0]
-    assert (row.trace_id, row.rating, row.comment, row.session_id) == (answer["trace_id"], "down", "too vague", "sess-7")
+    assert (row.trace_id, row.rating, row.comment, row.session_id) == (answer["trace_id"], "down", "too vague",
+                                                                     answer["session_id"])
     assert (row.route, row.provider, row.model) == (answer["route"], answer["provider"], answer["model"])
 
 
@@ -276,7 +279,8 @@ def test_feedback_for_a_trace_served_by_another_process_is_found_in_mlflow(make_
 def test_unknown_trace_is_404_and_bad_rating_422(client):
     assert_error(client.post("/feedback", json={"trace_id": "tr-00000000000000000000000000000000", "rating": "up"}),
                  404, "trace_not_found")
-    assert_error(client.post("/feedback", json={"trace_id": "not a trace", "rating": "up"}), 404, "trace_not_found")
+    assert_error(client.post("/feedback", json={"trace_id": "not a trace", "rating": "up"}), 422, "invalid_input",
+                 "not an MLflow trace id")
     assert_error(client.post("/feedback", json={"trace_id": "tr-1", "rating": "meh"}), 422, "invalid_input", "rating")
     assert_error(client.post("/feedback", json={"rating": "up"}), 422, "invalid_input", "trace_id")
     assert_error(client.post("/feedback", json={"trace_id": "tr-1", "rating": "up", "comment": "x" * 5000}),
