@@ -45,8 +45,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_TRACKING_URI=sqlite:////app/.chatbot/mlflow.db
 
 # Runtime dependencies exactly as locked, every file checked against its hash: requirements.lock (`make lock`)
-# holds the runtime + `serve` + `postgres` (psycopg2) dependencies. torch, not in the lock, comes first from the
-# PyTorch CPU index (PyPI's wheel pulls the CUDA libraries, GBs); its own dependencies are in the lock.
+# holds the runtime + `serve` + `postgres` (psycopg2) + `auth` (Flask-WTF, for the basic-auth tracking server)
+# dependencies. torch, not in the lock, comes first from the PyTorch CPU index (PyPI's wheel pulls the CUDA
+# libraries, GBs); its own dependencies are in the lock.
 # --no-deps everywhere: nothing outside the lock is resolved; `pip check` proves the set is complete.
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu \

@@ -91,14 +91,14 @@ serve-model: install
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-# requirements.lock: the image's runtime + serve + postgres dependencies, pinned with hashes (the Dockerfile
+# requirements.lock: the image's runtime + serve + postgres + auth dependencies, pinned with hashes (the Dockerfile
 # installs it with --require-hashes). torch is left out (the Dockerfile takes the CPU wheel from the PyTorch index);
 # its dependencies are resolved from that wheel. LOCK_TORCH_SOURCE="--find-links DIR" uses a local wheel instead.
 LOCK_TORCH_SOURCE ?= --find-links https://download.pytorch.org/whl/cpu/torch/
 .PHONY: lock
 lock: $(BIN)/python
 	$(PIP) install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --generate-hashes --upgrade \
+	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --extra auth --generate-hashes --upgrade \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple \
 	  $(LOCK_TORCH_SOURCE) --no-emit-package torch --no-emit-package llmops-chatbot \
 	  --custom-compile-command "make lock" -o requirements.lock

@@ -109,9 +109,10 @@ def chat() -> None:
 
 # Commands defined beside their component (each module imports only click at the top).
 # One `main.add_command(...)` line per command, below.
-from chatbot_model.cli.registry import promote_model, register_model  # noqa: E402
+from chatbot_model.cli.registry import promote_model, register_model, registry_access  # noqa: E402
 main.add_command(register_model)
 main.add_command(promote_model)
+main.add_command(registry_access)
 from chatbot_model.cli.serve import serve  # noqa: E402
 main.add_command(serve)
 from chatbot_model.cli.feedback import feedback, sync_feedback  # noqa: E402
