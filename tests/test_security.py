@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from chatbot_model.config import load_settings
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import Backend
-from chatbot_model.server.sessions import SessionIds
 
 Q = "How do I roll back a model version?"
 
@@ -72,8 +71,9 @@ def test_caller_b_cannot_read_or_write_caller_a_conversation(tmp_path):
         # the server's key is A's; a caller with another key is not even let in
         assert client.post("/chat", json={"question": Q, "session_id": session},
                            headers=bearer("key-b")).status_code == 401
+    from chatbot_model.server.sessions import SessionIds, caller_fingerprint
+
     issuer = SessionIds(b"0123456789abcdef0123456789abcdef")
-    from chatbot_model.server.sessions import caller_fingerprint
 
     a_session = issuer.issue(caller_fingerprint("key-a"))
     assert issuer.verify(a_session, caller_fingerprint("key-a"))
@@ -406,3 +406,44 @@ def test_a_body_that_trickles_in_gets_408_and_frees_the_connection(tmp_path):
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     finally:
         server.close()
+
+
+def test_the_chat_page_keeps_the_issued_session_and_the_key_for_the_tab_only(tmp_path):
+    """The page continues the conversation with the id the server issued, and keeps the API key in
+    sessionStorage (the finding: it stayed in localStorage, readable by any later script of the origin)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.server_helpers import LiveServer
+    from tests.test_chat_page import ARGS, _chromium
+
+    settings = settings_for(tmp_path, api_key="k3y")
+    backend = EchoBackend(settings)
+    server = LiveServer(create_app(settings, backend=backend))
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=ARGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.goto(server.url + "/")
+                page.evaluate("localStorage.setItem('chatbot-api-key', 'left-by-an-old-page')")
+                page.reload()
+                expect(page.get_by_test_id("status")).to_contain_text("API key", timeout=30_000)
+                page.get_by_label("API key").fill("k3y")
+                page.get_by_role("button", name="Save").click()
+                expect(page.get_by_test_id("status")).to_contain_text("ready", timeout=30_000)
+                for n, question in enumerate([Q, "and then?"], start=1):
+                    page.get_by_label("Question").fill(question)
+                    page.get_by_role("button", name="Send").click()
+                    expect(page.get_by_test_id("answer")).to_have_count(n, timeout=30_000)
+                    expect(page.get_by_test_id("answer").nth(n - 1).get_by_test_id("meta")).to_be_visible()
+                stored = page.evaluate("[sessionStorage.getItem('chatbot-session'), "
+                                       "sessionStorage.getItem('chatbot-api-key'), "
+                                       "localStorage.getItem('chatbot-api-key')]")
+            finally:
+                browser.close()
+    finally:
+        server.close()
+    session, key, old_key = stored
+    assert session.startswith("s1.") and key == "k3y" and old_key is None
+    assert backend.histories[-1] and backend.histories[-1][0] == {"role": "user", "content": Q}
