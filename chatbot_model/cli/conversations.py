@@ -35,7 +35,7 @@ def prune(older_than_days: float | None, ratings_older_than_days: float | None) 
     store = _store()
     days = older_than_days if older_than_days is not None else store.retention_days
     if not days:
-        click.echo("retention is 0 (keep forever): no turns pruned; pass --older-than-days or set "
+        click.echo("retention is 0 (keep forever): nothing pruned; pass --older-than-days or set "
                    "CHATBOT_CONVERSATION_RETENTION_DAYS")
     else:
         deleted = store.prune(days)
