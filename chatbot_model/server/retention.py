@@ -1,7 +1,8 @@
 """Retention that runs by itself: every CHATBOT_RETENTION_INTERVAL_S the server deletes conversation turns older
 than CHATBOT_CONVERSATION_RETENTION_DAYS and ratings older than CHATBOT_FEEDBACK_RETENTION_DAYS (in a worker
 thread; a failure is logged and retried at the next interval). Every replica may run it: the deletes are
-idempotent. Clusters also get a CronJob running `llmops-chatbot conversations prune` (k8s/base/retention-cronjob.yaml)."""
+idempotent. With PostgreSQL in the cluster a CronJob also runs `llmops-chatbot conversations prune`
+(k8s/overlays/tracking-postgres/retention-cronjob.yaml)."""
 
 from __future__ import annotations
 

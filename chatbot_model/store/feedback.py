@@ -342,8 +342,8 @@ class FeedbackStore:
                             orphaned_at=_utc(r["orphaned_at"])) for r in rows]
 
     def stats(self) -> dict:
-        """Counts (one rating per trace and session): total, by rating, by route / model / model version (each split by rating), unsynced (still
-        to attach), orphaned (their trace never arrived)."""
+        """Counts (one rating per trace and session): total, by rating, by route / model / model version (each
+        split by rating), unsynced (still to attach), orphaned (their trace never arrived)."""
         t = feedback_table
         out: dict = {"total": 0, "by_rating": {r: 0 for r in RATINGS}, "by_route": {}, "by_model": {},
                      "by_version": {}, "unsynced": 0, "orphaned": 0}

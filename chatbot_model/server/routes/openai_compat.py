@@ -151,8 +151,8 @@ def conversation(messages: list[Message], max_chars: int) -> tuple[str, list[dic
 async def _parse(request: Request) -> ChatCompletionRequest:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":  # text/plain and forms need no CORS preflight: another site could send them
-        raise OpenAIError(415, f"send the body as JSON with `Content-Type: application/json` (got {media or 'none'!r})",
-                          "unsupported_media_type")
+        raise OpenAIError(415, "send the body as JSON with `Content-Type: application/json` "
+                          f"(got {media or 'none'!r})", "unsupported_media_type")
     try:
         return ChatCompletionRequest.model_validate(json.loads(await request.body()))
     except ValueError as exc:
