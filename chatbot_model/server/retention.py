@@ -29,15 +29,17 @@ def prune_once(app) -> dict[str, int]:
 
 
 async def retention_loop(app, interval_s: float) -> None:
-    """`prune_once` now and every `interval_s` seconds until cancelled."""
+    """`prune_once` every `interval_s` seconds until cancelled, the first time one interval after start (never
+    while the process starts up: opening the database migrates it, and Alembic's context is process-global, so
+    it must not overlap MLflow's own store migrations in the loading thread)."""
     while True:
+        await asyncio.sleep(interval_s)
         try:
             done = await run_in_threadpool(prune_once, app)
             if any(done.values()):
                 log.info("retention: deleted %d conversation turns and %d ratings", done["turns"], done["ratings"])
         except Exception as exc:  # noqa: BLE001 - the database is down: try again next time
             log.warning("retention: prune failed (%s); retrying in %g s", type(exc).__name__, interval_s)
-        await asyncio.sleep(interval_s)
 
 
 def start(app) -> asyncio.Task | None:
