@@ -106,6 +106,15 @@ def test_reader_loads_writer_writes_stranger_nothing(auth_server, monkeypatch):
     traces = reader.get_experiment_by_name("llmops-chatbot-traces").experiment_id
     reader.create_run(traces)  # traces and feedback go here: EDIT
 
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", WRITER[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", WRITER[1])
+    mlflow.set_tracking_uri(auth_server)
+    from chatbot_model.lifecycle.prompts import register_hint
+
+    assert register_hint("Answer from the sources.").startswith("prompts:/llmops-chatbot-hint/")  # the pipeline
+
     stranger = as_user(monkeypatch, auth_server, ("nobody", "x"))
     with pytest.raises(MlflowException):
         stranger.get_registered_model("llmops-chatbot")

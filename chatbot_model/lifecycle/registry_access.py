@@ -2,11 +2,12 @@
 (`mlflow server --app-name basic-auth`, k8s/overlays/tracking-postgres), a read-only user for the serving pods
 and a writer for the pipeline.
 
-- the writer (the pipeline: register, evaluate, promote, adapt) gets MANAGE on the registered model and on the
-  experiment its versions are logged in;
+- the writer (the pipeline: register, evaluate, promote, adapt) gets MANAGE on the registered model, on the
+  experiment its versions are logged in and on the hint prompt (`lifecycle/prompts.py`);
 - the reader (the wrapper and model pods) gets READ on both, so it loads the model but cannot register a
   version, move an alias or overwrite a logged model's files (the model is code: whoever writes it runs code in
-  every serving pod), and EDIT on the traces experiment only (traces and feedback assessments).
+  every serving pod), READ on the hint prompt, and EDIT on the traces experiment only (traces and feedback
+  assessments).
 
 With the server's `default_permission = NO_PERMISSIONS`, any other user gets nothing. `grant_access` is
 idempotent: the k8s Job `llmops-mlflow-users` runs `llmops-chatbot registry-access` after every deploy.
@@ -29,6 +30,7 @@ class Access:
     model_name: str = "llmops-chatbot"
     model_experiment: str = "llmops-chatbot"
     traces_experiment: str = "llmops-chatbot-traces"
+    prompt_name: str = "llmops-chatbot-hint"  # lifecycle/prompts.py PROMPT_NAME
 
 
 def _ensure_user(auth, name: str, password: str) -> None:
@@ -86,9 +88,9 @@ def grant_access(tracking_uri: str, access: Access) -> dict[str, dict[str, str]]
     traces = _experiment_id(client, access.traces_experiment)
     grants = {
         access.writer: {("registered_model", access.model_name): "MANAGE", ("experiment", models): "MANAGE",
-                        ("experiment", traces): "MANAGE"},
+                        ("experiment", traces): "MANAGE", ("prompt", access.prompt_name): "MANAGE"},
         access.reader: {("registered_model", access.model_name): "READ", ("experiment", models): "READ",
-                        ("experiment", traces): "EDIT"},
+                        ("experiment", traces): "EDIT", ("prompt", access.prompt_name): "READ"},
     }
     for user, resources in grants.items():
         for (kind, resource), permission in resources.items():
