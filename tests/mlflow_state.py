@@ -17,5 +17,9 @@ def reset_mlflow(monkeypatch) -> None:
 
 
 def forget_mlflow() -> None:
-    """Drop the process-wide tracking URI (and the tracer bound to it) so later tests use their own store."""
+    """Drop the process-wide tracking URI (and the tracer bound to it) so later tests use their own store, and the
+    run and experiment a command under `mlflow run` points the process at (set in os.environ by the command itself,
+    so monkeypatch does not undo them): a module-scoped fixture of the next test module must not inherit them."""
     mlflow.set_tracking_uri(None)
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(var, None)

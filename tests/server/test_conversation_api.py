@@ -59,9 +59,9 @@ def test_two_turns_by_session_id_use_and_store_the_conversation(client, settings
     assert [(t.turn, t.question, t.trace_id) for t in stored] == [
         (1, TRACED, first.json()["trace_id"]), (2, FOLLOW, second["trace_id"])]
     assert stored[1].standalone_question == f"{TRACED} {FOLLOW}" and stored[1].sources == second["sources"]
-    # another session does not see it: the same follow-up alone is not covered
+    # another session does not see it: the same follow-up is searched alone, and only its own turn is stored
     other = client.post("/chat", json={"question": FOLLOW, "session_id": "s-2"}).json()
-    assert other["abstained"] and other["standalone_question"] == ""
+    assert other["standalone_question"] == "" and [t.question for t in turns(settings, "s-2")] == [FOLLOW]
 
 
 def test_an_explicit_history_wins_over_the_stored_conversation(client, settings):
@@ -109,7 +109,7 @@ def test_without_a_feedback_database_a_session_only_groups(shipped_index, tmp_pa
         assert client.app.state.backend.loaded.wait(120)
         assert client.post("/chat", json={"question": TRACED, "session_id": "x"}).status_code == 200
         row = client.post("/chat", json={"question": FOLLOW, "session_id": "x"}).json()
-        assert row["abstained"]  # no store: no history
+        assert row["standalone_question"] == ""  # no store: no history, the follow-up is searched alone
 
 
 # ---------------------------------------------------------------- pyfunc
@@ -124,7 +124,7 @@ def test_pyfunc_history_column_holds_a_conversation_and_rows_without_it_are_unch
     # rows without a history are answered exactly as without the column
     for i, j in ((0, 0), (2, 1)):
         assert out.loc[i, "answer"] == plain.loc[j, "answer"] and out.loc[i, "sources"] == plain.loc[j, "sources"]
-    assert plain["standalone_question"].tolist() == ["", ""] and plain.loc[1, "abstained"]
+    assert plain["standalone_question"].tolist() == ["", ""]
 
 
 def test_pyfunc_bad_history_is_that_rows_error(service):
@@ -199,4 +199,4 @@ def test_cli_chat_keeps_the_conversation_and_new_starts_over(service, capsys):
     out = capsys.readouterr().out
     assert turns_ == 3
     assert f"(retrieved as: {TRACED} {FOLLOW})" in out and "(new conversation)" in out
-    assert out.count("does not cover") == 1  # only the follow-up asked after `new`
+    assert out.count("(retrieved as:") == 1  # the follow-up asked after `new` is searched alone

@@ -517,7 +517,7 @@ def test_a_trace_that_arrives_before_the_last_try_is_attached_not_orphaned(setti
 def test_sync_feedback_reports_orphans_and_exits_0(store, monkeypatch):
     from chatbot_model.cli.main import main
 
-    monkeypatch.setattr(FeedbackStore, "max_attempts", 2)
+    monkeypatch.setenv("CHATBOT_FEEDBACK_MAX_ATTEMPTS", "2")  # the CLI reads it from the settings
     store.record(trace_id=LOST, rating="up")  # try 1 (record attaches)
     out = CliRunner().invoke(main, ["sync-feedback"])  # try 2: orphaned
     assert out.exit_code == 0, out.output
