@@ -335,6 +335,15 @@ def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _experiment_exists(experiment_id: str, tracking_uri: str) -> bool:
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient(tracking_uri).get_experiment(experiment_id) is not None
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def configure_mlflow(settings: Settings, experiment_name: str | None = None) -> str:
     """Point MLflow at the configured store and experiment: MLFLOW_EXPERIMENT_ID when set, else
     `experiment_name` (default: the settings' experiment). Returns the experiment id.
@@ -345,7 +354,8 @@ def configure_mlflow(settings: Settings, experiment_name: str | None = None) -> 
     os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses (mlflow run, models serve) see the same store
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: bars are only noise
     mlflow.set_tracking_uri(uri)
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID")  # also set by mlflow.set_experiment: maybe of another store
+    experiment_id = chosen if chosen and _experiment_exists(chosen, uri) else ensure_experiment(
         experiment_name or settings.experiment_name, uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
