@@ -44,7 +44,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 # fastapi<0.116 and protobuf<7, ours are newer. torch first (the CPU wheel), then the runtime and this project
 # without its serve extra. tests/lifecycle/test_kserve.py serves an exported model with it.
 MLSERVER_VENV ?= .venv-mlserver
-$(MLSERVER_VENV)/.installed:
+$(MLSERVER_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet torch==2.13.0
