@@ -45,8 +45,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_TRACKING_URI=sqlite:////app/.chatbot/mlflow.db
 
 # Runtime dependencies exactly as locked, every file checked against its hash: requirements.lock (`make lock`)
-# holds the runtime + `serve` + `postgres` (psycopg2) dependencies. torch, not in the lock, comes first from the
-# PyTorch CPU index (PyPI's wheel pulls the CUDA libraries, GBs); its own dependencies are in the lock.
+# holds the runtime + `serve` + `postgres` (psycopg2) + `auth` (Flask-WTF, for the basic-auth tracking server)
+# dependencies. torch, not in the lock, comes first from the PyTorch CPU index (PyPI's wheel pulls the CUDA
+# libraries, GBs); its own dependencies are in the lock.
 # --no-deps everywhere: nothing outside the lock is resolved; `pip check` proves the set is complete.
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu \
@@ -81,4 +82,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
-CMD ["uvicorn", "chatbot_model.server:app", "--host", "0.0.0.0", "--port", "8000"]
+# limits: chatbot_model/cli/serve.py UVICORN_LIMITS (a test keeps them equal)
+CMD ["uvicorn", "chatbot_model.server:app", "--host", "0.0.0.0", "--port", "8000", \
+     "--limit-concurrency", "256", "--backlog", "512", "--timeout-keep-alive", "5", \
+     "--h11-max-incomplete-event-size", "16384", "--timeout-graceful-shutdown", "20"]

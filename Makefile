@@ -101,7 +101,7 @@ serve-model: install
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-# requirements.lock: the image's runtime + serve + postgres dependencies, pinned with hashes (the Dockerfile
+# requirements.lock: the image's runtime + serve + postgres + auth dependencies, pinned with hashes (the Dockerfile
 # installs it with --require-hashes). torch is left out (the Dockerfile takes the CPU wheel from the PyTorch index);
 # its dependencies are resolved from the CPU wheel. The package index is pip's own: PIP_INDEX_URL, else
 # `pip config get global.index-url`, else uv's default (PyPI); so it works behind a mirror. The CPU torch wheel
@@ -117,7 +117,7 @@ lock: $(BIN)/python
 	if [ -z "$$torch" ]; then for d in $$links; do torch="$$torch --find-links $$d"; done; fi; \
 	torch="$${torch:---torch-backend cpu}"; \
 	set -x; \
-	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --generate-hashes --upgrade \
+	$(BIN)/uv pip compile pyproject.toml --extra serve --extra postgres --extra auth --generate-hashes --upgrade \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 $${index:+--index-url "$$index"} \
 	  $$torch --no-emit-package torch --no-emit-package llmops-chatbot \
 	  --custom-compile-command "make lock" -o requirements.lock

@@ -37,7 +37,26 @@ NAMED_CHOICES = {  # setting -> (what it names, the valid names): one validator,
 
 MASK = "***"
 _SECRET_QUERY_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key", re.IGNORECASE)
-_USERINFO_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/?#]*)(?P<at>@)")
+# free text: `scheme://user:` then the password up to the last `@` of the word (it may hold `/`, `?`, `#` or an
+# unencoded `@`); over-masking a `host:port/path@x` that has no password is the safe way to be wrong
+_USERINFO_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)(?P<password>\S*)(?P<at>@)")
+
+
+def _mask_userinfo(url: str) -> str:
+    """The password of `url` as `***`. A URL with one `@` is parsed by SQLAlchemy's `make_url` (the parser the
+    stores use: a password holding `/`, `?` or `#` is found as they find it) and rendered with the password
+    hidden; with more than one `@` (an unencoded `@`, or one in the path) the userinfo is ambiguous and the
+    free-text rule masks up to the last `@`; what `make_url` cannot parse (models:/..., runs:/...) too."""
+    from sqlalchemy.engine import make_url
+
+    if url.count("@") == 1:
+        try:
+            parsed = make_url(url)
+        except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads
+            parsed = None
+        if parsed is not None and parsed.password is not None:
+            return parsed.render_as_string(hide_password=True)
+    return mask_secrets(url)
 
 
 def mask_url(url: str | None) -> str | None:
@@ -47,7 +66,7 @@ def mask_url(url: str | None) -> str | None:
     text that is not a URL comes back unchanged. Use it wherever a URL is printed or logged."""
     if not url or ("://" not in url and "?" not in url):
         return url
-    masked = mask_secrets(url)
+    masked = _mask_userinfo(url) if "://" in url else url
     try:
         query = urlsplit(masked).query
     except ValueError:  # not a URL after all
@@ -206,11 +225,24 @@ class Settings(BaseSettings):
     serving_backend: str = Field("in-process", description="in-process (load model_uri) or remote (scoring_url)")
     scoring_url: str | None = Field(None, description="remote backend: base URL of `mlflow models serve`")
     backend_timeout_s: float = Field(60.0, gt=0, description="timeout of one backend call")
-    api_key: SecretStr | None = Field(None, description="when set, /chat and /feedback need it as a bearer token")
+    api_key: SecretStr | None = Field(None, description="when set, /chat, /feedback and /v1 need it as a bearer "
+                                      "token, and so do /metrics and the API docs unless opened below")
+    session_secret: SecretStr | None = Field(None, description="signs the session ids the server issues (at least "
+                                             "16 characters); unset: a random secret per process, so replicas "
+                                             "must share one for a conversation to continue on another replica")
     max_body_bytes: int = Field(65536, ge=1024, description="largest request body accepted")
-    protect_metrics: bool = Field(False, description="/metrics needs the API key too (when CHATBOT_API_KEY is set)")
-    public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json to anyone; false: they need "
-                              "the API key, and are off when no CHATBOT_API_KEY is set")
+    body_read_timeout_s: float = Field(10.0, ge=0, description="a request body must arrive within this many "
+                                       "seconds, else 408 (0 = no limit; headers: the ingress's timeout)")
+    max_concurrent_chats: int = Field(32, ge=0, description="/chat and /v1 answers in progress at once in this "
+                                      "process; more get 503 with Retry-After (0 = no cap; keep it below the "
+                                      "40 worker threads so /feedback still has threads)")
+    feedback_rate_per_minute: int = Field(30, ge=0, description="ratings one client (API key, else IP address) "
+                                          "may send per minute to this process; more get 429 (0 = no limit)")
+    protect_metrics: bool | None = Field(None, description="/metrics needs the API key; unset: it does whenever "
+                                         "CHATBOT_API_KEY is set; false: /metrics is public")
+    public_docs: bool | None = Field(None, description="/docs, /redoc and /openapi.json: unset: public without "
+                                     "CHATBOT_API_KEY, behind it with one; true: public; false: behind the key, "
+                                     "and off when no key is set")
     model_load_retry_initial_s: float = Field(1.0, gt=0, description="first wait before retrying a failed model load")
     model_load_retry_max_s: float = Field(60.0, gt=0, description="longest wait between model load attempts")
     model_load_max_attempts: int = Field(0, ge=0, description="model load attempts before giving up; 0 = forever")
@@ -254,7 +286,14 @@ class Settings(BaseSettings):
 
     # conversations (chatbot_model/store/conversations.py, followup.py)
     conversation_retention_days: float = Field(30.0, ge=0, description="conversation turns older than this are "
-                                               "deleted by `llmops-chatbot conversations prune`; 0 = keep them")
+                                               "deleted by the server's retention task and by `llmops-chatbot "
+                                               "conversations prune`; 0 = keep them")
+    feedback_retention_days: float = Field(365.0, ge=0, description="ratings older than this are deleted by the "
+                                           "server's retention task and `llmops-chatbot conversations prune`; "
+                                           "0 = keep them")
+    retention_interval_s: float = Field(3600.0, ge=0, description="how often the server prunes conversation turns "
+                                        "and ratings past their retention (0 = never: prune with the CLI or a "
+                                        "CronJob)")
     condense_timeout_s: float = Field(5.0, gt=0, description="longest a remote provider may take to rewrite a "
                                       "follow-up into a standalone question; then the offline rule decides")
 
@@ -285,6 +324,8 @@ class Settings(BaseSettings):
         if self.protect_metrics and not (self.api_key and self.api_key.get_secret_value()):
             raise ValueError("CHATBOT_PROTECT_METRICS=true needs CHATBOT_API_KEY (the key /metrics then requires); "
                              "set one, or leave /metrics public")
+        if self.session_secret is not None and 0 < len(self.session_secret.get_secret_value()) < 16:
+            raise ValueError("CHATBOT_SESSION_SECRET needs at least 16 characters (e.g. `openssl rand -hex 32`)")
         return self
 
     def masked(self) -> dict[str, str]:

@@ -126,6 +126,9 @@ class ChatResult:
 # the limits of what a client sends, in one place (the HTTP schemas, the stores' columns and checks read them)
 MAX_ID_CHARS = 64         # trace and session ids (= the String(64) columns of the stores)
 MAX_COMMENT_CHARS = 2000  # a rating's comment
+# an MLflow 3 trace id (`tr-` + the 128-bit OpenTelemetry trace id in hex, what tracing/writer.py generates too),
+# or an MLflow 2 request id (32 hex): nothing else reaches a tracking-server URL or a log line
+TRACE_ID_PATTERN = r"^(tr-)?[0-9a-f]{32}$"
 
 # zero-width and other invisible format characters: a question made only of them is empty
 _INVISIBLE = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")

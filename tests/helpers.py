@@ -4,6 +4,7 @@ builders. The service is expensive (embedder, index), so tests share one per mod
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -27,6 +28,7 @@ from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.contract import CompletionRequest
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import Backend, ServiceBackend
+from chatbot_model.server.sessions import caller_fingerprint, session_ids
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, LoopbackHTTPServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +199,7 @@ def contract_row(question: str, **fields) -> dict:
            "route": "gpt",
            "provider": "local", "model": "extractive-v1", "fallback": "", "latency_ms": 1.5,
            "sources": [{"id": "d1", "title": "Doc one", "source": "https://example.org/d1", "score": 0.9}],
-           "trace_id": f"tr-remote-{abs(hash(question)) % 10**8}", "model_version": "", "error": ""}
+           "trace_id": "tr-" + hashlib.md5(question.encode()).hexdigest(), "model_version": "", "error": ""}
     row.update(fields)
     return row
 
@@ -280,7 +282,7 @@ class ChatClient(threading.Thread):
     """Sends questions to a TestClient one after another until stopped; records every status and answering
     version."""
 
-    def __init__(self, http, session_id: str = "s"):
+    def __init__(self, http, session_id: str | None = None):
         super().__init__(daemon=True)
         self.http, self.session_id = http, session_id
         self.statuses: list[int] = []
@@ -292,7 +294,10 @@ class ChatClient(threading.Thread):
         n = 0
         while not self.stop.is_set():
             n += 1
-            r = self.http.post("/chat", json={"question": f"question {n}", "session_id": self.session_id})
+            body = {"question": f"question {n}"}
+            if self.session_id:  # one the app issued (tests.helpers.new_session)
+                body["session_id"] = self.session_id
+            r = self.http.post("/chat", json=body)
             with self.answered:
                 self.statuses.append(r.status_code)
                 if r.status_code == 200:
@@ -425,3 +430,8 @@ class FlakyBackend(Backend):
     def _predict(self, questions):
         return [{"answer": "ok", "route": "gpt", "provider": "local", "model": "m", "trace_id": "tr-flaky"}
                 for _ in questions]
+
+
+def new_session(client, key: str | None = None) -> str:
+    """A session id the app under test issued (as its first answer would return), bound to `key` if given."""
+    return session_ids(client.app).issue(caller_fingerprint(key))

@@ -75,7 +75,7 @@ def test_masked_settings_hide_url_passwords(monkeypatch):
 
 def test_hardening_settings_defaults_and_env(monkeypatch):
     s = load_settings()
-    assert (s.protect_metrics, s.public_docs, s.unhealthy_after_s, s.model_load_max_attempts) == (False, True, 300, 0)
+    assert (s.protect_metrics, s.public_docs, s.unhealthy_after_s, s.model_load_max_attempts) == (None, None, 300, 0)
     monkeypatch.setenv("CHATBOT_UNHEALTHY_AFTER_S", "120")
     monkeypatch.setenv("CHATBOT_PUBLIC_DOCS", "false")
     monkeypatch.setenv("CHATBOT_MODEL_LOAD_MAX_ATTEMPTS", "5")

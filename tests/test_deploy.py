@@ -121,7 +121,7 @@ def _requirement_names(specs) -> set[str]:
 
 def test_lock_pins_every_runtime_dependency_with_hashes():
     """requirements.lock (`make lock`): every entry `==`-pinned with sha256 hashes; it covers pyproject's runtime,
-    `serve` and `postgres` dependencies (torch aside: the Dockerfile takes the CPU wheel from the PyTorch index)."""
+    `serve`, `postgres` and `auth` dependencies (torch aside: the Dockerfile takes the CPU wheel from the PyTorch index)."""
     import tomllib
 
     text = LOCK.read_text()
@@ -132,7 +132,7 @@ def test_lock_pins_every_runtime_dependency_with_hashes():
     locked = {name.lower().replace("_", "-") for name, _, _ in entries}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["serve"] + \
-        project["optional-dependencies"]["postgres"]
+        project["optional-dependencies"]["postgres"] + project["optional-dependencies"]["auth"]
     missing = _requirement_names(wanted) - {"torch"} - locked
     assert not missing, f"not in requirements.lock (run `make lock`): {sorted(missing)}"
     assert "torch" not in locked and "make lock" in text.splitlines()[1]
@@ -360,26 +360,31 @@ def test_hpa_and_pdb_target_the_deployments(rendered, which):
 
 
 @pytest.mark.parametrize("which", ["base", "overlay"])
-def test_no_secret_values_are_rendered_and_secrets_are_optional(rendered, which):
+def test_no_secret_values_are_rendered_and_the_wrappers_secret_is_required(rendered, which):
+    """The wrapper's Secret holds the API key and the session secret its replicas share: required. The model
+    pods' is optional in the base (provider keys only) and required in the overlay (registry credentials)."""
     docs = rendered[which]
     assert not _kinds(docs, "Secret"), "Secrets are created from the templates, never committed"
     for doc in _kinds(docs, "Deployment"):
-        if doc["metadata"]["name"] not in ("llmops-chatbot", "llmops-chatbot-model"):
+        name = doc["metadata"]["name"]
+        if name not in ("llmops-chatbot", "llmops-chatbot-model"):
             continue
         c = doc["spec"]["template"]["spec"]["containers"][0]
         refs = [s["secretRef"] for s in c.get("envFrom", []) if "secretRef" in s]
-        assert refs == [{"name": "llmops-chatbot-secrets", "optional": True}], refs
+        optional = which == "base" and name == "llmops-chatbot-model"
+        assert refs == [{"name": "llmops-chatbot-secrets", **({"optional": True} if optional else {})}], refs
 
 
 def test_secret_templates_hold_no_values_and_are_not_referenced():
     templates = sorted(K8S.rglob("*secret*.example.yaml"))
-    assert {p.name for p in templates} == {"secret.example.yaml", "postgres-secret.example.yaml"}
+    assert {p.name for p in templates} == {"secret.example.yaml", "postgres-secret.example.yaml",
+                                           "mlflow-auth-secret.example.yaml"}
     for path in templates:
         doc = yaml.safe_load(path.read_text())
         assert doc["kind"] == "Secret" and "data" not in doc
         assert all(v == "" for v in doc["stringData"].values()), path
     keys = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]
-    assert set(keys) == {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CHATBOT_API_KEY"}
+    assert set(keys) == {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CHATBOT_API_KEY", "CHATBOT_SESSION_SECRET"}
     for kustomization in K8S.rglob("kustomization.yaml"):
         spec = yaml.safe_load(kustomization.read_text())
         assert "secretGenerator" not in spec, kustomization
@@ -424,7 +429,7 @@ def test_overlay_points_at_the_tracking_server_and_postgres(rendered):
         assert env["CHATBOT_FEEDBACK_DB_URL"].startswith("postgresql://") and "@llmops-postgres:5432/" in env[
             "CHATBOT_FEEDBACK_DB_URL"]
         names_in_order = [e["name"] for e in c["env"]]  # $(VAR) expands only from earlier entries
-        assert names_in_order.index("POSTGRES_PASSWORD") < names_in_order.index("CHATBOT_FEEDBACK_DB_URL")
+        assert names_in_order.index("CHATBOT_DB_PASSWORD") < names_in_order.index("CHATBOT_FEEDBACK_DB_URL")
     model = next(d for d in _kinds(docs, "Deployment") if d["metadata"]["name"] == "llmops-chatbot-model")
     args = model["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--model-uri=models:/llmops-chatbot@production" in args and "--port=8080" in args

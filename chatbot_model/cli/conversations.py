@@ -25,16 +25,27 @@ def conversations() -> None:
 @conversations.command("prune")
 @click.option("--older-than-days", type=click.FloatRange(min=0, min_open=True),
               help="Delete turns older than this (default: CHATBOT_CONVERSATION_RETENTION_DAYS).")
-def prune(older_than_days: float | None) -> None:
-    """Delete conversation turns older than the retention (CHATBOT_CONVERSATION_RETENTION_DAYS; 0 keeps all)."""
+@click.option("--ratings-older-than-days", type=click.FloatRange(min=0, min_open=True),
+              help="Delete ratings older than this (default: CHATBOT_FEEDBACK_RETENTION_DAYS).")
+def prune(older_than_days: float | None, ratings_older_than_days: float | None) -> None:
+    """Delete conversation turns and ratings older than their retention (CHATBOT_CONVERSATION_RETENTION_DAYS,
+    CHATBOT_FEEDBACK_RETENTION_DAYS; 0 keeps all). The server also does this every CHATBOT_RETENTION_INTERVAL_S."""
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.store.feedback import FeedbackStore  # deferred: loads sqlalchemy
+
     store = _store()
     days = older_than_days if older_than_days is not None else store.retention_days
     if not days:
         click.echo("retention is 0 (keep forever): nothing pruned; pass --older-than-days or set "
                    "CHATBOT_CONVERSATION_RETENTION_DAYS")
-        return
-    deleted = store.prune(days)
-    click.echo(f"deleted {deleted} conversation turns older than {days:g} days; {store.count()} kept")
+    else:
+        deleted = store.prune(days)
+        click.echo(f"deleted {deleted} conversation turns older than {days:g} days; {store.count()} kept")
+    rating_days = (ratings_older_than_days if ratings_older_than_days is not None
+                   else load_settings().feedback_retention_days)
+    if rating_days:
+        ratings = FeedbackStore(database=store.database, attach=False).prune(rating_days)
+        click.echo(f"deleted {ratings} ratings older than {rating_days:g} days")
 
 
 @conversations.command("show")

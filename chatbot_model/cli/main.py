@@ -17,7 +17,7 @@ from chatbot_model.cli.doctor import doctor
 from chatbot_model.cli.export import export_model_command
 from chatbot_model.cli.feedback import feedback, sync_feedback
 from chatbot_model.cli.lifecycle import adapt, evaluate
-from chatbot_model.cli.registry import promote_model, register_model
+from chatbot_model.cli.registry import promote_model, register_model, registry_access
 from chatbot_model.cli.serve import serve
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.contract import validate_question
@@ -137,7 +137,7 @@ def chat() -> None:
     run_chat(_service(settings, progress=True), settings, sys.stdin)
 
 
-for command in (register_model, promote_model, serve, feedback, sync_feedback, evaluate, adapt, db, conversations,
+for command in (register_model, promote_model, registry_access, serve, feedback, sync_feedback, evaluate, adapt, db, conversations,
                 batch_score_command, export_model_command, doctor):
     main.add_command(command)
 

@@ -91,3 +91,29 @@ def promote_model(name: str | None, stage: str, version: str | None, force: bool
     click.echo(f"{name} version {result.version} -> {result.stage}, alias @{result.alias}{archived}{state}")
     for uri in result.uris:
         click.echo(f"  {uri}")
+
+
+@click.command("registry-access")
+@click.option("--reader", envvar="MLFLOW_READER_USERNAME", default="chatbot-reader", show_default=True,
+              help="Read-only user of the serving pods (env MLFLOW_READER_USERNAME).")
+@click.option("--writer", envvar="MLFLOW_WRITER_USERNAME", default="pipeline-writer", show_default=True,
+              help="User of the pipeline that registers and promotes (env MLFLOW_WRITER_USERNAME).")
+@click.option("--traces-experiment", default="llmops-chatbot-traces", show_default=True,
+              help="Experiment the serving pods write traces to (their CHATBOT_EXPERIMENT_NAME).")
+def registry_access(reader: str, writer: str, traces_experiment: str) -> None:
+    """On a basic-auth tracking server: create the reader and writer users (passwords from the environment:
+    MLFLOW_READER_PASSWORD, MLFLOW_WRITER_PASSWORD) and grant them their permissions, as the admin
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD). Idempotent; see docs/security.md."""
+    from chatbot_model.config import load_settings  # deferred: loads pydantic
+    from chatbot_model.lifecycle.registry_access import Access, grant_access  # deferred: loads mlflow
+
+    missing = [v for v in ("MLFLOW_READER_PASSWORD", "MLFLOW_WRITER_PASSWORD") if not os.environ.get(v)]
+    if missing:
+        raise click.ClickException(f"set {' and '.join(missing)} (the users' passwords, from a Secret)")
+    settings = load_settings()
+    granted = grant_access(settings.tracking_uri, Access(
+        reader=reader, reader_password=os.environ["MLFLOW_READER_PASSWORD"], writer=writer,
+        writer_password=os.environ["MLFLOW_WRITER_PASSWORD"], model_name=settings.registered_model_name,
+        model_experiment=settings.experiment_name, traces_experiment=traces_experiment))
+    for user, resources in granted.items():
+        click.echo(f"{user}: " + ", ".join(f"{r} {p}" for r, p in resources.items()))

@@ -13,6 +13,23 @@ from chatbot_model.lifecycle.loop import evaluate_model
 from chatbot_model.lifecycle.model_uri import resolve_version
 from chatbot_model.lifecycle.registry import log_and_register, promote
 
+# uvicorn's limits, the same wherever the server runs (`serve` below, the Dockerfile's CMD and the k8s wrapper
+# Deployment's command; tests/test_security.py keeps the three equal). uvicorn has no header-read timeout: a
+# client trickling its headers holds a connection until --limit-concurrency is reached, so the ingress in front
+# enforces one (docs/security.md); the body is read within CHATBOT_BODY_READ_TIMEOUT_S (server/middleware.py).
+UVICORN_LIMITS = {
+    "--limit-concurrency": "256",                 # connections and tasks at once; beyond: 503 at once
+    "--backlog": "512",                           # pending TCP connections the kernel queues
+    "--timeout-keep-alive": "5",                  # an idle keep-alive connection is closed after 5 s
+    "--h11-max-incomplete-event-size": "16384",   # request line + headers at most 16 KiB
+    "--timeout-graceful-shutdown": "20",          # then open connections are closed (k8s grace period: 30 s)
+}
+
+
+def uvicorn_kwargs() -> dict:
+    """UVICORN_LIMITS as `uvicorn.run` keyword arguments."""
+    return {flag.removeprefix("--").replace("-", "_"): int(value) for flag, value in UVICORN_LIMITS.items()}
+
 
 def ensure_registered_model(settings) -> str | None:
     """Register, evaluate and promote the default model when `settings.model_uri` does not resolve; returns
@@ -81,4 +98,4 @@ def serve(host: str, port: int, backend: str | None, model_uri: str | None, scor
             click.echo(done)
     click.echo(f"chat page: http://{host}:{port}/  (backend {settings.serving_backend}, "
                f"{mask_url(settings.model_uri if settings.serving_backend == 'in-process' else settings.scoring_url)})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, **uvicorn_kwargs())

@@ -150,6 +150,10 @@ class Backend(ABC):
     def ready(self) -> bool:
         return self._ready
 
+    def ready_now(self) -> bool:
+        """`ready()` without blocking: what the probes (/health, /ready, /metrics) ask on the event loop."""
+        return self._ready
+
     @property
     def loading(self) -> bool:
         return not self.loaded.is_set()
@@ -207,7 +211,7 @@ class Backend(ABC):
 
     def info(self) -> dict:
         """What /health shows: backend name, model URI and version, guardrail, providers."""
-        return {"backend": self.name, "ready": self.ready(), "loading": self.loading, "load_error": self.load_error,
+        return {"backend": self.name, "ready": self.ready_now(), "loading": self.loading, "load_error": self.load_error,
                 "load_attempts": self.load_attempts, "next_load_attempt_in_s": self.next_attempt_in()}
 
 
@@ -411,6 +415,7 @@ class RemoteBackend(Backend):
         self.shown_url = mask_url(self.base_url)  # what messages and /health show (no password)
         self._client = client
         self._probe: tuple[float, bool] = (0.0, False)
+        self._pinging = threading.Lock()
 
     @property
     def client(self):
@@ -422,7 +427,9 @@ class RemoteBackend(Backend):
         return self._client
 
     def _load(self) -> None:
-        if not self._ping():
+        ok = self._ping()
+        self._probe = (time.monotonic(), ok)
+        if not ok:
             raise BackendUnavailable(f"{self.shown_url}/ping does not answer; start `mlflow models serve` there or "
                                      "fix CHATBOT_SCORING_URL")
 
@@ -437,6 +444,20 @@ class RemoteBackend(Backend):
         if time.monotonic() - at > self.probe_ttl_s:
             ok = self._ping()
             self._probe = (time.monotonic(), ok)
+        return ok
+
+    def ready_now(self) -> bool:
+        """The last /ping result; when it is stale, a ping starts in a thread of its own (one at a time), so a
+        probe never waits on the scoring server or on the request pool (`_load` records the first ping)."""
+        at, ok = self._probe
+        if time.monotonic() - at > self.probe_ttl_s and self._pinging.acquire(blocking=False):
+            def ping():
+                try:
+                    self.ready()
+                finally:
+                    self._pinging.release()
+
+            threading.Thread(target=ping, name="scoring-ping", daemon=True).start()
         return ok
 
     def not_ready_reason(self) -> str:
@@ -479,7 +500,7 @@ class RemoteBackend(Backend):
             self._client.close()
 
     def info(self) -> dict:
-        return {**super().info(), "ready": self.ready(), "scoring_url": self.shown_url,
+        return {**super().info(), "ready": self.ready_now(), "scoring_url": self.shown_url,
                 "model_uri": None, "model_version": None}
 
 

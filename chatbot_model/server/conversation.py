@@ -55,7 +55,7 @@ async def history_for(app, settings: Settings, session_id: str | None, history: 
         return await run_in_threadpool(store.history, session_id, settings.history_max_messages,
                                        settings.history_max_chars)
     except Exception as exc:  # noqa: BLE001 - the database is down: say so, do not answer without the context
-        log.warning("conversation %s: history not readable: %s", session_id, type(exc).__name__)
+        log.warning("conversation %r: history not readable: %s", session_id, type(exc).__name__)
         raise ConversationUnavailable(f"cannot read the conversation of session {session_id!r} now "
                                       f"({type(exc).__name__}); retry shortly, or send the history explicitly") \
             from None
@@ -76,7 +76,7 @@ def store_turn_now(app, session_id: str | None, row: dict, model_version: str | 
             return None
         return store.append_row(session_id, row, model_version)
     except Exception as exc:  # noqa: BLE001 - the answer is given; the turn is missing from the history
-        log.warning("conversation %s: turn of trace %s not stored: %s", session_id, row.get("trace_id"),
+        log.warning("conversation %r: turn of trace %r not stored: %s", session_id, row.get("trace_id"),
                     type(exc).__name__)
         return None
 
@@ -110,5 +110,5 @@ def record_answer(row: dict, session_id: str | None, backend, traces, metrics, a
         store_turn_now(app, session_id, row, version)
     traces.remember(ServedTrace(trace_id=row["trace_id"], route=row["route"], provider=row["provider"],
                                 model=row["model"], session_id=session_id, model_version=version))
-    log.info("trace=%s route=%s provider=%s blocked=%s latency_ms=%.0f", row["trace_id"], row["route"], row["provider"],
+    log.info("trace=%r route=%r provider=%r blocked=%s latency_ms=%.0f", row["trace_id"], row["route"], row["provider"],
              row["blocked"], row["latency_ms"])

@@ -93,22 +93,38 @@ async def require_api_key(request: Request,
     check_api_key(settings_of(request.app), credentials)
 
 
+def has_api_key(settings: Settings) -> bool:
+    return bool(settings.api_key and settings.api_key.get_secret_value())
+
+
+def is_authorized(settings: Settings, authorization: str | None) -> bool:
+    """Whether an `Authorization` header carries the API key (True when the server has none)."""
+    if not has_api_key(settings):
+        return True
+    scheme, _, credential = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        credential.strip().encode(), settings.api_key.get_secret_value().encode())
+
+
 async def metrics_access(request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """CHATBOT_PROTECT_METRICS=true: /metrics needs the API key like /chat (Prometheus: `authorization`)."""
+    """/metrics needs the API key whenever one is set (Prometheus: `authorization` in the scrape config), unless
+    CHATBOT_PROTECT_METRICS=false opens it."""
     settings = settings_of(request.app)
-    if settings.protect_metrics:
+    protect = settings.protect_metrics if settings.protect_metrics is not None else has_api_key(settings)
+    if protect:
         check_api_key(settings, credentials)
 
 
 async def docs_access(request: Request,
                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """CHATBOT_PUBLIC_DOCS=false: /docs, /redoc and /openapi.json need the API key, and are off without one."""
+    """/docs, /redoc and /openapi.json: behind the API key whenever one is set, unless CHATBOT_PUBLIC_DOCS=true;
+    CHATBOT_PUBLIC_DOCS=false without a key: off."""
     settings = settings_of(request.app)
-    if settings.public_docs:
+    public = settings.public_docs if settings.public_docs is not None else not has_api_key(settings)
+    if public:
         return
-    key = settings.api_key
-    if key is None or not key.get_secret_value():
+    if not has_api_key(settings):
         raise NotServed("the API docs are off (CHATBOT_PUBLIC_DOCS=false and no CHATBOT_API_KEY is set)")
     check_api_key(settings, credentials)
 

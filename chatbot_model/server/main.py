@@ -18,10 +18,12 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from chatbot_model.config import Settings, mask_url
+from chatbot_model.server import retention
 from chatbot_model.server.backends import Backend, build_backend
 from chatbot_model.server.deps import settings_of
 from chatbot_model.server.errors import install_error_handlers
-from chatbot_model.server.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
+from chatbot_model.server.middleware import (BodyLimitMiddleware, ConcurrencyLimitMiddleware, MetricsMiddleware,
+                                             SecurityHeadersMiddleware)
 from chatbot_model.server.rollout import RolloutCollector
 from chatbot_model.server.routes import chat, docs, feedback, health, metrics, openai_compat, page
 from chatbot_model.server.state import Metrics, TraceMemory
@@ -29,6 +31,7 @@ from chatbot_model.tracing import writer as tracing
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+ANSWERING_PATHS = ("/chat", "/v1/chat/completions")  # the requests that hold a worker thread while answering
 
 
 def start_loading(backend: Backend) -> threading.Thread:
@@ -47,9 +50,12 @@ async def lifespan(app: FastAPI):
     log.info("serving backend=%s model_uri=%s tracking_uri=%s", state.backend.name, mask_url(settings.model_uri),
              mask_url(settings.tracking_uri))
     state.load_thread = start_loading(state.backend)
+    state.retention_task = retention.start(app)  # prunes old turns and ratings every CHATBOT_RETENTION_INTERVAL_S
     try:
         yield
     finally:
+        if state.retention_task is not None:
+            state.retention_task.cancel()
         state.backend.close()
         await drain(state)
 
@@ -86,7 +92,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | str | Non
         app.include_router(module.router)
     openai_compat.install(app)  # /v1: OpenAI-compatible, errors in OpenAI's shape
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings_of(app).max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings_of(app).max_body_bytes,
+                       timeout=lambda: settings_of(app).body_read_timeout_s)
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=lambda: settings_of(app).max_concurrent_chats,
+                       paths=ANSWERING_PATHS)  # before the body is read: a full server sheds load at once
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)  # sees 413s too
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response gets the headers
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import anyio
 from typing import Callable
 
 from chatbot_model.server.errors import error_body
@@ -26,15 +28,17 @@ def _is_json(content_type: bytes | None) -> bool:
 
 
 class BodyLimitMiddleware:
-    """Reject bodies over `limit()` bytes with 413, by Content-Length or while reading (chunked bodies), and JSON
-    bodies that are not UTF-8 (RFC 8259) with 400 `invalid_encoding`.
+    """Reject bodies over `limit()` bytes with 413, by Content-Length or while reading (chunked bodies), bodies
+    not complete within `timeout()` seconds with 408 (a client trickling its body holds no worker for long),
+    and JSON bodies that are not UTF-8 (RFC 8259) with 400 `invalid_encoding`.
 
     The body is read here, bounded, and replayed to the app, so no handler ever parses an oversized body.
     """
 
-    def __init__(self, app, limit: Callable[[], int]):
+    def __init__(self, app, limit: Callable[[], int], timeout: Callable[[], float] = lambda: 0.0):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -51,16 +55,22 @@ class BodyLimitMiddleware:
             except ValueError:
                 return await _send_json(send, 400, error_body("bad_request", "Content-Length is not a number"))
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return await _send_json(send, 413, too_large, [(b"connection", b"close")])
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        timeout = self.timeout() or None
+        with anyio.move_on_after(timeout) as reading:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return await _send_json(send, 413, too_large, [(b"connection", b"close")])
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        if reading.cancelled_caught:
+            return await _send_json(send, 408, error_body(
+                "request_timeout", f"the request body did not arrive within {timeout:g} s "
+                "(CHATBOT_BODY_READ_TIMEOUT_S)"), [(b"connection", b"close")])
         body = b"".join(chunks)
         if body and _is_json(headers.get(b"content-type")):
             try:
@@ -79,6 +89,34 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class ConcurrencyLimitMiddleware:
+    """At most `limit()` answers in progress (POST on `paths`, streams until their last event); one more gets 503
+    `busy` with Retry-After at once instead of waiting in a queue that only grows. 0 = no cap. The count lives
+    on the event loop (one thread), so it needs no lock."""
+
+    def __init__(self, app, limit: Callable[[], int], paths: tuple[str, ...], retry_after_s: int = 1):
+        self.app = app
+        self.limit = limit
+        self.paths = frozenset(paths)
+        self.retry_after = str(retry_after_s).encode()
+        self.active = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        limit = self.limit()
+        if limit and self.active >= limit:
+            return await _send_json(send, 503, error_body(
+                "busy", f"{self.active} answers are in progress, the most this server takes at once "
+                "(CHATBOT_MAX_CONCURRENT_CHATS); retry after the Retry-After seconds"),
+                [(b"retry-after", self.retry_after)])
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 # methods that keep their own metrics label; any other (made-up) method is counted as "other"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chatbot_model.contract import MAX_COMMENT_CHARS, MAX_ID_CHARS, AnswerRow
+from chatbot_model.contract import MAX_COMMENT_CHARS, MAX_ID_CHARS, TRACE_ID_PATTERN, AnswerRow
 
 NUL_REJECTED = "NUL characters are rejected (422); surrounding whitespace is stripped"
 
@@ -37,7 +38,7 @@ class HistoryMessage(BaseModel):
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={
-        "examples": [{"question": "How do I roll back a model version?", "session_id": "demo"},
+        "examples": [{"question": "How do I roll back a model version?"},
                      {"question": "And how do I undo that?", "history": [
                          {"role": "user", "content": "How do I roll back a model version?"},
                          {"role": "assistant", "content": "Promote the previous version to Production again."}]}]})
@@ -47,9 +48,12 @@ class ChatRequest(BaseModel):
                           "and newline (NUL included) become spaces, invisible characters (zero-width spaces and "
                           "joiners, direction marks, BOM, soft hyphen) are dropped, surrounding whitespace is "
                           "stripped; a question left empty is 422")
-    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the conversation: its stored turns "
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the conversation: the `session_id` "
+                                   "an earlier answer returned (the server issues them; any other value is 403 "
+                                   "`invalid_session`, and so is one issued to another API key); its stored turns "
                                    "are the question's history and the answered turn is stored under it (with a "
-                                   f"feedback database); at most {MAX_ID_CHARS} characters; {NUL_REJECTED}")
+                                   "feedback database); omitted: a new conversation, whose id comes with the "
+                                   f"answer; at most {MAX_ID_CHARS} characters; {NUL_REJECTED}")
     history: list[HistoryMessage] | None = Field(None, description="the earlier turns, oldest first; when sent it "
                                                  "wins over the stored conversation of session_id; at most "
                                                  "CHATBOT_HISTORY_MAX_MESSAGES messages and "
@@ -66,21 +70,30 @@ class ChatRequest(BaseModel):
 
 
 class ChatResponse(AnswerRow):
-    """The answer row of the one contract (`contract.AnswerRow`)."""
+    """The answer row of the one contract (`contract.AnswerRow`), and the conversation it belongs to."""
+
+    session_id: str = Field("", description="the conversation's id, issued by the server with the first answer: "
+                            "send it with the next question to continue the conversation")
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    trace_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS,
-                          description=f"the trace_id a /chat answer returned; {NUL_REJECTED}")
+    trace_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": TRACE_ID_PATTERN},
+                          description="the trace_id a /chat answer returned: `tr-` and 32 lowercase hex digits "
+                          f"(MLflow's format; an MLflow 2 request id, 32 hex, too); anything else is 422; "
+                          f"{NUL_REJECTED}")
     rating: Literal["up", "down"]
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, description=NUL_REJECTED)
 
     @field_validator("trace_id")
     @classmethod
     def _trace(cls, value: str) -> str:
-        return _clean_text(value, "trace_id", required=True)
+        value = _clean_text(value, "trace_id", required=True)
+        if not re.fullmatch(TRACE_ID_PATTERN, value):
+            raise ValueError("not an MLflow trace id (`tr-` and 32 lowercase hex digits); send the trace_id a "
+                             "/chat answer returned")
+        return value
 
     @field_validator("comment")
     @classmethod
@@ -134,6 +147,13 @@ class NotReadyResponse(BaseModel):
     load_error: str | None = None
     load_attempts: int = 0
     next_load_attempt_in_s: float | None = None
+
+
+class HealthSummary(BaseModel):
+    """/health without the API key of a server that has one: status and version only."""
+
+    status: Literal["ok", "unhealthy"]
+    version: str
 
 
 class ReadyResponse(BaseModel):

@@ -203,6 +203,8 @@ async def stream_chat(question: str, backend, settings: Settings, on_final: Call
     def as_sse(event: dict) -> bytes:
         if event.get("event") == "final":
             on_final({k: v for k, v in event.items() if k != "event"})
+            if session_id:  # the client continues the conversation with it
+                event = {**event, "session_id": session_id}
         return chat_event(event)
 
     stream = EventStream(backend_events(backend, question, history, session_id), deadline, context, settings.backend_timeout_s,

@@ -23,6 +23,7 @@ from chatbot_model.errors import ConfigError
 from chatbot_model.store import migrations
 
 log = logging.getLogger(__name__)
+_MIGRATING = threading.Lock()  # two Database objects of one process never migrate at once
 
 OPEN_ATTEMPTS = 5  # opening a SQLite database another process is migrating: tries, 0.2 s doubling
 
@@ -116,7 +117,8 @@ class Database:
         try:
             for attempt in range(OPEN_ATTEMPTS):  # safe when several processes start at once (see migrations)
                 try:
-                    migrations.upgrade(engine)
+                    with _MIGRATING:  # Alembic's context is process-global: one migration at a time
+                        migrations.upgrade(engine)
                     break
                 except OperationalError as exc:  # SQLite can refuse a connection at once while another migrates
                     if attempt == OPEN_ATTEMPTS - 1 or "database is locked" not in str(exc):

@@ -14,6 +14,11 @@ or lost) and no longer retried. No rating is attached twice: a row is claimed by
 before it is attached (a lease, so a crashed claimer is retried later), and before logging, the trace's
 assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case).
 
+One rating per trace and session: a second rating of the same trace from the same session replaces the first
+(same row, new rating, comment and time; attached again, overriding the first one's assessment in MLflow), so
+the adaptation and `feedback compare` count each rater's opinion of an answer once. Reads count the newest row of
+each (trace, session) in any case (rows from before this rule, or two first ratings racing).
+
 The adaptation state derived from these rows (router bias and hint) lives in `pipeline/adaptation.py`.
 """
 
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 
 from chatbot_model.config import Settings
@@ -124,7 +129,8 @@ class FeedbackStore:
     def record(self, *, trace_id: str | None, rating: str, comment: str | None = None,
                session_id: str | None = None, route: str | None = None, provider: str | None = None,
                model: str | None = None, model_version: str | None = None, background: bool = False) -> int:
-        """Store one rating ("up" or "down"); returns the row id. Then attach it (and a few older ones), or with
+        """Store one rating ("up" or "down"); returns the row id (the earlier row's when it replaces this trace and
+        session's earlier rating). Then attach it (and a few older ones), or with
         `background`, leave that to this store's background worker (no MLflow call in the caller's thread)."""
         if rating not in RATINGS:
             raise InvalidInput(f"rating must be one of {list(RATINGS)}, got {rating!r}")
@@ -138,7 +144,7 @@ class FeedbackStore:
             route=route, provider=provider, model=model,
             model_version=None if model_version is None else str(model_version),
             rating=rating, comment=comment or None, sync_attempts=0))
-        log.info("feedback %s stored: %s on trace %s", row_id, rating, trace_id)
+        log.info("feedback %s stored: %s on trace %r", row_id, rating, trace_id)
         if background:
             tracing.note_activity()
             if trace_id:
@@ -165,8 +171,7 @@ class FeedbackStore:
                 try:
                     try:
                         with self.engine.begin() as conn:
-                            ids = [conn.execute(feedback_table.insert().values(**s.values)).inserted_primary_key[0]
-                                   for s in batch]
+                            ids = [_write(conn, s.values) for s in batch]
                         for s, row_id in zip(batch, ids):
                             s.row_id = int(row_id)
                     except BaseException as exc:  # the whole transaction failed: every caller in it learns why
@@ -318,9 +323,10 @@ class FeedbackStore:
 
     # ------------------------------------------------------------ reading
     def ratings(self, since: datetime | None = None, model_version: str | None = None) -> list[FeedbackRow]:
-        """Stored ratings, oldest first; `since` (naive = UTC) and `model_version` filter."""
+        """Stored ratings, oldest first, one per trace and session (the newest); `since` (naive = UTC) and
+        `model_version` filter."""
         t = feedback_table
-        query = select(t).order_by(t.c.id)
+        query = select(t).where(_counted(t)).order_by(t.c.id)
         if since is not None:
             since_ts = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
             query = query.where(t.c.created_ts >= since_ts)
@@ -336,17 +342,17 @@ class FeedbackStore:
                             orphaned_at=_utc(r["orphaned_at"])) for r in rows]
 
     def stats(self) -> dict:
-        """Counts: total, by rating, by route / model / model version (each split by rating), unsynced (still
-        to attach), orphaned (their trace never arrived)."""
+        """Counts (one rating per trace and session): total, by rating, by route / model / model version (each
+        split by rating), unsynced (still to attach), orphaned (their trace never arrived)."""
         t = feedback_table
         out: dict = {"total": 0, "by_rating": {r: 0 for r in RATINGS}, "by_route": {}, "by_model": {},
                      "by_version": {}, "unsynced": 0, "orphaned": 0}
         with self.engine.connect() as conn:
             for key, column in (("by_route", t.c.route), ("by_model", t.c.model), ("by_version", t.c.model_version)):
                 for value, rating, n in conn.execute(
-                        select(column, t.c.rating, func.count()).group_by(column, t.c.rating)):
+                        select(column, t.c.rating, func.count()).where(_counted(t)).group_by(column, t.c.rating)):
                     out[key].setdefault(value if value is not None else "(none)", {r: 0 for r in RATINGS})[rating] = n
-            for rating, n in conn.execute(select(t.c.rating, func.count()).group_by(t.c.rating)):
+            for rating, n in conn.execute(select(t.c.rating, func.count()).where(_counted(t)).group_by(t.c.rating)):
                 out["by_rating"][rating] = n
                 out["total"] += n
             out["unsynced"] = conn.execute(select(func.count()).where(*_pending(t))).scalar_one()
@@ -362,7 +368,7 @@ class FeedbackStore:
         that version only (None: every rating).
         """
         t = feedback_table
-        query = (select(t.c.created_ts, t.c.rating).where((t.c.route.is_(None)) | (t.c.route != "blocked"))
+        query = (select(t.c.created_ts, t.c.rating).where((t.c.route.is_(None)) | (t.c.route != "blocked"), _counted(t))
                  .order_by(t.c.created_ts, t.c.id))
         if since_ts is not None:
             query = query.where(t.c.created_ts >= float(since_ts))
@@ -372,6 +378,16 @@ class FeedbackStore:
             query = query.where(t.c.model_version == str(model_version))
         with self.engine.connect() as conn:
             return [(float(ts), rating) for ts, rating in conn.execute(query)]
+
+    def prune(self, older_than_days: float) -> int:
+        """Delete ratings older than `older_than_days` (0 or less: none); returns how many were deleted."""
+        if not older_than_days or older_than_days <= 0:
+            return 0
+        cutoff = self.clock() - older_than_days * 86400.0
+        with self.engine.begin() as conn:
+            deleted = conn.execute(delete(feedback_table).where(feedback_table.c.created_ts < cutoff)).rowcount
+        log.info("pruned %d ratings older than %g days", deleted, older_than_days)
+        return int(deleted or 0)
 
     def dispose(self) -> None:
         self.stop_background()
@@ -385,6 +401,34 @@ class _Slot:
 
     def __init__(self, values: dict):
         self.values, self.done, self.row_id, self.error = values, False, 0, None
+
+
+def _same_rater(t, values: dict):
+    """The rows of the same trace and session as `values` (a NULL session matches NULL)."""
+    session = values.get("session_id")
+    return (t.c.trace_id == values["trace_id"],
+            t.c.session_id.is_(None) if session is None else t.c.session_id == session)
+
+
+def _write(conn, values: dict) -> int:
+    """Insert a rating, or replace the same trace and session's earlier one (kept: its id and, as the assessment
+    the new rating overrides, its assessment id)."""
+    t = feedback_table
+    if values.get("trace_id") is not None:
+        earlier = conn.execute(select(t.c.id).where(*_same_rater(t, values)).order_by(t.c.id.desc()).limit(1)
+                               ).scalar()
+        if earlier is not None:
+            conn.execute(update(t).where(t.c.id == earlier).values(
+                **values, synced_at=None, sync_error=None, claimed_at=None, attempted_at=None, orphaned_at=None))
+            log.info("feedback %s: trace %r rated again by its session: replaced", earlier, values["trace_id"])
+            return int(earlier)
+    return int(conn.execute(t.insert().values(**values)).inserted_primary_key[0])
+
+
+def _counted(t):
+    """Rows that count: without a trace, or the newest of their trace and session."""
+    newest = select(func.max(t.c.id)).where(t.c.trace_id.is_not(None)).group_by(t.c.trace_id, t.c.session_id)
+    return t.c.trace_id.is_(None) | t.c.id.in_(newest.scalar_subquery())
 
 
 def _pending(t) -> tuple:
@@ -459,17 +503,24 @@ def _attach(row: dict) -> tuple[str | None, bool]:
     from mlflow.entities import AssessmentSource, AssessmentSourceType
     from mlflow.tracing.client import TracingClient
 
-    marker = str(row["id"])
+    marker, rated = str(row["id"]), repr(float(row["created_ts"]))
     info = TracingClient().get_trace_info(row["trace_id"])  # raises when the trace is not there (yet)
     for assessment in info.assessments or []:
-        if assessment.name == ASSESSMENT_NAME and (assessment.metadata or {}).get("feedback_id") == marker:
+        meta = assessment.metadata or {}
+        if (assessment.name == ASSESSMENT_NAME and meta.get("feedback_id") == marker
+                and meta.get("rated_ts", rated) == rated):
             return assessment.assessment_id, False
-    assessment = mlflow.log_feedback(
-        trace_id=row["trace_id"], name=ASSESSMENT_NAME, value=row["rating"] == "up",
-        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=row["session_id"] or "anonymous"),
-        rationale=row["comment"] or None,
-        metadata={"feedback_id": marker, "route": row["route"] or "", "model_version": row["model_version"] or ""})
-    log.info("feedback %s attached to trace %s as %s", row["id"], row["trace_id"], assessment.assessment_id)
+    source = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=row["session_id"] or "anonymous")
+    metadata = {"feedback_id": marker, "rated_ts": rated, "route": row["route"] or "",
+                "model_version": row["model_version"] or ""}
+    if row.get("assessment_id"):  # a replaced rating: the earlier assessment is marked overridden
+        assessment = mlflow.override_feedback(trace_id=row["trace_id"], assessment_id=row["assessment_id"],
+                                              value=row["rating"] == "up", rationale=row["comment"] or None,
+                                              source=source, metadata=metadata)
+    else:
+        assessment = mlflow.log_feedback(trace_id=row["trace_id"], name=ASSESSMENT_NAME, value=row["rating"] == "up",
+                                         source=source, rationale=row["comment"] or None, metadata=metadata)
+    log.info("feedback %s attached to trace %r as %s", row["id"], row["trace_id"], assessment.assessment_id)
     return assessment.assessment_id, True
 
 

@@ -13,7 +13,7 @@ from chatbot_model.cli.chat import run_chat
 from chatbot_model.store.conversations import ConversationStore
 from chatbot_model.lifecycle.pyfunc import HISTORY_COLUMN, INPUT_EXAMPLE, SIGNATURE, _PyfuncChatbot, to_inputs
 from chatbot_model.server.backends import InProcessBackend, RemoteBackend
-from tests.helpers import FakeScoringServer, make_service, make_settings, service_app
+from tests.helpers import FakeScoringServer, make_service, make_settings, new_session, service_app
 
 TRACED = "How is each chatbot request traced?"
 FOLLOW = "Can I turn that off?"
@@ -49,26 +49,28 @@ def ids(row):
 
 # ---------------------------------------------------------------- /chat
 def test_two_turns_by_session_id_use_and_store_the_conversation(client, settings):
-    first = client.post("/chat", json={"question": TRACED, "session_id": "s-1"})
+    first = client.post("/chat", json={"question": TRACED})
     assert first.status_code == 200, first.text
     assert first.json()["standalone_question"] == ""
-    second = client.post("/chat", json={"question": FOLLOW, "session_id": "s-1"}).json()
+    s1 = first.json()["session_id"]  # issued with the first answer
+    second = client.post("/chat", json={"question": FOLLOW, "session_id": s1}).json()
     assert second["question"] == FOLLOW and second["standalone_question"] == f"{TRACED} {FOLLOW}"
     assert not second["abstained"] and "chatbot-tracing" in ids(second)
-    stored = turns(settings, "s-1")
+    stored = turns(settings, s1)
     assert [(t.turn, t.question, t.trace_id) for t in stored] == [
         (1, TRACED, first.json()["trace_id"]), (2, FOLLOW, second["trace_id"])]
     assert stored[1].standalone_question == f"{TRACED} {FOLLOW}" and stored[1].sources == second["sources"]
     # another session does not see it: the same follow-up is searched alone, and only its own turn is stored
-    other = client.post("/chat", json={"question": FOLLOW, "session_id": "s-2"}).json()
-    assert other["standalone_question"] == "" and [t.question for t in turns(settings, "s-2")] == [FOLLOW]
+    other_session = new_session(client)
+    other = client.post("/chat", json={"question": FOLLOW, "session_id": other_session}).json()
+    assert other["standalone_question"] == "" and [t.question for t in turns(settings, other_session)] == [FOLLOW]
 
 
 def test_an_explicit_history_wins_over_the_stored_conversation(client, settings):
-    client.post("/chat", json={"question": "How do I build a Docker image of the model?", "session_id": "s-3"})
-    row = client.post("/chat", json={"question": FOLLOW, "session_id": "s-3", "history": HISTORY}).json()
+    s3 = client.post("/chat", json={"question": "How do I build a Docker image of the model?"}).json()["session_id"]
+    row = client.post("/chat", json={"question": FOLLOW, "session_id": s3, "history": HISTORY}).json()
     assert row["standalone_question"] == f"{TRACED} {FOLLOW}" and "chatbot-tracing" in ids(row)
-    assert [t.question for t in turns(settings, "s-3")] == ["How do I build a Docker image of the model?", FOLLOW]
+    assert [t.question for t in turns(settings, s3)] == ["How do I build a Docker image of the model?", FOLLOW]
     # history without a session: answered with it, nothing stored
     row = client.post("/chat", json={"question": FOLLOW, "history": HISTORY}).json()
     assert "chatbot-tracing" in ids(row)
@@ -86,11 +88,12 @@ def test_an_explicit_history_wins_over_the_stored_conversation(client, settings)
      "CHATBOT_HISTORY_MAX_CHARS"),
 ])
 def test_a_bad_history_is_a_clear_422_naming_the_field_and_stores_nothing(client, settings, history, field, words):
-    response = client.post("/chat", json={"question": FOLLOW, "session_id": "bad", "history": history})
+    bad = new_session(client)
+    response = client.post("/chat", json={"question": FOLLOW, "session_id": bad, "history": history})
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["error"] == "invalid_input" and field in body["fields"] and words in body["message"], body
-    assert turns(settings, "bad") == []
+    assert turns(settings, bad) == []
 
 
 def test_a_failed_answer_stores_no_turn(settings, service, monkeypatch):
@@ -99,16 +102,18 @@ def test_a_failed_answer_stores_no_turn(settings, service, monkeypatch):
         assert app.state.backend.loaded.wait(120)
         monkeypatch.setattr(app.state.backend, "_predict",
                             lambda qs, hs=None: [{"question": q, "error": "boom"} for q in qs])
-        assert client.post("/chat", json={"question": TRACED, "session_id": "fail"}).status_code == 502
-    assert turns(settings, "fail") == []
+        fail = new_session(client)
+        assert client.post("/chat", json={"question": TRACED, "session_id": fail}).status_code == 502
+    assert turns(settings, fail) == []
 
 
 def test_without_a_feedback_database_a_session_only_groups(shipped_index, tmp_path, service):
     settings = make_settings(shipped_index, service.settings.tracking_uri, tmp_path, feedback_db_url="")
     with TestClient(service_app(settings, service)) as client:
         assert client.app.state.backend.loaded.wait(120)
-        assert client.post("/chat", json={"question": TRACED, "session_id": "x"}).status_code == 200
-        row = client.post("/chat", json={"question": FOLLOW, "session_id": "x"}).json()
+        first = client.post("/chat", json={"question": TRACED})
+        assert first.status_code == 200
+        row = client.post("/chat", json={"question": FOLLOW, "session_id": first.json()["session_id"]}).json()
         assert row["standalone_question"] == ""  # no store: no history, the follow-up is searched alone
 
 

@@ -157,12 +157,20 @@ def app_client(**overrides) -> TestClient:
     return TestClient(create_app(settings, backend=FlakyBackend(settings, failures=0)))
 
 
-def test_metrics_and_docs_are_public_by_default_even_with_a_key():
+def test_metrics_and_docs_need_the_key_by_default_when_one_is_set():
     with app_client(api_key="k3y") as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer k3y"}).status_code == 200
+        for path in DOC_PATHS:
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"Authorization": "Bearer k3y"}).status_code == 200, path
+        assert client.post("/chat", json={"question": Q}).status_code == 401
+    with app_client(api_key="k3y", protect_metrics=False, public_docs=True) as client:  # opened on purpose
         assert client.get("/metrics").status_code == 200
         for path in DOC_PATHS:
             assert client.get(path).status_code == 200, path
-        assert client.post("/chat", json={"question": Q}).status_code == 401
+    with app_client() as client:  # no key: nothing to hide them behind
+        assert client.get("/metrics").status_code == 200 and client.get("/openapi.json").status_code == 200
 
 
 def test_protect_metrics_requires_the_key():
@@ -235,7 +243,8 @@ def test_id_limits_equal_the_feedback_columns():
 
     assert MAX_ID_CHARS == feedback_table.c.session_id.type.length == feedback_table.c.trace_id.type.length
     with app_client() as client:
-        assert client.post("/chat", json={"question": Q, "session_id": "s" * MAX_ID_CHARS}).status_code == 200
+        r = client.post("/chat", json={"question": Q, "session_id": "s" * MAX_ID_CHARS})
+        assert r.status_code == 403 and r.json()["error"] == "invalid_session"  # within the limit, not issued
         r = client.post("/chat", json={"question": Q, "session_id": "s" * (MAX_ID_CHARS + 1)})
         assert r.status_code == 422 and r.json()["fields"] == ["session_id"] and "64" in r.json()["message"]
         r = client.post("/feedback", json={"trace_id": "t" * (MAX_ID_CHARS + 1), "rating": "up"})

@@ -42,13 +42,14 @@ def test_chat_on_replica_a_rate_on_replica_b(index_dir, tmp_path):
     # B never served these answers and its tracking store is unreachable: only the shared turns can vouch
     b_env = {**base, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "CHATBOT_TRACING": "false"}
     with replica(a_env, tmp_path, "replica-a") as a, replica(b_env, tmp_path, "replica-b") as b:
-        traces = []
+        traces, sessions = [], []
         for n, question in enumerate(["How is each chatbot request traced?", "Can I turn that off?",
                                       "How do I promote a model version?", "What is the promotion gate?"]):
-            answer = httpx.post(f"{a}/chat", json={"question": question, "session_id": f"conv-{n // 2}"},
-                                timeout=60).json()
+            follow_up = {"session_id": sessions[-1]} if n % 2 else {}  # two conversations of two turns
+            answer = httpx.post(f"{a}/chat", json={"question": question, **follow_up}, timeout=60).json()
             assert answer["trace_id"].startswith("tr-"), answer
             traces.append((answer["trace_id"], answer["route"]))
+            sessions.append(answer["session_id"])
         for trace_id, _ in traces:
             rated = httpx.post(f"{b}/feedback", json={"trace_id": trace_id, "rating": "down"}, timeout=30)
             assert rated.status_code == 200, rated.text
@@ -59,4 +60,4 @@ def test_chat_on_replica_a_rate_on_replica_b(index_dir, tmp_path):
         assert "cannot check trace" in unknown.json()["message"]
     rows = FeedbackStore(shared_db, attach=False).ratings()
     assert sorted((r.trace_id, r.route, r.session_id) for r in rows) == sorted(
-        (t, route, f"conv-{n // 2}") for n, (t, route) in enumerate(traces))
+        (t, route, sessions[n - n % 2]) for n, (t, route) in enumerate(traces))

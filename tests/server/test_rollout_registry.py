@@ -84,7 +84,7 @@ def test_moving_the_alias_swaps_the_served_version_without_a_failed_request(two_
         gc.collect()
         assert old_model() is None, "version 1 is still referenced after the swap"
 
-        body = http.post("/chat", json={"question": "How do I register a model?", "session_id": "s"}).json()
+        body = http.post("/chat", json={"question": "How do I register a model?"}).json()
         assert body["model_version"] == v2
         assert http.post("/feedback", json={"trace_id": body["trace_id"], "rating": "up"}).status_code == 200
         assert FeedbackStore(settings.feedback_db_url).ratings()[-1].model_version == v2

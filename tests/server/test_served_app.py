@@ -22,7 +22,8 @@ def stored_trace(trace_id: str):
 
 
 FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
-          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
+          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error",
+          "session_id"}
 
 
 def test_health_names_the_in_process_backend_and_the_version(served_app, production_model):
@@ -36,7 +37,7 @@ def test_health_names_the_in_process_backend_and_the_version(served_app, product
 
 def test_chat_answers_with_sources_route_and_a_trace_written_off_the_request(served_app, production_model):
     client, _ = served_app
-    r = client.post("/chat", json={"question": Q, "session_id": "s1"})
+    r = client.post("/chat", json={"question": Q})
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == FIELDS
@@ -69,14 +70,15 @@ def test_off_topic_question_is_reported_abstained_without_sources(served_app):
 
 def test_feedback_is_recorded_with_what_was_served_and_lands_on_the_trace(served_app, production_model):
     client, settings = served_app
-    answer = client.post("/chat", json={"question": Q, "session_id": "sess-7"}).json()
+    answer = client.post("/chat", json={"question": Q}).json()
     r = client.post("/feedback", json={"trace_id": answer["trace_id"], "rating": "down", "comment": "too vague"})
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "recorded", "trace_id": answer["trace_id"], "rating": "down"}
     rows = FeedbackStore(settings.feedback_db_url).ratings()
     assert len(rows) == 1
     row = rows[0]
-    assert (row.trace_id, row.rating, row.comment, row.session_id) == (answer["trace_id"], "down", "too vague", "sess-7")
+    assert (row.trace_id, row.rating, row.comment, row.session_id) == (answer["trace_id"], "down", "too vague",
+                                                                     answer["session_id"])
     assert (row.route, row.provider, row.model) == (answer["route"], answer["provider"], answer["model"])
     assert row.model_version == production_model["version"]  # the version that answered
     # attached to the trace as human feedback once both the trace and the rating are written

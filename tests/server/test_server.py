@@ -222,8 +222,9 @@ def test_api_key_guards_chat_and_feedback_only(make_client, settings):
     fb = client.post("/feedback", json={"trace_id": ok.json()["trace_id"], "rating": "up"},
                      headers={"Authorization": "Bearer s3cret"})
     assert fb.status_code == 200
-    assert client.get("/health").json()["api_key_required"] is True
-    assert client.get("/metrics").status_code == 200 and client.get("/").status_code == 200
+    assert client.get("/health").json() == {"status": "ok", "version": client.app.version}  # no details without it
+    assert client.get("/health", headers={"Authorization": "Bearer s3cret"}).json()["api_key_required"] is True
+    assert client.get("/metrics").status_code == 401 and client.get("/").status_code == 200
 
 
 # ---------------------------------------------------------------- /feedback
@@ -237,7 +238,8 @@ def test_feedback_for_a_trace_served_by_another_process_is_found_in_mlflow(make_
 def test_unknown_trace_is_404_and_bad_rating_422(client):
     assert_error(client.post("/feedback", json={"trace_id": "tr-00000000000000000000000000000000", "rating": "up"}),
                  404, "trace_not_found")
-    assert_error(client.post("/feedback", json={"trace_id": "not a trace", "rating": "up"}), 404, "trace_not_found")
+    assert_error(client.post("/feedback", json={"trace_id": "not a trace", "rating": "up"}), 422, "invalid_input",
+                 "not an MLflow trace id")
     assert_error(client.post("/feedback", json={"trace_id": "tr-1", "rating": "meh"}), 422, "invalid_input", "rating")
     assert_error(client.post("/feedback", json={"rating": "up"}), 422, "invalid_input", "trace_id")
     assert_error(client.post("/feedback", json={"trace_id": "tr-1", "rating": "up", "comment": "x" * 5000}),

@@ -18,7 +18,7 @@ from tests.helpers import (FakeScoringServer, LiveServer, contract_row, make_ser
 
 Q = "How do I promote a registered MLflow model version to Production?"
 FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
-          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
+          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error", "session_id"}
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def test_remote_backend_forwards_dataframe_records_and_answers_like_in_process(s
         assert client.get("/ready").status_code == 200
         health = client.get("/health").json()
         assert health["backend"] == "remote" and health["scoring_url"] == scoring.url and health["ready"]
-        r = client.post("/chat", json={"question": Q, "session_id": "s"})
+        r = client.post("/chat", json={"question": Q})
         assert r.status_code == 200, r.text
         assert scoring.requests[-1] == {"dataframe_records": [{"question": Q}]}
         body = r.json()
         assert set(body) == FIELDS
-        assert body == {k: v for k, v in contract_row(Q).items() if k in FIELDS}
+        assert body == {**{k: v for k, v in contract_row(Q).items() if k in FIELDS}, "session_id": body["session_id"]}
         fb = client.post("/feedback", json={"trace_id": body["trace_id"], "rating": "down"})
         assert fb.status_code == 200, fb.text  # known from this process's memory
     finally:

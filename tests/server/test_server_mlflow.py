@@ -14,7 +14,7 @@ from tests.helpers import make_settings, mlflow_models_serve
 pytestmark = pytest.mark.slow
 Q = "How do I promote a registered MLflow model version to Production?"
 FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
-          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error"}
+          "abstained", "fallback", "trace_id", "model_version", "latency_ms", "error", "session_id"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_in_process_backend_serves_the_production_model(settings, registered):
         health = client.get("/health").json()
         assert health["ready"] and health["model_uri"] == "models:/llmops-chatbot@production"
         assert health["model_version"] == version.version and health["guardrail"] == "embedded"
-        r = client.post("/chat", json={"question": Q, "session_id": "s"})
+        r = client.post("/chat", json={"question": Q})
         assert r.status_code == 200, r.text
         body = r.json()
         assert set(body) == FIELDS and body["sources"] and body["provider"] == "local"
@@ -66,7 +66,7 @@ def test_in_process_backend_serves_the_production_model(settings, registered):
         from chatbot_model.store.feedback import FeedbackStore
 
         row = FeedbackStore(settings.feedback_db_url).ratings()[0]
-        assert row.model_version == version.version and row.session_id == "s"
+        assert row.model_version == version.version and row.session_id == r.json()["session_id"]
 
 
 def test_remote_backend_against_mlflow_models_serve(settings, registered, tmp_path):

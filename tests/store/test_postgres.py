@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -59,12 +60,31 @@ def overlay() -> dict:
                      for c in d["spec"]["template"]["spec"]["containers"]}
     assert len(feedback_urls) == 1, "the wrapper and the model server must share one feedback database"
     return {"command": server["command"] + server["args"], "env": _env(server), "database": pg_env["POSTGRES_DB"],
-            "init_sql": (OVERLAY / "10-chatbot-feedback.sql").read_text(), "feedback_url": feedback_urls.pop()}
+            "init_sql": (OVERLAY / "10-chatbot-feedback.sql").read_text(), "feedback_url": feedback_urls.pop(),
+            "role_script": OVERLAY / "20-chatbot-role.sh", "auth_ini": (OVERLAY / "basic_auth.ini").read_text(),
+            "serving_env": {k: v for d in _docs("patch-tracking-env.yaml") for c in d["spec"]["template"]["spec"]
+                            ["containers"] for k, v in _env(c).items() if v is not None}}
+
+
+CHATBOT_ROLE = ("chatbot", secrets.token_hex(12))  # the Secret's CHATBOT_DB_USER / CHATBOT_DB_PASSWORD
+ADMIN_PASSWORD = secrets.token_hex(12)
+READER = ("chatbot-reader", secrets.token_hex(12))
+WRITER = ("pipeline-writer", secrets.token_hex(12))
+
+
+def run_role_script(pg: PostgresServer, script: Path) -> None:
+    """20-chatbot-role.sh as the image's entrypoint runs it (psql as the superuser, the Secret in the env)."""
+    env = {**os.environ, "PATH": f"{pg.bin_dir}{os.pathsep}{os.environ['PATH']}", "PGHOST": "127.0.0.1",
+           "PGPORT": str(pg.port), "PGPASSWORD": pg.password, "POSTGRES_USER": pg.user,
+           "CHATBOT_DB_USER": CHATBOT_ROLE[0], "CHATBOT_DB_PASSWORD": CHATBOT_ROLE[1]}
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def resolve(value: str, pg: PostgresServer) -> str:
     """A manifest value with the Secret's variables filled in and the in-cluster PostgreSQL at the test's."""
     value = value.replace("$(POSTGRES_USER)", pg.user).replace("$(POSTGRES_PASSWORD)", pg.password)
+    value = value.replace("$(CHATBOT_DB_USER)", CHATBOT_ROLE[0]).replace("$(CHATBOT_DB_PASSWORD)", CHATBOT_ROLE[1])
     return value.replace("llmops-postgres:5432", f"127.0.0.1:{pg.port}")
 
 
@@ -83,6 +103,7 @@ def pg(settings_of_overlay):
     try:
         server.create_database(settings_of_overlay["database"])  # what POSTGRES_DB makes the image create
         server.run_sql(settings_of_overlay["init_sql"])
+        run_role_script(server, settings_of_overlay["role_script"])
         yield server
     finally:
         server.stop()
@@ -90,11 +111,16 @@ def pg(settings_of_overlay):
 
 @pytest.fixture(scope="module")
 def tracking(pg, settings_of_overlay, tmp_path_factory):
-    """`mlflow server` exactly as the overlay runs it, on loopback; its URL."""
+    """`mlflow server` exactly as the overlay runs it (basic-auth app included), on loopback, its users made by
+    `llmops-chatbot registry-access` as the overlay's Job does; its URL."""
     work = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     local = {"--host": "127.0.0.1", "--port": str(port), "--artifacts-destination": str(work / "artifacts")}
     env = {k: resolve(v, pg) for k, v in settings_of_overlay["env"].items() if v is not None and k != "HOME"}
+    ini = work / "basic_auth.ini"  # the overlay's, its user store on the test's disk
+    ini.write_text(settings_of_overlay["auth_ini"].replace("sqlite:////var/lib/mlflow/auth/", f"sqlite:///{work}/"))
+    env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+               MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
     args = []
     for arg in settings_of_overlay["command"]:
         flag, _, value = arg.partition("=")
@@ -107,6 +133,13 @@ def tracking(pg, settings_of_overlay, tmp_path_factory):
     proc_env.pop("MLFLOW_TRACKING_URI", None)
     url = f"http://127.0.0.1:{port}"
     with server_process([bindir / args[0], *args[1:]], proc_env, work, url, "/health", work / "server.log", 240):
+        users = subprocess.run([sys.executable, "-c", "from chatbot_model.cli.main import main; main()",
+                                "registry-access"], capture_output=True, text=True, timeout=300, env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CHATBOT_", "MLFLOW_"))},
+            "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_READER_PASSWORD": READER[1],
+            "MLFLOW_WRITER_PASSWORD": WRITER[1]})
+        assert users.returncode == 0, users.stdout + users.stderr
         yield url
 
 
@@ -168,10 +201,13 @@ def test_registry_lifecycle_through_mlflow_server_on_postgres(pg, tracking, sett
     from chatbot_model.lifecycle.registry import log_and_register
 
     feedback_url = resolve(settings_of_overlay["feedback_url"], pg)
+    assert feedback_url.startswith(f"postgresql://{CHATBOT_ROLE[0]}:")  # the chatbot's own role, not the superuser
     env = {"MLFLOW_TRACKING_URI": tracking, "CHATBOT_FEEDBACK_DB_URL": feedback_url,
            "CHATBOT_GUARDRAIL_BACKEND": "embedded", "CHATBOT_INDEX_DIR": str(index_dir)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", WRITER[0])  # the pipeline
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", WRITER[1])
     reset_mlflow(monkeypatch)
     client = MlflowClient()
     assert mlflow.get_tracking_uri() == tracking and mlflow.get_registry_uri() == tracking  # through the server
@@ -191,8 +227,15 @@ def test_registry_lifecycle_through_mlflow_server_on_postgres(pg, tracking, sett
     assert client.get_model_version_by_alias(NAME, "production").version == "1"
 
     # two servers serve the alias; ratings given on one reach its traces and steer the other
-    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
-    proc_env.update(env, CHATBOT_ADAPTATION_REFRESH_S="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # not this process's CHATBOT_* settings, nor the experiment and run the commands above left in os.environ
+    # (mlflow.set_experiment sets MLFLOW_EXPERIMENT_ID): the servers write traces where the overlay says
+    proc_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("CHATBOT_") and k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    serving = settings_of_overlay["serving_env"]  # the serving pods: the read-only user, their traces experiment
+    assert serving["MLFLOW_TRACKING_USERNAME"] == READER[0]
+    proc_env.update(env, CHATBOT_ADAPTATION_REFRESH_S="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                    MLFLOW_TRACKING_USERNAME=READER[0], MLFLOW_TRACKING_PASSWORD=READER[1],
+                    CHATBOT_EXPERIMENT_NAME=serving["CHATBOT_EXPERIMENT_NAME"])
     with chatbot_server(proc_env, tmp_path) as a, chatbot_server(proc_env, tmp_path) as b:
         first = httpx.post(f"{b}/chat", json={"question": QUESTION}, timeout=120).json()
         assert first["answer"] and first["trace_id"] and hint_of(first["trace_id"]) == DEFAULT_HINT

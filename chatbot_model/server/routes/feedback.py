@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from urllib.parse import urlparse
 
@@ -18,10 +19,12 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.config import Settings
+from chatbot_model.contract import TRACE_ID_PATTERN
 from chatbot_model.errors import ChatbotError
 from chatbot_model.server import conversation
 from chatbot_model.server.deps import Authorized, FeedbackStoreDep, MetricsDep, SettingsDep, TracesDep
 from chatbot_model.server.errors import FeedbackUnavailable, TraceNotFound
+from chatbot_model.server.ratelimit import limit_feedback
 from chatbot_model.server.schemas import FeedbackRequest, FeedbackResponse, responses
 from chatbot_model.server.state import ServedTrace
 
@@ -53,6 +56,8 @@ def lookup_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracing.client import TracingClient
 
+    if not re.fullmatch(TRACE_ID_PATTERN, trace_id):  # it goes into the tracking server's URL: never raw text
+        return None
     _probe(settings.tracking_uri)
     try:
         info = TracingClient(settings.tracking_uri).get_trace_info(trace_id)
@@ -75,7 +80,7 @@ async def find_trace(trace_id: str, settings: Settings) -> ServedTrace | None:
         why = f"no answer within {LOOKUP_TIMEOUT_S:g} s"
     except Exception as exc:  # noqa: BLE001 - unreachable or erroring store: it cannot say
         why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-    log.warning("trace %s: the tracking store cannot say whether it exists (%s)", trace_id, why)
+    log.warning("trace %r: the tracking store cannot say whether it exists (%s)", trace_id, why)
     raise TraceStoreUnavailable(f"cannot check trace {trace_id!r} now: the tracking store is unavailable ({why}); "
                                 f"retry in {RETRY_AFTER_S} s")
 
@@ -94,16 +99,19 @@ async def find_served(app, trace_id: str, settings: Settings) -> ServedTrace:
     if served is not None:
         return served
     if turns_cannot_say:
-        log.warning("trace %s: not in the tracking store yet and %s", trace_id, turns_cannot_say)
+        log.warning("trace %r: not in the tracking store yet and %s", trace_id, turns_cannot_say)
         raise TraceStoreUnavailable(f"cannot check trace {trace_id!r} now: {turns_cannot_say} and the tracking "
                                     f"store does not have it (yet); retry in {RETRY_AFTER_S} s")
     raise TraceNotFound(f"trace {trace_id!r} is unknown; send the trace_id a /chat answer returned")
 
 
-@router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 413, 422, 503))
+@router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 413, 422, 429, 503))
 async def feedback(body: FeedbackRequest, request: Request, settings: SettingsDep, traces: TracesDep, store: FeedbackStoreDep,
                    metrics: MetricsDep, _auth: Authorized) -> FeedbackResponse:
-    """Rate an answer by its `trace_id` (from /chat): `up` or `down`, with an optional comment."""
+    """Rate an answer by its `trace_id` (from /chat): `up` or `down`, with an optional comment. One rating per
+    answer and conversation: rating it again replaces the earlier rating. At most
+    CHATBOT_FEEDBACK_RATE_PER_MINUTE ratings per client and minute (429 with Retry-After beyond)."""
+    await limit_feedback(request)
     served = traces.get(body.trace_id) or await find_served(request.app, body.trace_id, settings)
     try:
         await run_in_threadpool(store.record, trace_id=body.trace_id, rating=body.rating, comment=body.comment,
@@ -112,9 +120,9 @@ async def feedback(body: FeedbackRequest, request: Request, settings: SettingsDe
     except ChatbotError:  # InvalidInput: the edge turns it into 422
         raise
     except Exception as exc:  # noqa: BLE001 - the store is down: say so, do not 500
-        log.warning("feedback for trace=%s not recorded: %s", body.trace_id, exc)
+        log.warning("feedback for trace=%r not recorded: %s", body.trace_id, type(exc).__name__)
         raise FeedbackUnavailable(f"feedback not recorded: the store failed ({type(exc).__name__}); "
                                   "try again later") from None
     metrics.feedback.labels(body.rating).inc()
-    log.info("feedback trace=%s rating=%s route=%s", body.trace_id, body.rating, served.route)
+    log.info("feedback trace=%r rating=%s route=%r", body.trace_id, body.rating, served.route)
     return FeedbackResponse(trace_id=body.trace_id, rating=body.rating)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client.exposition import choose_encoder
-from starlette.concurrency import run_in_threadpool
 
 from chatbot_model.server.deps import BackendDep, MetricsAccess, MetricsDep
 from chatbot_model.server.schemas import responses
@@ -15,7 +14,8 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response, responses=responses(401))
 async def metrics(request: Request, metrics: MetricsDep, backend: BackendDep, _access: MetricsAccess) -> Response:
     """Request counts and latency by endpoint, method and status; route, provider, blocked and fallback counts.
-    Needs the API key when CHATBOT_PROTECT_METRICS is true."""
-    metrics.model_ready.set(1 if await run_in_threadpool(backend.ready) else 0)
+    Needs the API key whenever CHATBOT_API_KEY is set (CHATBOT_PROTECT_METRICS=false opens it). Answers on the
+    event loop, never waiting on the worker threads /chat uses."""
+    metrics.model_ready.set(1 if backend.ready_now() else 0)
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(metrics.registry), media_type=content_type)

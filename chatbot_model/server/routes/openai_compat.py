@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 EXTRA_FIELD = "chatbot"
 SYSTEM_ROLES = ("system", "developer")
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          413: "invalid_request_error", 422: "invalid_request_error"}
+          413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error"}
 
 
 class OpenAIError(Exception):
@@ -149,6 +149,10 @@ def conversation(messages: list[Message], max_chars: int) -> tuple[str, list[dic
 
 
 async def _parse(request: Request) -> ChatCompletionRequest:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":  # text/plain and forms need no CORS preflight: another site could send them
+        raise OpenAIError(415, "send the body as JSON with `Content-Type: application/json` "
+                          f"(got {media or 'none'!r})", "unsupported_media_type")
     try:
         return ChatCompletionRequest.model_validate(json.loads(await request.body()))
     except ValueError as exc:

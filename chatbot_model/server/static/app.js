@@ -1,14 +1,14 @@
 // The chat page: ask /chat as a stream (Server-Sent Events read with fetch + ReadableStream), show the answer
 // as it arrives, then its sources, route and model; rate it through /feedback.
-// The page keeps one conversation per tab (its session id); the server stores its turns, so follow-ups use
-// the earlier ones. "New conversation" starts another session.
+// The page keeps one conversation per tab: the session id the server issued with the first answer, in
+// sessionStorage; the server stores its turns, so follow-ups use the earlier ones. "New conversation" starts
+// another session. The API key (when the server needs one) is kept for this tab only (sessionStorage).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const conversation = $("conversation");
-const newSessionId = () => crypto.randomUUID?.() || String(Date.now()) + Math.random().toString(16).slice(2);
-let sessionId = sessionStorage.getItem("chatbot-session") || newSessionId();
-sessionStorage.setItem("chatbot-session", sessionId);
+let sessionId = sessionStorage.getItem("chatbot-session");  // null until the first answer issues one
+localStorage.removeItem("chatbot-api-key");  // older pages kept the key across sessions
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -23,7 +23,7 @@ function el(tag, attrs = {}, ...children) {
 
 function headers() {
   const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem("chatbot-api-key");
+  const key = sessionStorage.getItem("chatbot-api-key");
   if (key) h["Authorization"] = "Bearer " + key;
   return h;
 }
@@ -109,11 +109,12 @@ function parseEvents(buffer) {
 // Ask with "stream": true; the answer's text grows with each delta event, the rest comes with the final one.
 async function streamAnswer(question) {
   const response = await fetch("/chat", { method: "POST", headers: headers(),
-    body: JSON.stringify({ question, session_id: sessionId, stream: true }) });
+    body: JSON.stringify({ question, ...(sessionId ? { session_id: sessionId } : {}), stream: true }) });
   if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
     let data = {};
     try { data = await response.json(); } catch (e) { data = { error: "bad_reply", message: response.statusText }; }
     if (response.status === 401) $("keybox").hidden = false;
+    if (data.error === "invalid_session") { sessionId = null; sessionStorage.removeItem("chatbot-session"); }
     showError(`${response.status} ${data.error}: ${data.message}`);
     return;
   }
@@ -131,6 +132,7 @@ async function streamAnswer(question) {
       if (name === "delta") text.textContent += data.text;
       else if (name === "replace") { text.textContent = data.text; item.classList.add("blocked"); }
       else if (name === "final") {
+        if (data.session_id) { sessionId = data.session_id; sessionStorage.setItem("chatbot-session", sessionId); }
         text.textContent = data.answer;
         item.classList.toggle("blocked", data.blocked);
         item.append(...[sourceList(data.sources), meta(data), rating(data.trace_id)].filter(Boolean));
@@ -164,24 +166,31 @@ async function ask(event) {
 async function status() {
   const s = $("status");
   try {
-    const h = await (await fetch("/health")).json();
+    const h = await (await fetch("/health", { headers: headers() })).json();
+    if (h.ready === undefined) {  // a server with an API key says only status and version without it
+      s.textContent = `server ${h.status} (v${h.version}): enter the API key`;
+      s.className = "status down";
+      $("keybox").hidden = false;
+      return;
+    }
     const what = [h.backend, h.model_uri, h.model_version ? "v" + h.model_version : null].filter(Boolean).join(" · ");
     s.textContent = h.ready ? `ready — ${what}` : (h.loading ? "loading the model…" : `not ready: ${h.load_error}`);
     s.className = "status " + (h.ready ? "ready" : "down");
-    if (h.api_key_required && !localStorage.getItem("chatbot-api-key")) $("keybox").hidden = false;
+    if (h.api_key_required && !sessionStorage.getItem("chatbot-api-key")) $("keybox").hidden = false;
     if (!h.ready) setTimeout(status, 2000);
   } catch (e) { s.textContent = "server unreachable"; s.className = "status down"; setTimeout(status, 5000); }
 }
 
 $("ask").addEventListener("submit", ask);
 $("new").addEventListener("click", () => {
-  sessionId = newSessionId();
-  sessionStorage.setItem("chatbot-session", sessionId);
+  sessionId = null;
+  sessionStorage.removeItem("chatbot-session");
   conversation.replaceChildren();
   $("question").focus();
 });
 $("savekey").addEventListener("click", () => {
-  localStorage.setItem("chatbot-api-key", $("apikey").value);
+  sessionStorage.setItem("chatbot-api-key", $("apikey").value);
   $("keybox").hidden = true;
+  status();
 });
 status();
