@@ -1,8 +1,9 @@
 """The one data contract: what a question must be, and the row every answer comes back as.
 
-`validate_question` is the only place a question is checked (the service, the pyfunc rows, the HTTP route and
-the CLI all call it). `AnswerRow` is the only definition of an answer row: the pyfunc's output columns and
-signature, the serving backends' rows and the HTTP API's `/chat` response are built from it.
+`validate_question` is the only place a question is checked; it runs at the edge (the HTTP route, the CLI) and
+once in the service (`LLMService.answer_many`, which also checks each pyfunc row). `AnswerRow` is the only
+definition of an answer row: the pyfunc's output columns and signature (`ChatResult.to_row` writes them), the
+serving backends' rows and the HTTP API's `/chat` response are built from it.
 
 `answer` is the first column: `mlflow.pyfunc.spark_udf(..., result_type="string")` returns the first output
 column, so a string UDF yields the answers (the struct result type, the default, returns every column).
@@ -121,6 +122,11 @@ class ChatResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_row(self) -> dict[str, Any]:
+        """The result as a row of the contract (`AnswerRow`'s columns, in order; text fields "" when empty)."""
+        values = asdict(self)
+        return {column: "" if values[column] is None else values[column] for column in OUTPUT_COLUMNS}
 
 
 # the limits of what a client sends, in one place (the HTTP schemas, the stores' columns and checks read them)
@@ -269,16 +275,6 @@ class AnswerRow(BaseModel):
         if hasattr(value, "item"):  # numpy scalars
             value = value.item()
         return 0.0 if isinstance(value, float) and math.isnan(value) else value
-
-    @classmethod
-    def from_result(cls, result) -> "AnswerRow":
-        """The row of a `schema.ChatResult`."""
-        return cls.model_validate(result.to_dict())
-
-    @classmethod
-    def for_error(cls, value: Any, message: str) -> "AnswerRow":
-        """The row of an input that was not answered: the question as given (text or ""), `error` set."""
-        return cls(question=value if isinstance(value, str) else "", error=message)
 
     def to_record(self) -> dict[str, Any]:
         """Plain Python values, in column order."""

@@ -323,10 +323,14 @@ REMOTE = {
 }
 
 
+def provider_keys(server) -> dict:
+    """Settings that send OpenAI and Anthropic calls to the fake server `server`, with test keys."""
+    return dict(openai_api_key="sk-test", openai_base_url=server.openai_base_url,
+                anthropic_api_key="sk-ant-test", anthropic_base_url=server.anthropic_base_url)
+
+
 def settings_for(server, *, retries=2, timeout=5.0, **extra):
-    values = dict(openai_api_key="sk-test", openai_base_url=server.openai_base_url,
-                  anthropic_api_key="sk-ant-test", anthropic_base_url=server.anthropic_base_url,
-                  provider_timeout_s=timeout, provider_max_retries=retries)
+    values = dict(**provider_keys(server), provider_timeout_s=timeout, provider_max_retries=retries)
     values.update(extra)
     return load_settings(**values)
 

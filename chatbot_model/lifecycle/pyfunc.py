@@ -41,6 +41,7 @@ Bad input:
   is expected (`mlflow models serve` turns it into HTTP 400 with the message);
 - in a batch with some valid rows, the valid rows are answered and each invalid row (empty, not a string,
   too long) comes back in place with `error` set, `answer` "", `blocked` False, `route`/`provider`/`model` "".
+This class reads the input's shape; the service (`answer_many(rows=True)`) checks each row's values.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 from chatbot_model.config import ensure_experiment, load_settings, told_experiment
-from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow, check_history, validate_question
+from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow, SourceRow
 from chatbot_model.errors import ChatbotError, InvalidInput
 from chatbot_model.pipeline.service import LLMService
 from chatbot_model.retrieval.chunk_store import STORE_FILES
@@ -240,35 +241,19 @@ def to_questions(model_input) -> list:
 
 
 def answer_frame(service, values: list, histories: list | None = None) -> pd.DataFrame:
-    """Answer the valid rows as one batch; invalid rows (a bad question or a bad history) come back with
-    `error` (all invalid: raise)."""
-    settings = service.settings
-    limit = settings.max_question_chars
-    histories = histories if histories is not None else [None] * len(values)
-    rows: list[AnswerRow | None] = [None] * len(values)
-    valid: list[tuple[int, str]] = []
-    turns: list[list[dict]] = []
-    for i, (value, history) in enumerate(zip(values, histories)):
-        try:
-            question = validate_question(value, limit, f"row {i}: {INPUT_COLUMN}")
-            turns.append(check_history(history, settings, f"row {i}: {HISTORY_COLUMN}"))
-            valid.append((i, question))
-        except InvalidInput as exc:
-            rows[i] = AnswerRow.for_error(value, str(exc))
-    if not valid:
-        problems = "; ".join(r.error for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
-        raise invalid(f"no valid question: {problems}. Expected non-empty text of at most {limit} characters "
-                      f"in column {INPUT_COLUMN!r}")
+    """The rows answered as one batch; the service validates each row, and an invalid one (a bad question or
+    history) comes back with `error` (all invalid: raise)."""
     try:
-        questions = [q for _, q in valid]  # no history at all: the very call made before histories existed
-        results = service.answer_many(questions, histories=turns) if any(turns) else service.answer_many(questions)
+        results = service.answer_many(values, histories=histories, rows=True)
     except InvalidInput as exc:
         raise invalid(f"column {INPUT_COLUMN!r}: {exc}") from None
     except ChatbotError as exc:
         raise MlflowException(f"{type(exc).__name__}: {exc}", error_code=INTERNAL_ERROR) from None
-    for (i, _), result in zip(valid, results):
-        rows[i] = AnswerRow.from_result(result)
-    return pd.DataFrame([r.to_record() for r in rows], columns=list(OUTPUT_COLUMNS))
+    if all(r.error for r in results):
+        problems = "; ".join(r.error for r in results[:5]) + ("; ..." if len(results) > 5 else "")
+        raise invalid(f"no valid question: {problems}. Expected non-empty text of at most "
+                      f"{service.settings.max_question_chars} characters in column {INPUT_COLUMN!r}")
+    return pd.DataFrame([r.to_row() for r in results], columns=list(OUTPUT_COLUMNS))
 
 
 # ---------------------------------------------------------------- the model
@@ -297,11 +282,7 @@ class _PyfuncChatbot(PythonModel):
         if len(values) != 1:
             raise invalid(f"predict_stream answers one question at a time; got {len(values)} in column "
                           f"{INPUT_COLUMN!r} (use predict for a batch)")
-        try:
-            question = validate_question(values[0], self.service.settings.max_question_chars, INPUT_COLUMN)
-        except InvalidInput as exc:
-            raise invalid(str(exc)) from None
-        events = self.service.stream(question, histories[0])
+        events = self.service.stream(values[0], histories[0])  # validated by the service, at the first event
         try:
             for event in events:
                 yield event.to_dict()

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from chatbot_model.config import Settings
-from chatbot_model.contract import (ChatResult, Completion, CompletionRequest, Source, trim_history, validate_history,
-                                    validate_question)
+from chatbot_model.contract import (ChatResult, Completion, CompletionRequest, Source, check_history, trim_history,
+                                    validate_history, validate_question)
 from chatbot_model.errors import ConfigError, InvalidInput, ProviderError
 from chatbot_model.guardrail.core import SAFE_REPLY, build_guardrail
 from chatbot_model.pipeline import followup
@@ -96,6 +96,7 @@ class _Turn:
 
     question: str
     history: list[dict]
+    error: str = ""  # why the row is not answered (bad input, `rows=True` only): it skips every step
     resolution: followup.Resolution | None = None
     rows: list[int] = field(default_factory=list)  # rows of the batch's query vectors: its candidate queries
     check_in: Any = None
@@ -176,16 +177,20 @@ class LLMService:
         return stream_answer(self, question, history, deadline)
 
     def answer_many(self, questions: list[str], deadline: Deadline | None = None,
-                    histories: list[list[dict] | None] | None = None) -> list[ChatResult]:
-        """Answers in input order. Any invalid question raises InvalidInput naming it; nothing is answered then.
+                    histories: list[list[dict] | None] | None = None, *, rows: bool = False) -> list[ChatResult]:
+        """Answers in input order. This is where questions and histories are validated (`contract`): any invalid
+        one raises InvalidInput naming it and nothing is answered; with `rows=True` (a caller's table of rows,
+        such as the pyfunc's input) it is that row's `error` instead, and a history over the budget is an
+        error too rather than trimmed.
 
         `histories[i]`: the earlier turns of question i's conversation (`contract.validate_history`), trimmed
         to CHATBOT_HISTORY_MAX_MESSAGES / _CHARS. `deadline` bounds the provider calls of the whole batch
         (default: CHATBOT_REQUEST_BUDGET_S from when they start); `deadline.cancel()` from another thread ends
         the remote calls at once (local answers). Each step below runs once for the whole batch."""
-        turns = self._turns(questions, histories)
+        every = self._turns(questions, histories, rows)
+        turns = [t for t in every if not t.error]
         if not turns:
-            return []
+            return [self._result(t, 0.0) for t in every]
         t0 = time.time_ns()
         steps: dict[str, Step] = {}
         with _timed(steps, "condense"):
@@ -212,17 +217,32 @@ class LLMService:
         results = [self._result(turn, (time.time_ns() - t0) / 1e6) for turn in turns]
         if self.settings.tracing:
             self._trace(results, steps, [turn.check_in for turn in turns], t0, hint)
-        return results
+        answered = iter(results)
+        return [self._result(t, 0.0) if t.error else next(answered) for t in every]
 
     # ------------------------------------------------------------ the steps of answer_many
-    def _turns(self, questions, histories) -> list["_Turn"]:
-        """Validated questions and trimmed histories, one `_Turn` each."""
+    def _turns(self, questions, histories, rows: bool) -> list["_Turn"]:
+        """Validated questions and histories, one `_Turn` each (see `answer_many`)."""
         if not isinstance(questions, (list, tuple)):
             raise InvalidInput(f"questions must be a list of strings, got {type(questions).__name__}")
-        many = len(questions) > 1
-        qs = [validate_question(q, self.settings.max_question_chars, f"question #{i}" if many else "question")
-              for i, q in enumerate(questions)]
-        return [_Turn(q, h) for q, h in zip(qs, self._histories(histories, len(qs), many))]
+        n, many = len(questions), len(questions) > 1
+        if histories is None:
+            histories = [None] * n
+        elif not isinstance(histories, (list, tuple)) or len(histories) != n:
+            raise InvalidInput(f"histories must be a list with one history per question ({n}), got "
+                               f"{len(histories) if isinstance(histories, (list, tuple)) else type(histories).__name__}")
+        turns = []
+        for i, (question, history) in enumerate(zip(questions, histories)):
+            where = (f"row {i}: question", f"row {i}: history") if rows else \
+                (f"question #{i}", f"history of question #{i}") if many else ("question", "history")
+            try:
+                turns.append(_Turn(validate_question(question, self.settings.max_question_chars, where[0]),
+                                   self._history(history, where[1], strict=rows)))
+            except InvalidInput as exc:
+                if not rows:
+                    raise
+                turns.append(_Turn(question if isinstance(question, str) else "", [], error=str(exc)))
+        return turns
 
     def _resolve_followups(self, turns: list["_Turn"]) -> None:
         for turn, resolution in zip(turns, self._resolve([t.question for t in turns], [t.history for t in turns])):
@@ -313,6 +333,9 @@ class LLMService:
         return retrieval.best_score >= self.settings.abstain_below
 
     def _result(self, turn: "_Turn", elapsed_ms: float) -> ChatResult:
+        if turn.error:
+            return ChatResult(question=turn.question, answer="", sources=[], route="", provider="", model="",
+                              error=turn.error)
         if not turn.check_in.safe:
             result = self._blocked(turn.question, turn.check_in, "input", elapsed_ms)
         else:
@@ -351,18 +374,13 @@ class LLMService:
                 out[i] = followup.Resolution(qs[i], (text,), "condensed")
         return out
 
-    def _histories(self, histories, n: int, many: bool) -> list[list[dict]]:
-        """Validated, trimmed histories, one per question ([] when none)."""
-        if histories is None:
-            return [[] for _ in range(n)]
-        if not isinstance(histories, (list, tuple)) or len(histories) != n:
-            raise InvalidInput(f"histories must be a list with one history per question ({n}), got "
-                               f"{len(histories) if isinstance(histories, (list, tuple)) else type(histories).__name__}")
+    def _history(self, history, where: str, strict: bool) -> list[dict]:
+        """A validated history ([] when none): over the budget, an error when `strict`, else trimmed to it."""
+        if strict:
+            return check_history(history, self.settings, where)
         limit = max(self.settings.max_question_chars, self.settings.history_max_chars)
-        return [trim_history(validate_history(h, f"history of question #{i}" if many else "history",
-                                              max_question_chars=limit),
-                             self.settings.history_max_messages, self.settings.history_max_chars)
-                for i, h in enumerate(histories)]
+        return trim_history(validate_history(history, where, max_question_chars=limit),
+                            self.settings.history_max_messages, self.settings.history_max_chars)
 
     def _check_answers(self, completions: dict[int, Completion]) -> dict:
         """Output guardrail. An answer made of knowledge-base sentences whose vectors the provider already has

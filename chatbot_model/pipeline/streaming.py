@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator
 
-from chatbot_model.contract import AnswerRow, Completion, CompletionRequest
+from chatbot_model.contract import Completion, CompletionRequest
 from chatbot_model.errors import ChatbotError, ProviderError
 from chatbot_model.guardrail.core import SAFE_REPLY
 from chatbot_model.providers.deadline import REQUEST_DEADLINE, Deadline
@@ -247,7 +247,7 @@ def stream_answer(service, question: str, history: list[dict] | None = None,
         if not sink.text_sent:
             yield DeltaEvent(result.answer)
         finished = True
-        yield FinalEvent(AnswerRow.from_result(result).to_record(), result)
+        yield FinalEvent(result.to_row(), result)
     finally:
         if not finished and worker.is_alive():
             sink.closed.set()

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Iterator
 
 from chatbot_model.config import Settings, configure_mlflow, mask_secrets, mask_url
-from chatbot_model.contract import AnswerRow
+from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, unknown_name
 from chatbot_model.lifecycle.model_uri import parse
 from chatbot_model.pipeline.service import LLMService
@@ -174,7 +174,8 @@ class Backend(ABC):
                 else self._predict(list(questions), **routing))
         if len(rows) != len(questions):
             raise BackendFailed(f"the backend returned {len(rows)} rows for {len(questions)} questions")
-        return [normalise_row(r, q) for r, q in zip(rows, questions)]
+        # rows already in the contract's columns (the pyfunc's, the service's) pass as they are
+        return [row if tuple(row) == OUTPUT_COLUMNS else normalise_row(row, q) for row, q in zip(rows, questions)]
 
     def _check_ready(self) -> None:
         if self.loads_model and not self._ready:
@@ -244,7 +245,7 @@ class ServiceBackend(Backend):
             self.service = LLMService.from_settings(self.settings)
 
     def _predict(self, questions: list[str], histories: list[list[dict] | None] | None = None) -> list[dict]:
-        return [result.to_dict() for result in self.service.answer_many(questions, histories=histories)]
+        return [result.to_row() for result in self.service.answer_many(questions, histories=histories)]
 
     def stream(self, question: str, history: list | None = None, session_id: str | None = None) -> Iterator[dict]:
         self._check_ready()
@@ -492,7 +493,9 @@ class RemoteBackend(Backend):
                                 "`mlflow models serve` endpoint?") from None
         if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
             raise BackendFailed("the scoring server's `predictions` are not rows of fields")
-        return predictions
+        if len(predictions) != len(questions):
+            raise BackendFailed(f"the scoring server returned {len(predictions)} rows for {len(questions)} questions")
+        return [normalise_row(p, q) for p, q in zip(predictions, questions)]  # JSON from another process
 
     def close(self) -> None:
         super().close()

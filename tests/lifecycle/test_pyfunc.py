@@ -148,18 +148,22 @@ class RecordingService:
         self.settings = load_settings()
         self.batches = []
 
-    def answer_many(self, questions):
-        self.batches.append(list(questions))
+    def answer_many(self, questions, histories=None, *, rows=False):
+        self.batches.append((list(questions), histories, rows))
         return [ChatResult(question=q, answer=f"answer to {q}", sources=[], route="gpt", provider="local",
-                           model="extractive-v1", latency_ms=1.5) for q in questions]
+                           model="extractive-v1", latency_ms=1.5) if isinstance(q, str) and q.strip() else
+                ChatResult(question="", answer="", sources=[], route="", provider="", model="", error="bad row")
+                for q in questions]
 
 
-def test_predict_sends_one_batch_of_the_valid_questions():
+def test_predict_sends_every_row_as_one_batch_for_the_service_to_check():
     service = RecordingService()
-    out = _PyfuncChatbot(service).predict(None, pd.DataFrame({"question": ["  a b ", 7, "c d"]}))
-    assert service.batches == [["a b", "c d"]]
+    out = _PyfuncChatbot(service).predict(None, pd.DataFrame({"question": ["a b", 7, "c d"]}))
+    assert service.batches == [(["a b", 7, "c d"], [None, None, None], True)]  # rows=True: a bad row is its error
     assert out["answer"].tolist() == ["answer to a b", "", "answer to c d"]
+    assert out["error"].tolist() == ["", "bad row", ""]
     assert out["fallback"].tolist() == ["", "", ""] and out["trace_id"].tolist() == ["", "", ""]
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
 
 
 def test_to_questions_shapes_and_errors():

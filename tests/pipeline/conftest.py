@@ -7,7 +7,7 @@ import json
 import pytest
 
 from chatbot_model.config import configure_mlflow, load_settings
-from tests.helpers import SERVICE_CORPUS
+from tests.helpers import SERVICE_CORPUS, provider_keys
 
 
 @pytest.fixture
@@ -28,5 +28,4 @@ def make_service(tmp_path):
 
 @pytest.fixture
 def with_keys(fake_llm):
-    return dict(openai_api_key="sk-test", openai_base_url=fake_llm.openai_base_url,
-                anthropic_api_key="sk-ant-test", anthropic_base_url=fake_llm.anthropic_base_url)
+    return provider_keys(fake_llm)

@@ -10,6 +10,7 @@ from chatbot_model.pipeline import followup
 from chatbot_model.config import configure_mlflow, load_settings
 from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import OPENAI_PATH, Reply
+from tests.helpers import provider_keys
 
 TRACED = "How is each chatbot request traced?"
 FOLLOW = "Can I turn that off?"
@@ -114,8 +115,7 @@ def test_the_trace_records_both_questions(shipped_service):
 
 
 def keys(fake_llm, **extra):
-    return dict(openai_api_key="sk-test", openai_base_url=fake_llm.openai_base_url,
-                anthropic_api_key="sk-ant-test", anthropic_base_url=fake_llm.anthropic_base_url, **extra)
+    return {**provider_keys(fake_llm), **extra}
 
 
 def test_with_a_remote_provider_the_condense_prompt_rewrites_the_follow_up(shipped_service, fake_llm):

@@ -24,7 +24,7 @@ from chatbot_model.pipeline.router import ROUTES, Route
 from chatbot_model.contract import CompletionRequest
 from chatbot_model.pipeline.service import LLMService
 from tests.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, Reply
-from tests.helpers import SERVICE_CORPUS, started_since, threads_now, wait_until
+from tests.helpers import SERVICE_CORPUS, provider_keys, started_since, threads_now, wait_until
 
 KEYS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN")
 CORPUS = SERVICE_CORPUS[:2]  # aliases and FAISS
@@ -64,8 +64,7 @@ def clock():
 
 
 def settings_for(server, **extra):
-    values = dict(openai_api_key="sk-test", openai_base_url=server.openai_base_url, anthropic_api_key="sk-ant-test",
-                  anthropic_base_url=server.anthropic_base_url, provider_timeout_s=5.0, provider_max_retries=0)
+    values = dict(**provider_keys(server), provider_timeout_s=5.0, provider_max_retries=0)
     values.update(extra)
     return load_settings(**values)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fake_llm_server import FakeLLMServer
 from tests.helpers import chat_page_app_server
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """The fake OpenAI and Anthropic HTTP server on 127.0.0.1, shared by one module's tests."""
+    server = FakeLLMServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from mlflow.exceptions import MlflowException
 from chatbot_model.cli.main import main
 from chatbot_model.config import load_settings
 from chatbot_model.lifecycle.pyfunc import answer_frame
+from chatbot_model.pipeline.adapter import ControlHintAdapter
+from chatbot_model.pipeline.router import HeuristicRouter
+from chatbot_model.pipeline.service import LLMService
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import ServiceBackend
 
@@ -61,7 +64,9 @@ def test_empty_and_blank_questions_get_the_same_words_everywhere(client, questio
     assert (r.status_code, r.json()["message"], r.json()["fields"]) == (422, EMPTY, ["question"])
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}]})
     assert r.status_code == 400 and r.json()["error"]["message"] == "the last user message is empty; ask something in words"
+    checks_only = LLMService(load_settings(), guardrail=None, rag=None, router=HeuristicRouter(),
+                             adapter=ControlHintAdapter())  # the service's input checks; nothing behind them
     with pytest.raises(MlflowException, match=f"row 0: {EMPTY}"):
-        answer_frame(type("S", (), {"settings": load_settings()})(), [question])
+        answer_frame(checks_only, [question])
     out = CliRunner().invoke(main, ["ask", question])
     assert out.exit_code == 1 and f"Error: {EMPTY}" in out.output

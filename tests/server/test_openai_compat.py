@@ -9,8 +9,8 @@ import openai
 import pytest
 
 from chatbot_model.pipeline.adapter import DEFAULT_HINT
-from tests.fake_llm_server import OPENAI_PATH, FakeLLMServer, Reply
-from tests.helpers import (LiveServer, make_service, make_settings, service_app, serving,
+from tests.fake_llm_server import OPENAI_PATH, Reply
+from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, serving,
                                   sibling_service)
 
 KEY = "test-server-key"
@@ -19,18 +19,10 @@ ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]."
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    server = FakeLLMServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory, upstream):
     tmp = tmp_path_factory.mktemp("openai-compat")
     settings = make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp, api_key=KEY,
-                             openai_api_key="sk-test", openai_base_url=upstream.openai_base_url,
-                             anthropic_api_key="sk-ant-test", anthropic_base_url=upstream.anthropic_base_url)
+                             **provider_keys(upstream))
     return make_service(settings)
 
 

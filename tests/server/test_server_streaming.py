@@ -11,25 +11,17 @@ import threading
 import httpx
 import pytest
 
-from tests.fake_llm_server import FakeLLMServer, Reply
-from tests.helpers import (LiveServer, make_service, make_settings, service_app, serving, sibling_service,
-                           started_since, threads_now, wait_until)
+from tests.fake_llm_server import Reply
+from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, serving,
+                           sibling_service, started_since, threads_now, wait_until)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]. Done."
 
 
 @pytest.fixture(scope="module")
-def fake_llm_module():
-    server = FakeLLMServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def keys(fake_llm_module):
-    return dict(openai_api_key="sk-test", openai_base_url=fake_llm_module.openai_base_url,
-                anthropic_api_key="sk-ant-test", anthropic_base_url=fake_llm_module.anthropic_base_url)
+def keys(upstream):
+    return provider_keys(upstream)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +38,11 @@ def live(service):
 
 
 @pytest.fixture
-def fake(fake_llm_module):
-    fake_llm_module.reset()
-    fake_llm_module.streams.update(started=0, finished=0, abandoned=0)
-    yield fake_llm_module
-    fake_llm_module.reset()
+def fake(upstream):
+    upstream.reset()
+    upstream.streams.update(started=0, finished=0, abandoned=0)
+    yield upstream
+    upstream.reset()
 
 
 def sse_events(lines) -> "iter[tuple[str, dict]]":

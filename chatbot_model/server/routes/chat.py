@@ -23,7 +23,7 @@ router = APIRouter(tags=["chat"])
 @router.post("/chat", response_model=ChatResponse,
              responses={**responses(400, 401, 403, 413, 422, 502, 503, 504), **STREAM_RESPONSE})
 async def chat(request: Request, body: ChatRequest, backend: BackendDep, settings: SettingsDep, traces: TracesDep,
-               metrics: MetricsDep, _auth: Authorized) -> ChatResponse:
+               metrics: MetricsDep, _auth: Authorized) -> dict:
     """Answer `question` from the knowledge base; the reply says which route, provider and model answered.
     A follow-up uses its conversation: `history` when sent, else the stored turns of `session_id`."""
     question = validate_question(body.question, settings.max_question_chars)
@@ -44,4 +44,4 @@ async def chat(request: Request, body: ChatRequest, backend: BackendDep, setting
     if row["error"]:
         raise BackendFailed(f"the model could not answer: {row['error']}")
     await run_in_threadpool(conversation.record_answer, row, session_id, backend, traces, metrics, request.app)
-    return ChatResponse.model_validate({**row, "session_id": session_id})
+    return {**row, "session_id": session_id}  # checked and written by the response model
