@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -182,6 +183,9 @@ def _resolve(model: str) -> str:
     return model
 
 
+WARM_BATCH = 64  # knowledge-base sentences scored per call while warming
+
+
 class Embedded(Classifier):
     """Offline default: the policy encoder, and linear heads on the MiniLM vector and on character n-grams of the
     normalised text (`chatbot_model.guardrail.embedded`), rescaled so that 0.5 is each label's operating point; one
@@ -194,6 +198,8 @@ class Embedded(Classifier):
         self.model = load_model(str(weights))
         self.labels = self.model.labels
         self._embedder = embedder
+        self._scored: OrderedDict[str, list[float]] = OrderedDict()  # whole texts scored lately (bounded)
+        self._scored_lock = threading.Lock()
 
     @property
     def embedder(self):
@@ -206,18 +212,39 @@ class Embedded(Classifier):
         recent texts); run by the service in a background thread."""
 
         sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
-        for sentence in sentences:  # stops once the main thread has finished: never holds the process's exit
-            if not threading.main_thread().is_alive():
+        for start in range(0, len(sentences), WARM_BATCH):  # batches: a fraction of the CPU of one by one
+            if not threading.main_thread().is_alive():  # never holds the process's exit
                 return
-            self.model.remember([sentence], self.embedder.encode)
+            self.scores(sentences[start:start + WARM_BATCH])
 
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
+        """Each distinct text is scored once while it stays among the CACHED_TEXTS most recent: a score depends
+        on the text alone (`vectors` are its embeddings), and answers repeat (the knowledge base's sentences,
+        the "not covered" reply)."""
         if not texts:
             return []
-        if vectors is None and self.model.needs_vectors:
-            vectors = self.embedder.encode(list(texts))
-        probabilities = self.model.probabilities(list(texts), vectors, encode=self.embedder.encode)
-        return [dict(zip(self.labels, map(float, row))) for row in probabilities]
+        with self._scored_lock:
+            known = {t: self._scored[t] for t in dict.fromkeys(texts) if t in self._scored}
+        first: dict[str, int] = {}  # each text not known yet -> its first row
+        for i, text in enumerate(texts):
+            if text not in known:
+                first.setdefault(text, i)
+        if first:
+            missing = list(first)
+            rows = None if vectors is None else np.asarray(vectors)[list(first.values())]
+            if rows is None and self.model.needs_vectors:
+                rows = self.embedder.encode(missing)
+            known.update(zip(missing, self._probabilities(missing, rows)))
+        with self._scored_lock:
+            for text, row in known.items():
+                self._scored[text] = row
+                self._scored.move_to_end(text)
+            while len(self._scored) > CACHED_TEXTS:
+                self._scored.popitem(last=False)
+        return [dict(zip(self.labels, known[t])) for t in texts]
+
+    def _probabilities(self, texts: list[str], vectors: np.ndarray | None) -> list[list[float]]:
+        return self.model.probabilities(texts, vectors, encode=self.embedder.encode).tolist()
 
 
 # OpenAI moderation categories behind each policy label (docs/guardrail.md, "Policy"): a label's score is the

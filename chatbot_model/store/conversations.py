@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from chatbot_model.contract import MAX_ID_CHARS, trim_history
 from chatbot_model.errors import InvalidInput
-from chatbot_model.store.db import Database
+from chatbot_model.store.db import Database, delete_older_than
 from chatbot_model.store.tables import turns_table
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,10 @@ class ConversationStore:
         """Delete turns older than `older_than_days` (default: the retention setting; 0 = keep everything);
         returns how many were deleted."""
         days = self.retention_days if older_than_days is None else older_than_days
-        if not days or days <= 0:
-            return 0
-        cutoff = self.clock() - days * 86400.0
-        with self.engine.begin() as conn:
-            deleted = conn.execute(delete(turns_table).where(turns_table.c.created_ts < cutoff)).rowcount
-        log.info("pruned %d conversation turns older than %g days", deleted, days)
-        return int(deleted or 0)
+        deleted = delete_older_than(self.engine, turns_table, days, self.clock())
+        if deleted:
+            log.info("pruned %d conversation turns older than %g days", deleted, days)
+        return deleted
 
     # ------------------------------------------------------------ reading
     def turns(self, session_id: str, last: int | None = None) -> list[Turn]:

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Table, create_engine, delete, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
@@ -31,6 +31,16 @@ OPEN_ATTEMPTS = 5  # opening a SQLite database another process is migrating: tri
 def oneline(exc: Exception) -> str:
     """The driver's message of a SQLAlchemy error, on one line."""
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def delete_older_than(engine: Engine, table: Table, days: float | None, now: float) -> int:
+    """Delete the rows of `table` whose `created_ts` is more than `days` before `now` (0 or None: none); how many
+    went. Retention of turns and ratings."""
+    if not days or days <= 0:
+        return 0
+    with engine.begin() as conn:
+        deleted = conn.execute(delete(table).where(table.c.created_ts < now - days * 86400.0)).rowcount
+    return int(deleted or 0)
 
 
 def _with_driver(url: URL) -> URL:

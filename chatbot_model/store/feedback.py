@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from chatbot_model.config import Settings
 from chatbot_model.contract import MAX_COMMENT_CHARS
 from chatbot_model.errors import InvalidInput
-from chatbot_model.store.db import Database
+from chatbot_model.store.db import Database, delete_older_than
 from chatbot_model.store.tables import feedback_table
 from chatbot_model.tracing import writer as tracing
 
@@ -381,13 +381,10 @@ class FeedbackStore:
 
     def prune(self, older_than_days: float) -> int:
         """Delete ratings older than `older_than_days` (0 or less: none); returns how many were deleted."""
-        if not older_than_days or older_than_days <= 0:
-            return 0
-        cutoff = self.clock() - older_than_days * 86400.0
-        with self.engine.begin() as conn:
-            deleted = conn.execute(delete(feedback_table).where(feedback_table.c.created_ts < cutoff)).rowcount
-        log.info("pruned %d ratings older than %g days", deleted, older_than_days)
-        return int(deleted or 0)
+        deleted = delete_older_than(self.engine, feedback_table, older_than_days, self.clock())
+        if deleted:
+            log.info("pruned %d ratings older than %g days", deleted, older_than_days)
+        return deleted
 
     def dispose(self) -> None:
         self.stop_background()

@@ -12,6 +12,7 @@ import pytest
 
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError, InvalidInput
+from chatbot_model.guardrail import core as guardrail_core
 from chatbot_model.guardrail.core import (
     CLASSIFIERS,
     SAFE_REPLY,
@@ -436,9 +437,32 @@ def test_warming_scores_knowledge_base_sentences_ahead_of_the_output_check(embed
     cold = embedded.check("Warmed: a model has versions.")
     changed = embedded.check("Warmed: gpt-4o reads s3 paths.")  # normalisation changes it: its form is embedded
     after = [(c.cache_info().hits, c.cache_info().misses) for c in caches]
-    assert after[0] == (before[0][0] + 2, before[0][1])
-    assert after[1] == (before[1][0] + 1, before[1][1])
+    assert after == before  # both verdicts were ready: neither the encoder nor the linear heads ran again
     assert cold.safe and changed.safe
+    other = embedded.check("Not warmed: a model has versions.")
+    assert [c.cache_info().misses for c in caches][0] == before[0][1] + 1 and other.safe  # a new text is scored
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it embeds."""
+
+    def __init__(self, real):
+        self.real, self.texts = real, []
+
+    def encode(self, texts):
+        self.texts += list(texts)
+        return self.real.encode(texts)
+
+
+def test_a_repeated_text_is_embedded_once_and_the_remembered_scores_stay_bounded(embedded, monkeypatch):
+    monkeypatch.setattr(guardrail_core, "CACHED_TEXTS", 3)
+    counting = CountingEmbedder(embedded.classifier.embedder)
+    classifier = Embedded(embedder=counting)
+    first = classifier.scores(["How do I serve a model?", "How do I serve a model?", "What is an alias?"])
+    assert counting.texts == ["How do I serve a model?", "What is an alias?"] and first[0] == first[1]
+    assert classifier.scores(["What is an alias?"]) == [first[2]] and len(counting.texts) == 2  # remembered
+    classifier.scores(["one", "two", "three"])
+    assert len(classifier._scored) == 3 and "How do I serve a model?" not in classifier._scored  # oldest out
 
 
 def test_copies_of_the_same_weights_share_one_loaded_model(tmp_path):
