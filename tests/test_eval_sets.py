@@ -31,6 +31,7 @@ def test_the_near_copy_check_catches_rewordings():
     assert not near_copies(["Retired engineers often mentor younger colleagues."], trained)
 
 
+@pytest.mark.slow  # regenerates the whole training corpus
 @pytest.mark.parametrize("name", EVAL_SETS)
 def test_eval_set_is_disjoint_from_training_text(name, trained):
     texts = eval_texts(name)

@@ -183,7 +183,7 @@ def _resolve(model: str) -> str:
     return model
 
 
-WARM_BATCH = 64  # knowledge-base sentences scored per call while warming
+WARM_BATCH = 8  # knowledge-base sentences scored per call while warming (more is not cheaper per sentence)
 
 
 class Embedded(Classifier):
@@ -212,10 +212,13 @@ class Embedded(Classifier):
         recent texts); run by the service in a background thread."""
 
         sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
-        for start in range(0, len(sentences), WARM_BATCH):  # batches: a fraction of the CPU of one by one
+        for start in range(0, len(sentences), WARM_BATCH):
             if not threading.main_thread().is_alive():  # never holds the process's exit
                 return
-            self.scores(sentences[start:start + WARM_BATCH])
+            try:
+                self.scores(sentences[start:start + WARM_BATCH])
+            except RuntimeError:  # the interpreter shuts down under a batch: its thread pools take no more work
+                return
 
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
         """Each distinct text is scored once while it stays among the CACHED_TEXTS most recent: a score depends

@@ -21,6 +21,7 @@ def service(index_dir):
     return LLMService.from_settings(settings), settings
 
 
+@pytest.mark.slow  # the CLI as a subprocess
 def test_cli_chat_over_a_pipe_answers_takes_feedback_and_quits(index_dir, tmp_path):
     env = {**os.environ, "CHATBOT_GUARDRAIL_BACKEND": "embedded"}
     script = "How do I promote a model version to Production?\nn\nq\n"

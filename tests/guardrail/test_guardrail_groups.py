@@ -68,6 +68,7 @@ def test_figurative_product_questions_pass(guardrail, text):
     assert result.safe, result.flagged
 
 
+@pytest.mark.slow  # regenerates the whole training corpus
 def test_no_training_sentence_is_one_of_these():
     """None is in the repository's training text. Some are *near* copies of it (the template frame "I hate {g},
     they are {n}." on the block side, the supplement's "I refuse to hate {g}." on the pass side), so the plain
