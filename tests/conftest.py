@@ -25,7 +25,7 @@ os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 from tests.fake_llm_server import FakeLLMServer  # noqa: E402
 from tests.helpers import DOCS  # noqa: E402
 from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
-from tests.pg_server import PostgresServer, find_bin  # noqa: E402
+from tests.pg_server import PostgresServer, postgres_bin  # noqa: E402
 
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
 
@@ -93,11 +93,7 @@ def fake_llm():
 def postgres():
     """A real PostgreSQL server (Debian's binaries) on loopback for the session; each test creates its databases.
     Tests that use it are `slow`."""
-    bin_dir = find_bin()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries: `apt-get install postgresql` to run these tests on PostgreSQL")
-    pytest.importorskip("psycopg2", reason="the postgres extra: pip install 'llmops-chatbot[postgres]'")
-    server = PostgresServer(bin_dir).start()
+    server = PostgresServer(postgres_bin()).start()
     yield server
     server.stop()
 

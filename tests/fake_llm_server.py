@@ -176,6 +176,7 @@ class FakeLLMServer:
         with self._lock:
             self._replies.clear()
             self.requests.clear()
+            self.streams.update(started=0, finished=0, abandoned=0)
         self.delay = 0.0
 
     def requests_to(self, path: str) -> list[RecordedRequest]:

@@ -20,7 +20,7 @@ import secrets
 import uuid
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, require_module, unavailable
 
 
 def find_bin() -> Path | None:
@@ -94,3 +94,12 @@ class PostgresServer:
             self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def postgres_bin() -> str:
+    """The directory of the PostgreSQL server binaries, with the driver importable; else `unavailable`."""
+    bin_dir = find_bin()
+    if bin_dir is None:
+        unavailable("no PostgreSQL server binaries: `apt-get install postgresql` to run these tests on PostgreSQL")
+    require_module("psycopg2", "the postgres extra: pip install 'llmops-chatbot[postgres]'")
+    return bin_dir

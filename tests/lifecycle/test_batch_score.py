@@ -15,10 +15,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, kill_group, wait_until
+from tests.helpers import ROOT, kill_group, require_module, wait_until
 from tests.mlflow_state import forget_mlflow
 
-pyspark = pytest.importorskip("pyspark", reason="the spark extra: pip install 'llmops-chatbot[spark]'")
+pyspark = require_module("pyspark", "the spark extra: pip install 'llmops-chatbot[spark]'")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded 2-core machine: minutes
 NAME = "llmops-chatbot"
 URI = f"models:/{NAME}@production"

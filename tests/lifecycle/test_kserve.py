@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import ROOT, free_port, kill_group, responds, wait_until
+from tests.helpers import ROOT, free_port, kill_group, responds, unavailable, wait_until
 from tests.mlflow_state import forget_mlflow
 
 MANIFEST = ROOT / "k8s" / "kserve" / "inferenceservice.yaml"
@@ -34,7 +34,7 @@ def _kserve_models():
         return sys.modules["kserve.models"]
     spec = importlib.util.find_spec("kserve")
     if spec is None:
-        pytest.skip("the KServe SDK is not installed: pip install --no-deps kserve==0.21.0")
+        unavailable("the KServe SDK is not installed: pip install --no-deps kserve==0.21.0 (make install-test does)")
     package = importlib.util.module_from_spec(spec)  # the package object, its __init__ not run
     sys.modules["kserve"] = package
     return importlib.import_module("kserve.models")

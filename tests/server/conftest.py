@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fake_llm_server import FakeLLMServer
-from tests.helpers import chat_page_app_server
+from tests.helpers import chat_page_app_server, serving
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +14,21 @@ def upstream():
     server = FakeLLMServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def fake(upstream):
+    """`upstream` with no queued replies, recorded requests or counted streams, before and after the test."""
+    upstream.reset()
+    yield upstream
+    upstream.reset()
+
+
+@pytest.fixture(scope="module")
+def live(service):
+    """The module's `service` served over HTTP on 127.0.0.1 (its `serving`)."""
+    with serving(service) as server:
+        yield server
 
 
 @pytest.fixture

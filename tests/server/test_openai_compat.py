@@ -10,8 +10,7 @@ import pytest
 
 from chatbot_model.pipeline.adapter import DEFAULT_HINT
 from tests.fake_llm_server import OPENAI_PATH, Reply
-from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, serving,
-                                  sibling_service)
+from tests.helpers import LiveServer, make_service, make_settings, provider_keys, service_app, sibling_service
 
 KEY = "test-server-key"
 Q = "How do I promote a registered MLflow model version to Production?"
@@ -25,18 +24,6 @@ def service(shipped_index, tmp_path_factory, upstream):
                              **provider_keys(upstream))
     return make_service(settings)
 
-
-@pytest.fixture(scope="module")
-def live(service):
-    with serving(service) as server:
-        yield server
-
-
-@pytest.fixture
-def fake(upstream):
-    upstream.reset()
-    yield upstream
-    upstream.reset()
 
 
 @pytest.fixture

@@ -32,16 +32,12 @@ def two_versions(shipped_index, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("rollout-registry")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = store
-    try:
+    with pytest.MonkeyPatch.context() as env:  # the store of this module's fixture only, restored after
+        env.setenv("MLFLOW_TRACKING_URI", store)
         settings = make_settings(shipped_index, store, tmp)
         v1 = log_and_register(settings)
         v2 = log_and_register(settings, hint="Answer in one short paragraph and cite the sources.")
         MlflowClient(store).set_registered_model_alias(NAME, "production", v1.version)
-    finally:
-        if old is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     return store, v1.version, v2.version
 
 

@@ -24,16 +24,12 @@ def registered(shipped_index, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("server-registry")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = store
-    try:
+    with pytest.MonkeyPatch.context() as env:  # the store of this module's fixture only, restored after
+        env.setenv("MLFLOW_TRACKING_URI", store)
         settings = make_settings(shipped_index, store, tmp)
         version = log_and_register(settings)
         promote(version.name, "Production", version.version, settings=settings, force=True,
                 reason="test fixture: a served model, not a candidate")
-    finally:
-        if old is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     return store, version
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.fake_llm_server import Reply
-from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, serving,
-                           sibling_service, started_since, threads_now, wait_until)
+from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, sibling_service,
+                           started_since, threads_now, wait_until)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]. Done."
@@ -30,19 +30,6 @@ def service(shipped_index, tmp_path_factory, keys):
     settings = make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp, **keys)
     return make_service(settings)
 
-
-@pytest.fixture(scope="module")
-def live(service):
-    with serving(service) as server:
-        yield server
-
-
-@pytest.fixture
-def fake(upstream):
-    upstream.reset()
-    upstream.streams.update(started=0, finished=0, abandoned=0)
-    yield upstream
-    upstream.reset()
 
 
 def sse_events(lines) -> "iter[tuple[str, dict]]":

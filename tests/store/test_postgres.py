@@ -32,7 +32,7 @@ from chatbot_model.cli.main import main
 from chatbot_model.store.feedback import ASSESSMENT_NAME, FeedbackStore
 from tests.helpers import ROOT, free_port, server_process, wait_until
 from tests.mlflow_state import reset_mlflow
-from tests.pg_server import PostgresServer, find_bin
+from tests.pg_server import PostgresServer, postgres_bin
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server, `mlflow server` and `llmops-chatbot serve` processes
 
@@ -95,11 +95,7 @@ def settings_of_overlay():
 
 @pytest.fixture(scope="module")
 def pg(settings_of_overlay):
-    bin_dir = find_bin()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries: `apt-get install postgresql` to run these tests on PostgreSQL")
-    pytest.importorskip("psycopg2", reason="the postgres extra: pip install 'llmops-chatbot[postgres]'")
-    server = PostgresServer(bin_dir, user="mlflow").start()  # the user of the overlay's example Secret
+    server = PostgresServer(postgres_bin(), user="mlflow").start()  # the user of the overlay's example Secret
     try:
         server.create_database(settings_of_overlay["database"])  # what POSTGRES_DB makes the image create
         server.run_sql(settings_of_overlay["init_sql"])
