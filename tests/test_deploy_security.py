@@ -1,6 +1,6 @@
 """Security of the deployment, checked offline (docs/security.md maps each finding to its test): the registry
 only the pipeline writes, NetworkPolicies, the chatbot's own database role, required secrets, hardened KServe,
-the same uvicorn limits everywhere. tests/test_deploy.py renders both kustomizations and validates every
+the same uvicorn limits everywhere, the alias rollout's API access (RBAC, its token, its egress). tests/test_deploy.py renders both kustomizations and validates every
 document with kubernetes-validate; tests/test_registry_access.py runs the basic-auth tracking server."""
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def test_only_the_chatbot_and_the_pipeline_reach_the_tracking_server_and_postgre
     pods["some-other-app"] = {"app.kubernetes.io/name": "other"}
     guarded, admitted = _admitted(_policy(docs, "llmops-mlflow-ingress"), pods)
     assert guarded == {"llmops-mlflow"}
-    assert admitted == {"llmops-chatbot", "llmops-chatbot-model", "a-pipeline-job", "llmops-mlflow-users"}
+    assert admitted == {"llmops-chatbot", "llmops-chatbot-model", "a-pipeline-job", "llmops-mlflow-users",
+                        "llmops-alias-rollout"}
     guarded, admitted = _admitted(_policy(docs, "llmops-postgres-ingress"), pods)
     assert guarded == {"llmops-postgres"}
     assert admitted == {"llmops-mlflow", "llmops-chatbot", "llmops-chatbot-model", "llmops-chatbot-retention"}
@@ -128,10 +129,94 @@ def test_the_chatbot_uses_its_own_database_role_not_the_superuser(rendered):
 
 
 def test_retention_runs_nightly_in_the_cluster(rendered):
-    cron = next(d for d in rendered["overlay"] if d["kind"] == "CronJob")
+    cron = next(d for d in rendered["overlay"] if d["kind"] == "CronJob"
+                and d["metadata"]["name"] == "llmops-chatbot-retention")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert _container(rendered["overlay"], cron["metadata"]["name"])["command"] == [
         "llmops-chatbot", "conversations", "prune"]
+
+
+ROLLOUT = "llmops-alias-rollout"
+ROLLOUT_RULES = [{"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["llmops-chatbot-model"],
+                  "verbs": ["get", "patch"]}]
+
+
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_the_only_api_access_is_the_alias_rollouts_get_and_patch_of_the_model_deployment(rendered, which):
+    """RBAC: no ClusterRole or ClusterRoleBinding; the one Role (namespaced) allows only `get` and `patch` on the
+    Deployment llmops-chatbot-model and is bound only to the alias rollout's ServiceAccount."""
+    docs = rendered[which]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles, bindings = [d for d in docs if d["kind"] == "Role"], [d for d in docs if d["kind"] == "RoleBinding"]
+    accounts = [d for d in docs if d["kind"] == "ServiceAccount"]
+    if which == "base":
+        assert not roles and not bindings and not accounts
+        return
+    assert [r["metadata"]["name"] for r in roles] == [ROLLOUT] and roles[0]["rules"] == ROLLOUT_RULES
+    assert [a["metadata"]["name"] for a in accounts] == [ROLLOUT]
+    assert accounts[0]["automountServiceAccountToken"] is False
+    (binding,) = bindings
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLLOUT}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": ROLLOUT}]  # this namespace's
+
+
+def _cronjob_pod(docs, name):
+    d = next(d for d in docs if d["metadata"]["name"] == name and d["kind"] == "CronJob")
+    return d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def _token_mounts(pod: dict) -> dict[str, list[str]]:
+    """container -> its mounts of a volume carrying a service-account token."""
+    token_volumes = {v["name"] for v in pod.get("volumes", [])
+                     if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))}
+    return {c["name"]: [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in token_volumes]
+            for c in pod.get("initContainers", []) + pod["containers"]}
+
+
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_only_the_alias_rollouts_kubectl_container_holds_an_api_token(rendered, which):
+    """No pod automounts a token or runs as another ServiceAccount; the alias rollout's token is projected into
+    its kubectl container alone (the init container, which runs our code against the tracking server, has none)."""
+    holders = {}
+    for d in rendered[which]:
+        spec = d.get("spec", {})
+        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+        if not template:
+            continue
+        pod = template["spec"]
+        assert pod.get("automountServiceAccountToken") is False, d["metadata"]["name"]
+        holders.update({(d["metadata"]["name"], c): paths for c, paths in _token_mounts(pod).items() if paths})
+        if d["metadata"]["name"] != ROLLOUT:
+            assert pod.get("serviceAccountName", "default") == "default", d["metadata"]["name"]
+    if which == "base":
+        assert not holders
+        return
+    assert holders == {(ROLLOUT, "patch"): ["/var/run/secrets/kubernetes.io/serviceaccount"]}
+    pod = _cronjob_pod(rendered[which], ROLLOUT)
+    assert pod["serviceAccountName"] == ROLLOUT
+    (patch,) = pod["containers"]
+    assert patch["command"] == ["/bin/kubectl"] and patch["args"][:3] == ["patch", "deployment", "llmops-chatbot-model"]
+    token = next(v for v in pod["volumes"] if "projected" in v)["projected"]["sources"][0]["serviceAccountToken"]
+    assert "audience" not in token and token["expirationSeconds"] <= 3600  # the API server's, short-lived
+
+
+def test_the_alias_rollout_pods_reach_only_the_tracking_server_dns_and_the_api(rendered):
+    """Egress of the alias rollout's pods: the tracking server's pods on its Service port, kube-dns on 53, and TCP
+    443/6443 (the Kubernetes API, whose address is the cluster's); nothing else."""
+    docs = rendered["overlay"]
+    pods = _pods(docs)
+    policy = _policy(docs, f"{ROLLOUT}-egress")
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert {n for n, labels in pods.items() if _matches(policy["spec"]["podSelector"], labels)} == {ROLLOUT}
+    tracking, dns, api = policy["spec"]["egress"]
+    port = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "llmops-mlflow")[
+        "spec"]["ports"][0]["port"]
+    assert [set(p) for p in tracking["to"]] == [{"podSelector"}]
+    assert {n for n, labels in pods.items() if _matches(tracking["to"][0]["podSelector"], labels)} == {"llmops-mlflow"}
+    assert tracking["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert "to" not in api and sorted((p["port"], p["protocol"]) for p in api["ports"]) == [(443, "TCP"), (6443, "TCP")]
 
 
 def test_the_inferenceservice_runs_hardened():
