@@ -2,7 +2,8 @@
 
 - `in-process`: `mlflow.pyfunc.load_model(CHATBOT_MODEL_URI)` in this process, following the alias when it moves
   and serving a challenger alias to a share of sessions (`server/rollout.py`).
-- `remote`: POST `{CHATBOT_SCORING_URL}/invocations` of an `mlflow models serve` endpoint.
+- `remote`: POST `{CHATBOT_SCORING_URL}/invocations` of an `mlflow models serve` endpoint, cancelled (its connection
+  closed) when the request's deadline is (the client hung up).
 - `service`: an `LLMService` without MLflow packaging (tests, development); same rows.
 
 Every backend returns rows of the one contract, `contract.AnswerRow` (the pyfunc's output columns).
@@ -28,8 +29,11 @@ from chatbot_model.contract import OUTPUT_COLUMNS, AnswerRow
 from chatbot_model.errors import ChatbotError, ConfigError, InvalidInput, unknown_name
 from chatbot_model.lifecycle.model_uri import parse
 from chatbot_model.pipeline.service import LLMService
+from chatbot_model.providers import runner
+from chatbot_model.providers.deadline import REQUEST_DEADLINE
 from chatbot_model.server import rollout
-from chatbot_model.server.errors import BackendFailed, BackendTimeout, BackendUnavailable, ModelNotLoaded
+from chatbot_model.server.errors import (BackendFailed, BackendTimeout, BackendUnavailable, ClientClosedRequest,
+                                         ModelNotLoaded)
 from chatbot_model.server.rollout import assign
 
 log = logging.getLogger(__name__)
@@ -402,7 +406,11 @@ class InProcessBackend(Backend):
 
 
 class RemoteBackend(Backend):
-    """An `mlflow models serve` endpoint: POST /invocations with `dataframe_records`."""
+    """An `mlflow models serve` endpoint: POST /invocations with `dataframe_records`.
+
+    Calls are made with an `httpx.AsyncClient` on the provider loop (`providers/runner.py`), under
+    CHATBOT_BACKEND_TIMEOUT_S in total; when the request's deadline is cancelled (the client hung up), the task is
+    cancelled: httpx closes the connection, so the scoring server sees it go, and `ClientClosedRequest` is raised."""
 
     name = "remote"
     loads_model = False
@@ -414,7 +422,7 @@ class RemoteBackend(Backend):
             raise ConfigError("the remote backend needs CHATBOT_SCORING_URL (the `mlflow models serve` URL)")
         self.base_url = settings.scoring_url.rstrip("/")
         self.shown_url = mask_url(self.base_url)  # what messages and /health show (no password)
-        self._client = client
+        self._client = client  # an httpx.AsyncClient (tests inject one); built on first use otherwise
         self._probe: tuple[float, bool] = (0.0, False)
         self._pinging = threading.Lock()
 
@@ -424,8 +432,14 @@ class RemoteBackend(Backend):
             import httpx
 
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-            self._client = httpx.Client(timeout=self.settings.backend_timeout_s, limits=limits)
+            self._client = httpx.AsyncClient(timeout=self.settings.backend_timeout_s, limits=limits)
         return self._client
+
+    def _call(self, method: str, url: str, limit_s: float, **kwargs) -> Any:
+        """One request on the provider loop, cancelled after `limit_s` seconds or with the request's deadline
+        (TimeoutError either way: `runner.run`)."""
+        client = self.client
+        return runner.run(lambda: client.request(method, url, **kwargs), limit_s, deadline=REQUEST_DEADLINE.get())
 
     def _load(self) -> None:
         ok = self._ping()
@@ -436,7 +450,8 @@ class RemoteBackend(Backend):
 
     def _ping(self) -> bool:
         try:
-            return self.client.get(f"{self.base_url}/ping", timeout=min(2.0, self.settings.backend_timeout_s)).is_success
+            limit = min(2.0, self.settings.backend_timeout_s)
+            return self._call("GET", f"{self.base_url}/ping", limit, timeout=limit).is_success
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
@@ -475,8 +490,13 @@ class RemoteBackend(Backend):
             records = [{**r, "history": list(h or [])} for r, h in zip(records, histories)]
         payload = {"dataframe_records": records}
         try:
-            response = self.client.post(f"{self.base_url}/invocations", json=payload)
-        except httpx.TimeoutException:
+            response = self._call("POST", f"{self.base_url}/invocations", self.settings.backend_timeout_s,
+                                  json=payload)
+        except (TimeoutError, httpx.TimeoutException):  # the total limit, or cancelled with the request
+            deadline = REQUEST_DEADLINE.get()
+            if deadline is not None and deadline.cancelled.is_set():
+                log.info("client hung up: the call to the scoring server was cancelled")
+                raise ClientClosedRequest("the client hung up; the call to the scoring server was cancelled") from None
             raise BackendTimeout(f"the scoring server did not answer within {self.settings.backend_timeout_s:g}s; "
                                  "raise CHATBOT_BACKEND_TIMEOUT_S or scale it") from None
         except httpx.HTTPError as exc:
@@ -499,8 +519,12 @@ class RemoteBackend(Backend):
 
     def close(self) -> None:
         super().close()
-        if self._client is not None:
-            self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                runner.run(client.aclose, 5.0)
+            except Exception:  # noqa: BLE001 - shutting down: the connections go with the process
+                log.debug("scoring client not closed cleanly", exc_info=True)
 
     def info(self) -> dict:
         return {**super().info(), "ready": self.ready_now(), "scoring_url": self.shown_url,

@@ -7,6 +7,9 @@
 - After the answer, a request with a `session_id` stores its turn (question, standalone question, answer,
   sources, trace id, model version) in one transaction. A failed request stores nothing.
 
+- `recent_turns` reads a conversation back for `POST /conversation` (the chat page redraws it after a reload):
+  its newest turns, as many as CHATBOT_HISTORY_MAX_MESSAGES holds messages.
+
 Without a conversation store (CHATBOT_FEEDBACK_DB_URL empty) a session id only groups ratings, as before.
 """
 
@@ -59,6 +62,28 @@ async def history_for(app, settings: Settings, session_id: str | None, history: 
         raise ConversationUnavailable(f"cannot read the conversation of session {session_id!r} now "
                                       f"({type(exc).__name__}); retry shortly, or send the history explicitly") \
             from None
+
+
+def shown_turns(settings: Settings) -> int:
+    """How many of a conversation's newest turns are read back: a question and its answer are two of the
+    CHATBOT_HISTORY_MAX_MESSAGES messages that go with the next question (rounded up)."""
+    return (settings.history_max_messages + 1) // 2
+
+
+async def recent_turns(app, settings: Settings, session_id: str) -> list | None:
+    """The newest `shown_turns` stored turns of `session_id`, oldest first (`store.conversations.Turn`); None
+    when none is stored (pruned, never stored, or no conversation store). 503 when the store cannot be read."""
+    shown = shown_turns(settings)
+    try:
+        store = conversation_store(app)
+        turns = [] if store is None else await run_in_threadpool(store.turns, session_id, max(shown, 1))
+    except Exception as exc:  # noqa: BLE001 - the database is down: say so
+        log.warning("conversation turns not readable: %s", type(exc).__name__)
+        raise ConversationUnavailable(f"cannot read the conversation now ({type(exc).__name__}); retry shortly") \
+            from None
+    if not turns:
+        return None
+    return turns[len(turns) - shown:] if shown else []
 
 
 async def store_turn(app, session_id: str | None, row: dict, model_version: str | None) -> int | None:

@@ -41,6 +41,13 @@ class BackendFailed(ServerError):
     status, code = 502, "backend_error"
 
 
+class ClientClosedRequest(ServerError):
+    """The client hung up before its answer and the upstream call was cancelled. Nobody reads the response; its
+    status (nginx's 499) counts such requests in chatbot_http_requests_total apart from timeouts and failures."""
+
+    status, code = 499, "client_closed_request"
+
+
 class FeedbackUnavailable(ServerError):
     status, code = 503, "feedback_unavailable"
 

@@ -25,7 +25,7 @@ from chatbot_model.server.errors import install_error_handlers
 from chatbot_model.server.middleware import (BodyLimitMiddleware, ConcurrencyLimitMiddleware, MetricsMiddleware,
                                              SecurityHeadersMiddleware)
 from chatbot_model.server.rollout import RolloutCollector
-from chatbot_model.server.routes import chat, docs, feedback, health, metrics, openai_compat, page
+from chatbot_model.server.routes import chat, conversations, docs, feedback, health, metrics, openai_compat, page
 from chatbot_model.server.state import Metrics, TraceMemory
 from chatbot_model.tracing import writer as tracing
 
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | str | Non
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(RolloutCollector(lambda: app.state.backend))  # alias swaps, failures
     install_error_handlers(app)
-    for module in (chat, feedback, health, metrics, page, docs):
+    for module in (chat, conversations, feedback, health, metrics, page, docs):
         app.include_router(module.router)
     openai_compat.install(app)  # /v1: OpenAI-compatible, errors in OpenAI's shape
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

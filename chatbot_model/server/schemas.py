@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chatbot_model.contract import MAX_COMMENT_CHARS, MAX_ID_CHARS, TRACE_ID_PATTERN, AnswerRow
+from chatbot_model.server.sessions import SESSION_ID_PATTERN
 
 NUL_REJECTED = "NUL characters are rejected (422); surrounding whitespace is stripped"
 
@@ -74,6 +75,38 @@ class ChatResponse(AnswerRow):
 
     session_id: str = Field("", description="the conversation's id, issued by the server with the first answer: "
                             "send it with the next question to continue the conversation")
+
+
+class ConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    session_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS,
+                            json_schema_extra={"pattern": SESSION_ID_PATTERN},
+                            description="the conversation: a `session_id` an answer returned (`s1.` and two "
+                            "22-character base64url parts; any other shape is 422); one issued to another API key is "
+                            f"403 `invalid_session`; {NUL_REJECTED}")
+
+    @field_validator("session_id")
+    @classmethod
+    def _session(cls, value: str) -> str:
+        value = _clean_text(value, "session_id", required=True)
+        if not re.fullmatch(SESSION_ID_PATTERN, value):
+            raise ValueError("not a session id this server issues (`s1.` and two 22-character base64url parts); "
+                             "send the session_id an answer returned, or ask without one to start a conversation")
+        return value
+
+
+class ConversationTurn(AnswerRow):
+    """One stored turn: its question and the answer row it got (`fallback` and `error` are not stored: empty)."""
+
+    turn: int = Field(..., ge=1, description="the turn's number in its conversation, from 1")
+
+
+class ConversationResponse(BaseModel):
+    session_id: str
+    turns: list[ConversationTurn] = Field(..., description="the newest turns, oldest first: as many as "
+                                          "CHATBOT_HISTORY_MAX_MESSAGES holds messages (a question and its answer "
+                                          "each, rounded up); a first `turn` above 1: earlier turns are not shown")
 
 
 class FeedbackRequest(BaseModel):

@@ -7,7 +7,8 @@ lookup. The caller is the fingerprint of the API key the request carried (empty 
 one key does not verify with another, so a session is bound to the key that created it.
 
 A request without a session id gets a new one with its answer; an id this server did not issue (or issued to
-another key) is refused with 403 `invalid_session` before anything is read or stored.
+another key) is refused with 403 `invalid_session` before anything is read or stored. Reading a conversation
+(`POST /conversation`) verifies the id the same way; a verified id with no stored turns is 404 `invalid_session`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ _process_secret = secrets.token_bytes(32)  # used when CHATBOT_SESSION_SECRET is
 
 class InvalidSession(ServerError):
     status, code = 403, "invalid_session"
+
+
+class SessionNotFound(InvalidSession):
+    """A verified session with no stored turns (pruned, or never stored): same code, so a client starts afresh."""
+
+    status = 404
 
 
 def _b64(data: bytes) -> str:
@@ -98,10 +105,15 @@ def caller_of(request) -> bytes:
 
 def session_for(request, session_id: str | None) -> str:
     """The request's session: a new id when it sent none, else the one it sent once verified (403 otherwise)."""
-    issuer, caller = session_ids(request.app), caller_of(request)
     if session_id is None:
-        return issuer.issue(caller)
-    if not issuer.verify(session_id, caller):
+        return session_ids(request.app).issue(caller_of(request))
+    return own_session(request, session_id)
+
+
+def own_session(request, session_id: str) -> str:
+    """`session_id` once verified as issued by this server to the request's caller; 403 `invalid_session`
+    otherwise (decided by the tag alone: nothing is read, so a refusal says nothing about what is stored)."""
+    if not session_ids(request.app).verify(session_id, caller_of(request)):
         raise InvalidSession("session_id was not issued by this server (or belongs to another API key); omit "
                              "session_id to start a conversation: the answer carries its new session_id")
     return session_id

@@ -115,9 +115,22 @@ class EventStream(Response):
         with anyio.fail_after(self.timeout_s):
             return await anyio.to_thread.run_sync(self.context.run, next, self.events, _END)
 
-    async def open(self) -> "EventStream":
+    async def open(self, receive: Receive | None = None) -> "EventStream":
+        """Take the first event; with the request's `receive`, a client hanging up meanwhile cancels the deadline
+        (a backend that cannot stream, such as the remote one, spends the whole answer here)."""
+        outcome: dict[str, Any] = {}
         try:
-            self.first = await self._next()
+            async with anyio.create_task_group() as group:
+                if receive is not None:
+                    group.start_soon(until_disconnect, receive, self._hung_up)
+                try:
+                    self.first = await self._next()
+                except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
+                    outcome["error"] = exc
+                finally:
+                    group.cancel_scope.cancel()
+            if "error" in outcome:
+                raise outcome["error"]
         except BaseException:
             await self._close()
             raise
@@ -195,9 +208,10 @@ def chat_event(event: dict) -> bytes:
 
 
 async def stream_chat(question: str, backend, settings: Settings, on_final: Callable[[dict], None],
-                      history: list | None = None, session_id: str | None = None) -> EventStream:
+                      history: list | None = None, session_id: str | None = None,
+                      receive: Receive | None = None) -> EventStream:
     """`/chat` with `"stream": true`: the backend's events as SSE; `on_final(row)` records the answer (metrics,
-    served traces) like a whole one."""
+    served traces) like a whole one. `receive`: the request's, so a hang-up before the first event cancels too."""
     deadline, context = request_deadline(settings)
 
     def as_sse(event: dict) -> bytes:
@@ -209,4 +223,4 @@ async def stream_chat(question: str, backend, settings: Settings, on_final: Call
 
     stream = EventStream(backend_events(backend, question, history, session_id), deadline, context, settings.backend_timeout_s,
                          format_event=as_sse, on_error=lambda exc: sse("error", error_event(exc)))
-    return await stream.open()
+    return await stream.open(receive)

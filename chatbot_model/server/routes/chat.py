@@ -33,7 +33,7 @@ async def chat(request: Request, body: ChatRequest, backend: BackendDep, setting
     if body.stream:
         return await stream_chat(question, backend, settings, functools.partial(
             conversation.record_answer, session_id=session_id, backend=backend, traces=traces, metrics=metrics,
-            app=request.app), history=history or None, session_id=session_id)
+            app=request.app), history=history or None, session_id=session_id, receive=request.receive)
     try:
         rows = await run_cancelling_on_disconnect(request, settings, functools.partial(
             backend.predict, [question], [history] if history else None, session_id=session_id))

@@ -230,7 +230,7 @@ async def chat_completions(request: Request, settings: SettingsDep, backend: Bac
                              settings.backend_timeout_s, format_event=chunks, on_error=chunks.error,
                              end=b"data: [DONE]\n\n")
         try:
-            return await stream.open()
+            return await stream.open(request.receive)
         except Exception as exc:  # noqa: BLE001 - before the first chunk: an HTTP error in OpenAI's shape
             raise as_openai_error(exc) from None
     try:

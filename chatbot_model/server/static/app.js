@@ -1,8 +1,9 @@
 // The chat page: ask /chat as a stream (Server-Sent Events read with fetch + ReadableStream), show the answer
 // as it arrives, then its sources, route and model; rate it through /feedback.
 // The page keeps one conversation per tab: the session id the server issued with the first answer, in
-// sessionStorage; the server stores its turns, so follow-ups use the earlier ones. "New conversation" starts
-// another session. The API key (when the server needs one) is kept for this tab only (sessionStorage).
+// sessionStorage; the server stores its turns, so follow-ups use the earlier ones, and a reload redraws them
+// (POST /conversation). "New conversation" starts another session. The API key (when the server needs one) is
+// kept for this tab only (sessionStorage).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -37,6 +38,11 @@ async function post(path, body) {
 }
 
 function scroll() { window.scrollTo(0, document.body.scrollHeight); }
+
+function forgetSession() {
+  sessionId = null;
+  sessionStorage.removeItem("chatbot-session");
+}
 
 function sourceList(sources) {
   if (!sources.length) return null;
@@ -91,6 +97,47 @@ function showError(text) {
   conversation.append(el("li", { class: "msg error", "data-testid": "error", textContent: text }));
 }
 
+function showQuestion(question) {
+  conversation.append(el("li", { class: "msg user", "data-testid": "question", textContent: question }));
+}
+
+// The rest of an answer under its text: sources, route and model, the rating buttons.
+function finishAnswer(item, row) {
+  item.classList.toggle("blocked", row.blocked);
+  item.append(...[sourceList(row.sources), meta(row), rating(row.trace_id)].filter(Boolean));
+}
+
+// A reloaded tab with a stored session: show the conversation's newest turns the server keeps. An id the server
+// refuses (another key's, pruned, malformed) is forgotten: the next question starts a new conversation.
+async function restore() {
+  if (!sessionId || conversation.childElementCount) return;
+  $("send").disabled = true;
+  try {
+    const result = await post("/conversation", { session_id: sessionId });
+    if (!result.ok) {
+      if (result.data.error === "invalid_session" || result.status === 422) forgetSession();
+      else if (result.status !== 401) showError(`Earlier turns not shown: ${result.data.message || result.data.error}`);
+      return;
+    }
+    const turns = result.data.turns;
+    if (turns.length && turns[0].turn > 1) {
+      conversation.append(el("li", { class: "msg note", "data-testid": "earlier", textContent: "Earlier turns are not shown." }));
+    }
+    for (const turn of turns) {
+      showQuestion(turn.question);
+      const item = el("li", { class: "msg bot", "data-testid": "answer" },
+        el("div", { class: "text", "data-testid": "answer-text", textContent: turn.answer }));
+      finishAnswer(item, turn);
+      conversation.append(item);
+    }
+    scroll();
+  } catch (e) {
+    showError("Network error: " + e);
+  } finally {
+    $("send").disabled = false;
+  }
+}
+
 // Each SSE block ("event: NAME\ndata: JSON") as [name, data]; `buffer` keeps an unfinished block.
 function parseEvents(buffer) {
   const blocks = buffer.split("\n\n");
@@ -114,7 +161,7 @@ async function streamAnswer(question) {
     let data = {};
     try { data = await response.json(); } catch (e) { data = { error: "bad_reply", message: response.statusText }; }
     if (response.status === 401) $("keybox").hidden = false;
-    if (data.error === "invalid_session") { sessionId = null; sessionStorage.removeItem("chatbot-session"); }
+    if (data.error === "invalid_session") forgetSession();
     showError(`${response.status} ${data.error}: ${data.message}`);
     return;
   }
@@ -134,8 +181,7 @@ async function streamAnswer(question) {
       else if (name === "final") {
         if (data.session_id) { sessionId = data.session_id; sessionStorage.setItem("chatbot-session", sessionId); }
         text.textContent = data.answer;
-        item.classList.toggle("blocked", data.blocked);
-        item.append(...[sourceList(data.sources), meta(data), rating(data.trace_id)].filter(Boolean));
+        finishAnswer(item, data);
       } else if (name === "error") showError(`${data.error}: ${data.message}`);
       scroll();
     }
@@ -148,7 +194,7 @@ async function ask(event) {
   const input = $("question");
   const question = input.value.trim();
   if (!question) return;
-  conversation.append(el("li", { class: "msg user", textContent: question }));
+  showQuestion(question);
   input.value = "";
   $("send").disabled = true;
   scroll();
@@ -183,8 +229,7 @@ async function status() {
 
 $("ask").addEventListener("submit", ask);
 $("new").addEventListener("click", () => {
-  sessionId = null;
-  sessionStorage.removeItem("chatbot-session");
+  forgetSession();
   conversation.replaceChildren();
   $("question").focus();
 });
@@ -192,5 +237,7 @@ $("savekey").addEventListener("click", () => {
   sessionStorage.setItem("chatbot-api-key", $("apikey").value);
   $("keybox").hidden = true;
   status();
+  restore();
 });
 status();
+restore();
