@@ -216,8 +216,8 @@ class Settings(BaseSettings):
                             "MLFLOW_TRACKING_URI is http(s), else the in-process MLflow writer), otlp or mlflow")
     trace_queue_size: int = Field(2_000, ge=1, description="traces waiting for the background exporter (~6 KB each); when "
                                   "full, new traces are dropped and counted (chatbot_traces_dropped_total)")
-    trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the time the trace exporter may "
-                                      "spend writing while requests keep coming (1 = no limit)")
+    trace_export_share: float = Field(0.15, gt=0, le=1, description="most of the CPU the trace exporter thread "
+                                      "may use while requests keep coming (1 = no limit)")
     registered_model_name: str = Field("llmops-chatbot", description="name in the MLflow model registry")
 
     # serving (FastAPI wrapper)
@@ -279,7 +279,7 @@ class Settings(BaseSettings):
     feedback_sync_batch: int = Field(200, ge=1, description="ratings the background attach worker tries per pass")
     feedback_sync_interval_s: float = Field(5.0, gt=0, description="the background attach worker also wakes this "
                                             "often for due retries")
-    feedback_sync_share: float = Field(0.15, gt=0, le=1, description="most of the time the attach worker may spend "
+    feedback_sync_share: float = Field(0.15, gt=0, le=1, description="most of the CPU the attach worker may use "
                                        "while requests keep coming (1 = no limit)")
     tracking_probe_timeout_s: float = Field(2.0, gt=0, description="TCP reachability probe of an http(s) tracking "
                                             "server before attaching ratings")

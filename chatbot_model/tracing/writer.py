@@ -190,11 +190,13 @@ class TracePipeline:
     """
 
     def __init__(self, maxsize: int = _DEFAULTS.trace_queue_size, *, writer: Callable[[list], None] = write_traces,
-                 batch_size: int = BATCH_SIZE, share: float = _DEFAULTS.trace_export_share):
+                 batch_size: int = BATCH_SIZE, share: float = _DEFAULTS.trace_export_share,
+                 cpu_clock: Callable[[], float] = time.thread_time):
         self.maxsize = maxsize
         self.batch_size = batch_size
         self.writer = writer
-        self.share = share  # of wall-clock time the exporter may spend writing while requests come in
+        self.share = share  # of the CPU the exporter thread may use while requests come in
+        self.cpu_clock = cpu_clock  # this thread's CPU seconds: waiting on a tracking server costs the process nothing
         self._hurry = threading.Event()  # flush/shutdown: write at full speed
         self._last_submit = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -252,16 +254,18 @@ class TracePipeline:
             batch = self._take(item)
             stop = batch[-1] is None
             records = [r for r in batch if r is not None]
-            started = time.monotonic()
+            started = self.cpu_clock()
             self._write(records)
             if stop:
                 return
-            self._yield(time.monotonic() - started)
+            self._yield(self.cpu_clock() - started)
 
     def _yield(self, spent: float) -> None:
-        """Keep the exporter's share of the time (and of the GIL) at `share` while requests keep coming: writing
-        a trace costs more than answering, so under sustained load the queue fills and new traces are dropped
-        (counted) instead of answers slowing down. Idle, flushing or shutting down: no pause."""
+        """Keep the exporter's share of the CPU (and of the GIL) at `share` while requests keep coming: after
+        `spent` CPU seconds of writing, pause. Writing a trace into MLflow's store in this process costs more than
+        answering, so under sustained load the queue fills and new traces are dropped (counted) instead of answers
+        slowing down; posting to a tracking server (OTLP) costs only the encoding, and the wait for its answer
+        is not paced. Idle, flushing or shutting down: no pause."""
         if self.share >= 1.0 or self._hurry.is_set() or not busy(self._last_submit):
             return
         self._hurry.wait(spent * (1.0 - self.share) / self.share)
@@ -349,8 +353,9 @@ def busy(*since: float) -> bool:
 
 
 def pace(spent: float, share: float, stop: threading.Event) -> None:
-    """After `spent` seconds of background work, wait so that it stays `share` of the time while requests come in
-    (a background thread takes the GIL from the request threads); `stop` ends the wait early."""
+    """After `spent` CPU seconds of background work (`time.thread_time`), wait so that it stays `share` of the CPU
+    while requests come in (a background thread takes the GIL from the request threads); `stop` ends the wait
+    early."""
     if share < 1.0 and busy():
         stop.wait(spent * (1.0 - share) / share)
 

@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 
 from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError
+from chatbot_model.lifecycle.comparison import version_stats
+from chatbot_model.store.feedback import FeedbackStore
 from chatbot_model.tracing import writer as tracing
 from chatbot_model.tracing.otlp import resolve_sink
 from chatbot_model.tracing.writer import TracePipeline, TraceRecord
@@ -32,7 +34,7 @@ def test_the_sink_follows_the_tracking_uri():
         load_settings(trace_sink="kafka")
 
 
-def record(uri: str, experiment_id: str, n: int) -> TraceRecord:
+def record(uri: str, experiment_id: str, n: int, model_version: str = "") -> TraceRecord:
     t0 = 1_700_000_000_000_000_000 + n * 1_000_000
     return TraceRecord(trace_id=tracing.new_trace_id(), tracking_uri=uri, experiment_id=experiment_id, t0_ns=t0,
                        question=f"question {n}", answer="an answer [1]", route="gpt", route_reasons=("short",),
@@ -40,7 +42,8 @@ def record(uri: str, experiment_id: str, n: int) -> TraceRecord:
                        fallback="openai: OPENAI_API_KEY is not set", latency_ms=3.0,
                        sources=({"id": "d1", "title": "T", "source": "s", "score": 0.9},), guardrail=None,
                        check_in=None, hint="hint", steps=(("retrieval", t0, t0 + 1_000_000),
-                                                          ("llm", t0 + 1_000_000, t0 + 2_000_000)), sink="otlp")
+                                                          ("llm", t0 + 1_000_000, t0 + 2_000_000)), sink="otlp",
+                       model_version=model_version)
 
 
 @pytest.fixture
@@ -85,3 +88,31 @@ def test_a_refused_export_is_counted_as_failed(mlflow_server):
     pipe.flush(30)
     assert pipe.stats()["failed"] == 1
     pipe.shutdown(5)
+
+
+def test_ratings_attach_through_the_server_and_feedback_compare_reads_them(mlflow_server, monkeypatch, tmp_path):
+    """The production path end to end: traces over OTLP, ratings stored without attaching, then attached by a
+    pass of the background worker over the server's REST API (assessments on the traces), and `feedback compare`
+    counting both."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    experiment_id = MlflowClient().create_experiment("llmops-chatbot")
+    records = [record(mlflow_server, experiment_id, n, model_version="3") for n in range(12)]
+    pipe = TracePipeline(100, share=1.0)
+    for r in records:
+        pipe.submit(r)
+    assert pipe.flush(60) and pipe.stats()["exported"] == 12
+    pipe.shutdown(5)
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}", attach=False)  # stored only, as /feedback does
+    for n, r in enumerate(records[:9]):
+        store.record(trace_id=r.trace_id, rating="up" if n < 6 else "down", session_id=f"s{n}", model_version="3")
+    report = store.sync_due()  # one pass of the background worker
+    assert (report.attached, report.pending) == (9, 0)
+    assert store.stats()["unsynced"] == 0
+    ratings = [a for r in records[:9] for a in mlflow.get_trace(r.trace_id).info.assessments]
+    assert sorted(a.value for a in ratings) == [False] * 3 + [True] * 6
+    assert {a.name for a in ratings} == {"user_rating"}
+
+    stats = version_stats(store, "3", client=MlflowClient(), experiment_ids=[experiment_id])
+    assert (stats.up, stats.down, stats.answers) == (6, 3, 12)

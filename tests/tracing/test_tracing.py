@@ -107,6 +107,27 @@ def test_shutdown_is_bounded_when_the_store_hangs_and_counts_what_is_left():
     writer.release.set()
 
 
+def test_the_exporter_paces_on_its_cpu_not_on_waiting_for_the_store():
+    """The exporter's pause follows the CPU its write used (an injected clock), not the wall time of a write
+    that mostly waits on a tracking server."""
+    cpu = [0.0]
+    paused: list[float] = []
+
+    class Recorded(TracePipeline):
+        def _yield(self, spent):
+            paused.append(spent)
+
+    def writer(records):
+        cpu[0] += 0.002 * len(records)  # the encoding; the post itself waits without using this thread's CPU
+
+    pipe = Recorded(maxsize=10, writer=writer, batch_size=1, share=0.25, cpu_clock=lambda: cpu[0])
+    for n in range(3):
+        pipe.submit(record(n))
+    assert pipe.flush(60)
+    pipe.shutdown()
+    assert paused == [pytest.approx(0.002)] * 3
+
+
 # ------------------------------------------------------------------ real traces
 @pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory):
