@@ -279,6 +279,8 @@ class Settings(BaseSettings):
     feedback_sync_batch: int = Field(200, ge=1, description="ratings the background attach worker tries per pass")
     feedback_sync_interval_s: float = Field(5.0, gt=0, description="the background attach worker also wakes this "
                                             "often for due retries")
+    feedback_attach_workers: int = Field(4, ge=1, description="ratings attached at once to an http(s) tracking "
+                                         "server (each attach mostly waits on it); 1 with a local store")
     feedback_sync_share: float = Field(0.15, gt=0, le=1, description="most of the CPU the attach worker may use "
                                        "while requests keep coming (1 = no limit)")
     tracking_probe_timeout_s: float = Field(2.0, gt=0, description="TCP reachability probe of an http(s) tracking "

@@ -11,8 +11,9 @@ worker (`record(..., background=True)`: the server's way, no attach or flush in 
 `llmops-chatbot sync-feedback`. Tries back off (CHATBOT_FEEDBACK_RETRY_AFTER_S doubling up to ..._RETRY_CAP_S); a rating whose trace
 is still not found after CHATBOT_FEEDBACK_MAX_ATTEMPTS tries is marked orphaned (`orphaned_at`, terminal: the trace was dropped
 or lost) and no longer retried. No rating is attached twice: a row is claimed by an atomic UPDATE
-before it is attached (a lease, so a crashed claimer is retried later), and before logging, the trace's
-assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case).
+before it is attached (a lease, so a crashed claimer is retried later), and before a retry logs, the trace's
+assessments are checked for one carrying the row's `feedback_id` (the crash-after-log case; a first try logs at
+once).
 
 One rating per trace and session: a second rating of the same trace from the same session replaces the first
 (same row, new rating, comment and time; attached again, overriding the first one's assessment in MLflow), so
@@ -29,7 +30,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
@@ -42,6 +44,7 @@ from chatbot_model.errors import InvalidInput
 from chatbot_model.store.db import Database, delete_older_than
 from chatbot_model.store.tables import feedback_table
 from chatbot_model.tracing import writer as tracing
+from chatbot_model.tracing.otlp import is_server
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class SyncReport:
     pending: int = 0
     orphaned: int = 0
     last_error: str | None = None
+    helper_cpu_s: float = field(default=0.0, compare=False, repr=False)  # CPU of attach threads besides the caller
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -107,6 +111,7 @@ class FeedbackStore:
         self.background_batch = tuning.feedback_sync_batch
         self.background_interval_s = tuning.feedback_sync_interval_s
         self.background_share = tuning.feedback_sync_share
+        self.attach_workers = tuning.feedback_attach_workers
         self.connect_timeout_s = tuning.tracking_probe_timeout_s
         self.url = self.database.url
         self.attach = attach
@@ -268,43 +273,59 @@ class FeedbackStore:
             conn.execute(update(t).where(t.c.id == row_id).values(**values))
 
     def _sync_rows(self, ids: list[int], flush: bool = True) -> SyncReport:
+        """Attach the rows of `ids` that can be claimed; to a tracking server, `attach_workers` at a time (each
+        attach is two round trips that mostly wait on the server)."""
         report = SyncReport()
         if not ids:
             return report
         reachable, why = self._tracking_reachable()
-        flushed = not flush
-        for row_id in ids:
-            row = self._claim(row_id)
-            if row is None:
-                continue
-            if not reachable:
-                self._finish(row_id, error=why)
-                report.pending, report.last_error = report.pending + 1, why
-                continue
-            if not flushed:
-                _flush_traces()
-                flushed = True
-            try:
-                assessment_id, fresh = _attach(row)
-            except Exception as exc:  # tracking store down, trace not found yet, ...
-                message = f"{type(exc).__name__}: {exc}"[:500]
-                if _not_found(exc) and row["sync_attempts"] >= self.max_attempts:
-                    log.warning("feedback %s orphaned: trace %s still not found after %d tries", row_id,
-                                row["trace_id"], row["sync_attempts"])
-                    self._finish(row_id, error=message, orphaned=True)
-                    report.orphaned, report.last_error = report.orphaned + 1, message
-                    continue
-                (log.info if _not_found(exc) else log.warning)(  # not written yet is routine under load
-                    "feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
-                self._finish(row_id, error=message)
-                report.pending, report.last_error = report.pending + 1, message
-                continue
-            self._finish(row_id, assessment_id=assessment_id)
-            if fresh:
-                report.attached += 1
-            else:
-                report.already += 1
+        if reachable and flush:
+            _flush_traces()
+        workers = min(self.attach_workers, len(ids)) if reachable and self._tracking_is_server() else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="feedback-attach") as pool:
+                outcomes = list(pool.map(lambda row_id: self._sync_one(row_id, why), ids))
+            report.helper_cpu_s = sum(cpu for _, _, cpu in outcomes)
+        else:
+            outcomes = [self._sync_one(row_id, why) for row_id in ids]
+        for outcome, message, _ in outcomes:
+            if outcome is not None:
+                setattr(report, outcome, getattr(report, outcome) + 1)
+            if message is not None:
+                report.last_error = message
         return report
+
+    def _sync_one(self, row_id: int, unreachable: str | None) -> tuple[str | None, str | None, float]:
+        """Claim and attach one row: (the `SyncReport` count it adds to or None when not claimed, its error, the
+        CPU seconds this thread spent)."""
+        started = time.thread_time()
+        row = self._claim(row_id)
+        if row is None:
+            return None, None, time.thread_time() - started
+        if unreachable:
+            self._finish(row_id, error=unreachable)
+            return "pending", unreachable, time.thread_time() - started
+        try:
+            assessment_id, fresh = _attach(row)
+        except Exception as exc:  # tracking store down, trace not found yet, ...
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            if _not_found(exc) and row["sync_attempts"] >= self.max_attempts:
+                log.warning("feedback %s orphaned: trace %s still not found after %d tries", row_id,
+                            row["trace_id"], row["sync_attempts"])
+                self._finish(row_id, error=message, orphaned=True)
+                return "orphaned", message, time.thread_time() - started
+            (log.info if _not_found(exc) else log.warning)(  # not written yet is routine under load
+                "feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
+            self._finish(row_id, error=message)
+            return "pending", message, time.thread_time() - started
+        self._finish(row_id, assessment_id=assessment_id)
+        return ("attached" if fresh else "already"), None, time.thread_time() - started
+
+    @staticmethod
+    def _tracking_is_server() -> bool:
+        import mlflow
+
+        return is_server(mlflow.get_tracking_uri())
 
     def _tracking_reachable(self) -> tuple[bool, str | None]:
         """A quick TCP probe of an http(s) tracking server (MLflow's own retries would take minutes)."""
@@ -474,7 +495,8 @@ class BackgroundSync:
                 report = None
             self.passes += 1
             if report is not None and (report.attached or report.already or report.pending or report.orphaned):
-                tracing.pace(time.thread_time() - started, self.store.background_share, self._stop)
+                spent = time.thread_time() - started + report.helper_cpu_s
+                tracing.pace(spent, self.store.background_share, self._stop)
                 self._wake.set()  # more may be due: look again after the pause
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -495,18 +517,21 @@ def _flush_traces(timeout: float = 10.0) -> None:
 
 
 def _attach(row: dict) -> tuple[str | None, bool]:
-    """Attach `row` to its trace; returns (assessment id, True if logged now / False if it already was)."""
+    """Attach `row` (claimed: `sync_attempts` counts this try) to its trace; returns (assessment id, True if
+    logged now / False if it already was). A first try logs at once (one call to the tracking store; a missing
+    trace makes it raise as the lookup would); a retry first looks for its own assessment."""
     import mlflow
     from mlflow.entities import AssessmentSource, AssessmentSourceType
     from mlflow.tracing.client import TracingClient
 
     marker, rated = str(row["id"]), repr(float(row["created_ts"]))
-    info = TracingClient().get_trace_info(row["trace_id"])  # raises when the trace is not there (yet)
-    for assessment in info.assessments or []:
-        meta = assessment.metadata or {}
-        if (assessment.name == ASSESSMENT_NAME and meta.get("feedback_id") == marker
-                and meta.get("rated_ts", rated) == rated):
-            return assessment.assessment_id, False
+    if row["sync_attempts"] > 1:  # an earlier try may have logged it and failed before recording so: look first
+        info = TracingClient().get_trace_info(row["trace_id"])  # raises when the trace is not there (yet)
+        for assessment in info.assessments or []:
+            meta = assessment.metadata or {}
+            if (assessment.name == ASSESSMENT_NAME and meta.get("feedback_id") == marker
+                    and meta.get("rated_ts", rated) == rated):
+                return assessment.assessment_id, False
     source = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=row["session_id"] or "anonymous")
     metadata = {"feedback_id": marker, "rated_ts": rated, "route": row["route"] or "",
                 "model_version": row["model_version"] or ""}

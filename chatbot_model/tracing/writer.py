@@ -45,7 +45,7 @@ SPAN_TYPES = {
     "guardrail_output": "GUARDRAIL",
 }
 _DEFAULTS = Settings.model_construct()  # CHATBOT_TRACE_QUEUE_SIZE and _TRACE_EXPORT_SHARE when none are given
-BATCH_SIZE = 64           # records per log_spans call
+BATCH_SIZE = 64           # records per write (a log_spans call, an OTLP post)
 DRAIN_TIMEOUT_S = 10.0    # shutdown drains at most this long
 IDLE_S = 0.25             # no request for this long: the exporter writes at full speed
 
@@ -168,18 +168,19 @@ def build_spans(r: TraceRecord) -> list:
 
 
 def write_traces(records: list[TraceRecord]) -> None:
-    """Write records' traces: one call per (tracking URI, experiment, sink): an OTLP request the tracking server
-    writes (`otlp`), or `TracingClient.log_spans` in this process (`mlflow`)."""
+    """Write records' traces per (tracking URI, experiment, sink): OTLP requests of at most `BATCH_SIZE` traces
+    that the tracking server writes (`otlp`), or one `TracingClient.log_spans` call in this process (`mlflow`)."""
     from mlflow.tracing.client import TracingClient
 
     groups: dict[tuple[str, str, str], list] = {}
     for r in records:
-        groups.setdefault((r.tracking_uri, r.experiment_id, r.sink), []).extend(build_spans(r))
-    for (uri, experiment_id, sink), spans in groups.items():
-        if sink == "otlp":
-            export_spans(uri, experiment_id, spans)
+        groups.setdefault((r.tracking_uri, r.experiment_id, r.sink), []).append(r)
+    for (uri, experiment_id, sink), group in groups.items():
+        if sink == "otlp":  # posts of at most BATCH_SIZE traces: a synchronous write of a whole evaluation is many
+            for start in range(0, len(group), BATCH_SIZE):
+                export_spans(uri, experiment_id, [s for r in group[start:start + BATCH_SIZE] for s in build_spans(r)])
         else:
-            TracingClient(uri).log_spans(experiment_id, spans)
+            TracingClient(uri).log_spans(experiment_id, [s for r in group for s in build_spans(r)])
 
 
 # ---------------------------------------------------------------- the pipeline

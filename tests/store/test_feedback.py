@@ -209,9 +209,10 @@ def test_sync_feedback_reports_what_is_still_pending(store):
 
 def test_a_rating_logged_before_a_crash_is_not_attached_again(store, settings):
     span = make_trace()
-    offline = FeedbackStore(settings.feedback_db_url, attach=False)
-    row_id = offline.record(trace_id=span.trace_id, rating="up")
-    # the attach went through but the process died before marking the row as synced
+    crashed = FeedbackStore(settings.feedback_db_url, attach=False, clock=lambda: time.time() - 3600)
+    row_id = crashed.record(trace_id=span.trace_id, rating="up")
+    assert crashed._claim(row_id)  # it took the row an hour ago (its lease has run out), logged the rating,
+    # then died before marking the row as synced
     from mlflow.entities import AssessmentSource
 
     mlflow.log_feedback(trace_id=span.trace_id, name=ASSESSMENT_NAME, value=True,
@@ -587,3 +588,21 @@ def test_concurrent_ratings_share_transactions_and_each_returns_its_own_committe
     rows = {r.id: r for r in store.ratings()}
     assert sorted(ids.values()) == sorted(rows) and all(rows[ids[n]].comment == f"c{n}" for n in ids)
     store.dispose()
+
+
+def test_ratings_attach_to_a_tracking_server_several_at_a_time(tmp_path, monkeypatch):
+    """Each attach mostly waits on the tracking server, so a pass attaches CHATBOT_FEEDBACK_ATTACH_WORKERS (4)
+    at once: four attaches meet at a barrier, which one-at-a-time attaching would never reach."""
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}", attach=False)
+    ids = [store.record(trace_id=f"tr-{n:032x}", rating="up", session_id=f"s{n}") for n in range(8)]
+    monkeypatch.setattr(FeedbackStore, "_tracking_reachable", lambda self: (True, None))
+    monkeypatch.setattr(FeedbackStore, "_tracking_is_server", staticmethod(lambda: True))
+    together = threading.Barrier(store.attach_workers, timeout=60)
+
+    def attach(row):
+        together.wait()
+        return f"a-{row['id']}", True
+
+    monkeypatch.setattr(feedback_module, "_attach", attach)
+    report = store.sync(ids=ids)
+    assert (report.attached, report.pending) == (8, 0) and store.stats()["unsynced"] == 0

@@ -82,6 +82,21 @@ def test_traces_sent_over_otlp_are_stored_by_the_server_and_take_feedback(mlflow
     pipe.shutdown(5)
 
 
+def test_a_large_synchronous_write_is_posted_in_bounded_batches(mlflow_server, monkeypatch):
+    """A whole evaluation written at once (`write_now`) goes out as posts of at most 64 traces, all stored."""
+    mlflow.set_tracking_uri(mlflow_server)
+    experiment_id = MlflowClient().create_experiment("llmops-chatbot-eval")
+    posts, real = [], tracing.export_spans
+    monkeypatch.setattr(tracing, "export_spans", lambda uri, exp, spans: (posts.append(len(spans)), real(uri, exp, spans)))
+    pipe = TracePipeline(10, share=1.0)
+    pipe.write_now([record(mlflow_server, experiment_id, n) for n in range(130)])
+    assert pipe.stats()["exported"] == 130 and pipe.stats()["failed"] == 0
+    assert posts == [64 * 3, 64 * 3, 2 * 3]  # three spans a trace: chat, retrieval, llm
+    found = mlflow.search_traces(locations=[experiment_id], return_type="list", max_results=200, include_spans=False)
+    assert len(found) == 130
+    pipe.shutdown(5)
+
+
 def test_a_refused_export_is_counted_as_failed(mlflow_server):
     pipe = TracePipeline(10, share=1.0)
     assert pipe.submit(record(mlflow_server, "999999", 0))  # no such experiment: the server refuses it
