@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -207,10 +208,14 @@ def contract_row(question: str, **fields) -> dict:
 class FakeScoringServer:
     """A tiny `mlflow models serve` stand-in: /ping and /invocations with `dataframe_records`.
 
-    `replies` queues raw (status, body) pairs; by default every question gets a `contract_row`."""
+    `replies` queues raw (status, body) pairs; by default every question gets a `contract_row`. With `hold`, each
+    /invocations waits until `release` is set, watching its connection: `arrived` is set when a request is in,
+    `hung_up` when its caller closed the connection before the release (nothing is answered then)."""
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, hold: bool = False):
         self.delay = delay
+        self.hold = hold
+        self.arrived, self.release, self.hung_up = threading.Event(), threading.Event(), threading.Event()
         self.replies: deque = deque()
         self.requests: list = []
         outer = self
@@ -233,9 +238,28 @@ class FakeScoringServer:
             def do_GET(self):
                 self._send(200 if self.path == "/ping" else 404, b"\n")
 
+            def _closed_by_peer(self) -> bool:
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            def _held_until_release(self) -> bool:
+                """False when the caller hung up first."""
+                while not outer.release.wait(0.01):
+                    if self._closed_by_peer():
+                        outer.hung_up.set()
+                        return False
+                return True
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
                 outer.requests.append(body)
+                outer.arrived.set()
+                if outer.hold and not self._held_until_release():
+                    return
                 time.sleep(outer.delay)
                 if outer.replies:
                     return self._send(*outer.replies.popleft())
@@ -248,6 +272,7 @@ class FakeScoringServer:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

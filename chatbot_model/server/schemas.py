@@ -28,6 +28,14 @@ def _clean_text(value: str | None, field: str, *, required: bool) -> str | None:
     return text or None
 
 
+def _id_of_shape(value: str, field: str, pattern: str, problem: str) -> str:
+    """`value` cleaned like any text, then required to match `pattern` in full (else `problem`, a 422)."""
+    value = _clean_text(value, field, required=True)
+    if not re.fullmatch(pattern, value):
+        raise ValueError(problem)
+    return value
+
+
 class HistoryMessage(BaseModel):
     """One earlier message of the conversation."""
 
@@ -89,11 +97,9 @@ class ConversationRequest(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session(cls, value: str) -> str:
-        value = _clean_text(value, "session_id", required=True)
-        if not re.fullmatch(SESSION_ID_PATTERN, value):
-            raise ValueError("not a session id this server issues (`s1.` and two 22-character base64url parts); "
-                             "send the session_id an answer returned, or ask without one to start a conversation")
-        return value
+        return _id_of_shape(value, "session_id", SESSION_ID_PATTERN, "not a session id this server issues (`s1.` and "
+                            "two 22-character base64url parts); send the session_id an answer returned, or ask "
+                            "without one to start a conversation")
 
 
 class ConversationTurn(AnswerRow):
@@ -122,11 +128,8 @@ class FeedbackRequest(BaseModel):
     @field_validator("trace_id")
     @classmethod
     def _trace(cls, value: str) -> str:
-        value = _clean_text(value, "trace_id", required=True)
-        if not re.fullmatch(TRACE_ID_PATTERN, value):
-            raise ValueError("not an MLflow trace id (`tr-` and 32 lowercase hex digits); send the trace_id a "
-                             "/chat answer returned")
-        return value
+        return _id_of_shape(value, "trace_id", TRACE_ID_PATTERN, "not an MLflow trace id (`tr-` and 32 lowercase hex "
+                            "digits); send the trace_id a /chat answer returned")
 
     @field_validator("comment")
     @classmethod

@@ -299,12 +299,16 @@ class FeedbackStore:
         """Claim and attach one row: (the `SyncReport` count it adds to or None when not claimed, its error, the
         CPU seconds this thread spent)."""
         started = time.thread_time()
+        outcome, message = self._attach_claimed(row_id, unreachable)
+        return outcome, message, time.thread_time() - started
+
+    def _attach_claimed(self, row_id: int, unreachable: str | None) -> tuple[str | None, str | None]:
         row = self._claim(row_id)
         if row is None:
-            return None, None, time.thread_time() - started
+            return None, None
         if unreachable:
             self._finish(row_id, error=unreachable)
-            return "pending", unreachable, time.thread_time() - started
+            return "pending", unreachable
         try:
             assessment_id, fresh = _attach(row)
         except Exception as exc:  # tracking store down, trace not found yet, ...
@@ -313,13 +317,13 @@ class FeedbackStore:
                 log.warning("feedback %s orphaned: trace %s still not found after %d tries", row_id,
                             row["trace_id"], row["sync_attempts"])
                 self._finish(row_id, error=message, orphaned=True)
-                return "orphaned", message, time.thread_time() - started
+                return "orphaned", message
             (log.info if _not_found(exc) else log.warning)(  # not written yet is routine under load
                 "feedback %s not attached to trace %s yet: %s", row_id, row["trace_id"], message)
             self._finish(row_id, error=message)
-            return "pending", message, time.thread_time() - started
+            return "pending", message
         self._finish(row_id, assessment_id=assessment_id)
-        return ("attached" if fresh else "already"), None, time.thread_time() - started
+        return ("attached" if fresh else "already"), None
 
     @staticmethod
     def _tracking_is_server() -> bool:
@@ -332,9 +336,9 @@ class FeedbackStore:
         import mlflow
 
         uri = mlflow.get_tracking_uri()
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("http", "https"):
+        if not is_server(uri):
             return True, None
+        parsed = urlparse(uri)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
             socket.create_connection((parsed.hostname, port), timeout=self.connect_timeout_s).close()

@@ -269,7 +269,7 @@ class TracePipeline:
         is not paced. Idle, flushing or shutting down: no pause."""
         if self.share >= 1.0 or self._hurry.is_set() or not busy(self._last_submit):
             return
-        self._hurry.wait(spent * (1.0 - self.share) / self.share)
+        self._hurry.wait(pause_s(spent, self.share))
 
     def _write(self, records: list) -> None:
         try:
@@ -358,7 +358,12 @@ def pace(spent: float, share: float, stop: threading.Event) -> None:
     while requests come in (a background thread takes the GIL from the request threads); `stop` ends the wait
     early."""
     if share < 1.0 and busy():
-        stop.wait(spent * (1.0 - share) / share)
+        stop.wait(pause_s(spent, share))
+
+
+def pause_s(spent: float, share: float) -> float:
+    """The pause after `spent` CPU seconds that keeps a background thread at `share` of the CPU."""
+    return spent * (1.0 - share) / share
 
 
 def pipeline(maxsize: int | None = None, share: float | None = None) -> TracePipeline:

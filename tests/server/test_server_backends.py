@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -18,7 +16,6 @@ from fastapi.testclient import TestClient
 from chatbot_model.server import create_app
 from chatbot_model.providers import PROVIDERS
 from chatbot_model.server.backends import RemoteBackend
-from tests.fake_llm_server import LoopbackHTTPServer
 from tests.fake_providers import rendezvous
 from tests.helpers import (FakeScoringServer, LiveServer, contract_row, make_service, make_settings,
                                        service_app, sibling_service, wait_until)
@@ -116,57 +113,6 @@ def test_remote_backend_without_url_is_a_config_error(settings):
         RemoteBackend(settings)
 
 
-class HeldScoringServer:
-    """A scoring server whose /invocations holds each request until `release` is set, watching its connection:
-    `arrived` is set when a request is in, `hung_up` when its caller closed the connection before the release."""
-
-    def __init__(self):
-        self.arrived, self.release, self.hung_up = threading.Event(), threading.Event(), threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _closed_by_peer(self) -> bool:
-                if not select.select([self.connection], [], [], 0)[0]:
-                    return False
-                try:
-                    return self.connection.recv(1, socket.MSG_PEEK) == b""
-                except OSError:
-                    return True
-
-            def do_GET(self):
-                self.send_response(200 if self.path == "/ping" else 404)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-                outer.arrived.set()
-                while not outer.release.wait(0.01):
-                    if self._closed_by_peer():
-                        outer.hung_up.set()
-                        return
-                rows = [contract_row(r["question"]) for r in body["dataframe_records"]]
-                data = json.dumps({"predictions": rows}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def chat_then_hang_up(url: str, body: dict, arrived: threading.Event) -> None:
     """POST /chat on a raw connection, close it once the scoring server holds the request."""
     data = json.dumps(body).encode()
@@ -182,7 +128,7 @@ def test_a_client_hanging_up_cancels_the_call_to_the_scoring_server(settings, st
     """The scoring server holds the request until released; the client hangs up meanwhile. The wrapper must close
     its connection to the scoring server before the release (which comes only at the end), and count the
     request as 499 `client_closed_request`."""
-    held = HeldScoringServer()
+    held = FakeScoringServer(hold=True)
     remote = settings.model_copy(update={"serving_backend": "remote", "scoring_url": held.url,
                                          "backend_timeout_s": 300, "tracing": False})
     live = LiveServer(create_app(remote))
