@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from chatbot_model.server import conversation, create_app
 from chatbot_model.server.backends import Backend
 from chatbot_model.server.sessions import caller_fingerprint, session_ids
 from chatbot_model.store.conversations import ConversationStore
+from tests.helpers import wait_until
 
 KEY = "key-a"
 QUESTIONS = ["How do I roll back a model version?", "And how do I check it?", "Can I automate that?"]
@@ -36,11 +38,18 @@ def settings_for(tmp_path, **overrides):
                             "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "api_key": KEY, **overrides})
 
 
-@pytest.fixture
-def client(tmp_path):
-    settings = settings_for(tmp_path)
+@contextmanager
+def served(settings):
+    """A client of the app over `SourcedBackend`, once the backend is loaded (it loads in the background)."""
     with TestClient(create_app(settings, backend=SourcedBackend(settings)),
                     headers={"Authorization": f"Bearer {KEY}"}) as c:
+        wait_until(lambda: c.get("/ready").status_code == 200, "the backend loaded")
+        yield c
+
+
+@pytest.fixture
+def client(tmp_path):
+    with served(settings_for(tmp_path)) as c:
         yield c
 
 
@@ -71,8 +80,7 @@ def test_the_callers_own_conversation_comes_back_in_order_with_sources_and_trace
 def test_only_the_newest_turns_within_the_history_limit_come_back(tmp_path):
     """CHATBOT_HISTORY_MAX_MESSAGES=3 holds two turns (a question and an answer each, rounded up)."""
     settings = settings_for(tmp_path, history_max_messages=3)
-    with TestClient(create_app(settings, backend=SourcedBackend(settings)),
-                    headers={"Authorization": f"Bearer {KEY}"}) as client:
+    with served(settings) as client:
         session, _ = converse(client, QUESTIONS)
         turns = client.post("/conversation", json={"session_id": session}).json()["turns"]
     assert [(t["turn"], t["question"]) for t in turns] == [(2, QUESTIONS[1]), (3, QUESTIONS[2])]
@@ -122,16 +130,14 @@ def test_a_new_conversation_shows_nothing_of_another_and_one_without_turns_is_in
 
 def test_pruned_turns_and_a_server_without_a_database_are_invalid_sessions(tmp_path):
     settings = settings_for(tmp_path)
-    with TestClient(create_app(settings, backend=SourcedBackend(settings)),
-                    headers={"Authorization": f"Bearer {KEY}"}) as client:
+    with served(settings) as client:
         session, _ = converse(client, QUESTIONS[:1])
         later = ConversationStore(settings.feedback_db_url, clock=lambda: time.time() + 31 * 86400)
         assert later.prune(older_than_days=30) == 1  # retention, a month on
         r = client.post("/conversation", json={"session_id": session})
         assert r.status_code == 404 and r.json()["error"] == "invalid_session"
     keeps_none = settings_for(tmp_path / "none", feedback_db_url="")
-    with TestClient(create_app(keeps_none, backend=SourcedBackend(keeps_none)),
-                    headers={"Authorization": f"Bearer {KEY}"}) as client:
+    with served(keeps_none) as client:
         session, _ = converse(client, QUESTIONS[:1])
         r = client.post("/conversation", json={"session_id": session})
         assert r.status_code == 404 and r.json()["error"] == "invalid_session"
