@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -183,6 +184,44 @@ def _resolve(model: str) -> str:
     return model
 
 
+class _ScoreMemory:
+    """The scores of the CACHED_TEXTS most recently checked whole texts (bounded, thread-safe)."""
+
+    def __init__(self):
+        self._scores: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._scores
+
+    def recall(self, texts: list[str]) -> dict[str, list[float]]:
+        with self._lock:
+            return {t: self._scores[t] for t in dict.fromkeys(texts) if t in self._scores}
+
+    def keep(self, scores: dict[str, list[float]]) -> None:
+        with self._lock:
+            for text, row in scores.items():
+                self._scores[text] = row
+                self._scores.move_to_end(text)
+            while len(self._scores) > CACHED_TEXTS:
+                self._scores.popitem(last=False)
+
+
+_memories: "weakref.WeakKeyDictionary[object, dict[int, _ScoreMemory]]" = weakref.WeakKeyDictionary()
+_memories_lock = threading.Lock()
+
+
+def _scores_of(model, embedder) -> _ScoreMemory:
+    """One memory per loaded weights file and embedder in the process, shared by every `Embedded` using both (a
+    text's score depends on nothing else): a second service or a newly loaded model version with the same weights,
+    such as an alias rollout's, finds the knowledge base's sentences already scored."""
+    with _memories_lock:
+        return _memories.setdefault(embedder, {}).setdefault(id(model), _ScoreMemory())  # models are never unloaded
+
+
 WARM_BATCH = 8  # knowledge-base sentences scored per call while warming (more is not cheaper per sentence)
 
 
@@ -198,8 +237,6 @@ class Embedded(Classifier):
         self.model = load_model(str(weights))
         self.labels = self.model.labels
         self._embedder = embedder
-        self._scored: OrderedDict[str, list[float]] = OrderedDict()  # whole texts scored lately (bounded)
-        self._scored_lock = threading.Lock()
 
     @property
     def embedder(self):
@@ -226,8 +263,8 @@ class Embedded(Classifier):
         the "not covered" reply)."""
         if not texts:
             return []
-        with self._scored_lock:
-            known = {t: self._scored[t] for t in dict.fromkeys(texts) if t in self._scored}
+        memory = _scores_of(self.model, self.embedder)
+        known = memory.recall(texts)
         first: dict[str, int] = {}  # each text not known yet -> its first row
         for i, text in enumerate(texts):
             if text not in known:
@@ -238,12 +275,7 @@ class Embedded(Classifier):
             if rows is None and self.model.needs_vectors:
                 rows = self.embedder.encode(missing)
             known.update(zip(missing, self._probabilities(missing, rows)))
-        with self._scored_lock:
-            for text, row in known.items():
-                self._scored[text] = row
-                self._scored.move_to_end(text)
-            while len(self._scored) > CACHED_TEXTS:
-                self._scored.popitem(last=False)
+        memory.keep(known)
         return [dict(zip(self.labels, known[t])) for t in texts]
 
     def _probabilities(self, texts: list[str], vectors: np.ndarray | None) -> list[list[float]]:

@@ -461,7 +461,17 @@ def test_a_repeated_text_is_embedded_once_and_the_remembered_scores_stay_bounded
     assert counting.texts == ["How do I serve a model?", "What is an alias?"] and first[0] == first[1]
     assert classifier.scores(["What is an alias?"]) == [first[2]] and len(counting.texts) == 2  # remembered
     classifier.scores(["one", "two", "three"])
-    assert len(classifier._scored) == 3 and "How do I serve a model?" not in classifier._scored  # oldest out
+    memory = guardrail_core._scores_of(classifier.model, counting)
+    assert len(memory) == 3 and "How do I serve a model?" not in memory  # oldest out
+
+
+def test_classifiers_with_the_same_weights_and_embedder_share_their_scores(embedded):
+    counting = CountingEmbedder(embedded.classifier.embedder)
+    first = Embedded(embedder=counting).scores(["How do I roll back a version?"])
+    second = Embedded(embedder=counting)  # another service, or a newly loaded version of the same model
+    assert second.scores(["How do I roll back a version?"]) == first and len(counting.texts) == 1
+    other = CountingEmbedder(embedded.classifier.embedder)  # other vectors could give other scores: not shared
+    assert Embedded(embedder=other).scores(["How do I roll back a version?"]) == first and len(other.texts) == 1
 
 
 def test_copies_of_the_same_weights_share_one_loaded_model(tmp_path):
