@@ -134,6 +134,10 @@ def _onnx_possible(model: str) -> bool:
 def _make(model: str, backend: str, cache_dir: str | None, threads: int) -> Embedder:
     if backend not in EMBEDDING_BACKENDS:
         raise ConfigError(f"unknown embedding backend {backend!r}; choose one of {list(EMBEDDING_BACKENDS)}")
+    if model.startswith(("/", "~", ".")) and not Path(model).expanduser().is_dir():  # a path, never a hub id
+        raise ConfigError(f"the embedding model directory {model!r} does not exist; set CHATBOT_EMBEDDING_MODEL to "
+                          "a local sentence-transformers directory, or leave it empty for the embedded "
+                          "all-MiniLM-L6-v2")
     if backend == "torch" or (backend == "auto" and not _onnx_possible(model)):
         return Embedder(model)
     try:
