@@ -89,8 +89,11 @@ test: install-test system-test-deps mlserver-venv
 
 # the unit layer: every test but the `slow` ones (servers started as subprocesses, browsers, PostgreSQL, Spark,
 # MLServer, `mlflow run`, `mlflow models serve`, whole evaluations); a few minutes, no system packages needed
+# on TEST_WORKERS processes (a module's tests stay in one); the embedder's ONNX export is kept between runs in
+# $(VENV)/test-exports, keyed by the model's files and the export recipe
+TEST_WORKERS ?= 2
 test-fast: install-test
-	$(BIN)/python -m pytest -m "not slow"
+	LLMOPS_TEST_EXPORTS=$(abspath $(VENV))/test-exports $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # `mlflow models serve` execs a bare `uvicorn`: the venv's bin goes first on PATH
 serve-model: install

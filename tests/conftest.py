@@ -23,35 +23,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 
 from tests.fake_llm_server import FakeLLMServer  # noqa: E402
-from tests.helpers import DOCS  # noqa: E402
+from tests.helpers import DOCS, tracking_store  # noqa: E402
 from tests.mlflow_state import forget_mlflow, reset_mlflow  # noqa: E402
 from tests.pg_server import PostgresServer, postgres_bin  # noqa: E402
 
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "CHATBOT_API_KEY")
 
 
+def pytest_configure(config):
+    """With LLMOPS_TEST_EXPORTS=DIR (`make test-fast`), the embedder's ONNX export is kept in DIR between sessions:
+    it is keyed by the model's files and the export recipe, so a changed model or recipe is exported anew.
+    Without it (`make test`, CI), every session exports afresh into its own HOME."""
+    kept = os.environ.get("LLMOPS_TEST_EXPORTS")
+    if kept:
+        from chatbot_model.retrieval.onnx_export import onnx_model_dir, register_onnx_dir
+
+        onnx_model_dir(cache_dir=kept)
+        register_onnx_dir(Path(kept) / "onnx")
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def empty_tracking_db(tmp_path_factory) -> Path:
-    """An MLflow sqlite store with its schema created once (migrations take seconds); tests copy it."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch, empty_tracking_db):
+def isolated(tmp_path, monkeypatch):
     """Tracking store, index and feedback DB under tmp_path; no keys; CHATBOT_* from the host ignored."""
     for var in list(os.environ):
         if var.startswith("CHATBOT_") or var in KEY_VARS:
             monkeypatch.delenv(var, raising=False)
-    shutil.copy(empty_tracking_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp_path))
     reset_mlflow(monkeypatch)
     monkeypatch.setenv("CHATBOT_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp_path / 'feedback.db'}")
@@ -107,7 +108,7 @@ def production_model(shipped_index, tmp_path_factory) -> dict:
     from tests.helpers import make_settings
 
     tmp = tmp_path_factory.mktemp("production-model")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    store = tracking_store(tmp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store)
         mp.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{tmp / 'feedback.db'}")

@@ -4,6 +4,7 @@ builders. The service is expensive (embedder, index), so tests share one per mod
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -131,6 +133,25 @@ def mlflow_models_serve(model_uri: str, env: dict, cwd, timeout: float = 180):
             "--host", "127.0.0.1"]
     with server_process(args, env, cwd, url, "/ping", Path(cwd) / f"serve-{port}.log", timeout):
         yield url
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+def tracking_store(directory) -> str:
+    """`sqlite:///<directory>/mlflow.db`, a copy of an empty MLflow store: its schema is made once per process
+    (MLflow's migrations take seconds on every new store)."""
+    from mlflow.tracking import MlflowClient
+
+    if not _EMPTY_STORE:
+        template = Path(tempfile.mkdtemp(prefix="mlflow-empty-store-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, True)
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _EMPTY_STORE.append(template)
+    db = Path(directory) / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_EMPTY_STORE[0], db)
+    return f"sqlite:///{db}"
 
 
 def make_settings(index_dir, store_uri: str, tmp_path, **overrides):
@@ -280,7 +301,7 @@ class FakeScoringServer:
 def chat_page_app_server(index_dir, tmp_path):
     """The chat page's server for the browser tests: the service backend on a ready LiveServer (the caller closes
     it) and its settings."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     settings = make_settings(index_dir, store, tmp_path)
     server = LiveServer(service_app(settings, make_service(settings)))
     server.wait_ready()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from tests.helpers import DOCS
+from tests.helpers import DOCS, tracking_store
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
@@ -18,7 +18,7 @@ def registered(tmp_path_factory, shipped_index):
     from chatbot_model.lifecycle.registry import log_and_register, promote
 
     root = tmp_path_factory.mktemp("pyfunc-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_store(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("CHATBOT_INDEX_DIR", str(shipped_index))  # reused (copied), never modified

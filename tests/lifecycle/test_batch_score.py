@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, kill_group, require_module, wait_until
+from tests.helpers import ROOT, kill_group, require_module, tracking_store, wait_until
 from tests.mlflow_state import forget_mlflow
 
 pyspark = require_module("pyspark", "the spark extra: pip install 'llmops-chatbot[spark]'")
@@ -40,7 +40,7 @@ def project(tmp_path_factory, shipped_index):
     from chatbot_model.lifecycle.registry import log_and_register, promote
 
     root = tmp_path_factory.mktemp("batch")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_store(root)
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith(("CHATBOT_", "MLFLOW_")) or k.endswith(("_API_KEY", "_BASE_URL")))}
     env.update(MLFLOW_TRACKING_URI=uri, CHATBOT_FEEDBACK_DB_URL=f"sqlite:///{root / 'feedback.db'}",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import ROOT, free_port, kill_group, responds, unavailable, wait_until
+from tests.helpers import ROOT, free_port, kill_group, responds, tracking_store, unavailable, wait_until
 from tests.mlflow_state import forget_mlflow
 
 MANIFEST = ROOT / "k8s" / "kserve" / "inferenceservice.yaml"
@@ -123,7 +123,7 @@ def exported(tmp_path_factory, shipped_index) -> Path:
 
     root = tmp_path_factory.mktemp("kserve")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_store(root))
         mp.setenv("CHATBOT_INDEX_DIR", str(shipped_index))
         mp.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{root / 'feedback.db'}")
         mp.chdir(root)

@@ -29,7 +29,7 @@ from chatbot_model.lifecycle import evaluation
 from chatbot_model.lifecycle.gate import EvaluationGate, PromotionRefused
 from chatbot_model.lifecycle.loop import adapt
 from chatbot_model.lifecycle.registry import log_and_register, promote
-from tests.helpers import CHECKOUT_STATE, DOCS, EXPERIMENT, ROOT, make_versions, mlflow_cli
+from tests.helpers import CHECKOUT_STATE, DOCS, EXPERIMENT, ROOT, make_versions, mlflow_cli, tracking_store
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
@@ -251,7 +251,7 @@ def test_adapt_without_production_says_how_to_get_one(settings, client):
 def test_mlflow_run_evaluate_promote_and_adapt(shipped_index, tmp_path):
     root = tmp_path / "project"
     root.mkdir()
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_store(root)
     MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith(("CHATBOT_", "MLFLOW_")) or k.endswith(("_API_KEY", "_BASE_URL")))}

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import CHECKOUT_STATE, EXPERIMENT, ROOT, mlflow_cli, mlflow_models_serve
+from tests.helpers import CHECKOUT_STATE, EXPERIMENT, ROOT, mlflow_cli, mlflow_models_serve, tracking_store
 
 pytestmark = pytest.mark.slow
 NAME = "llmops-chatbot"
@@ -24,7 +24,7 @@ QUESTION = "What is MLflow used for?"
 def project(tmp_path_factory, shipped_index):
     """A store with the experiment, and the environment every subprocess gets."""
     root = tmp_path_factory.mktemp("project-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_store(root)
     client = MlflowClient(tracking_uri=uri)
     client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     env = {k: v for k, v in os.environ.items()

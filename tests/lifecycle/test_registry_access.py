@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import free_port
+from tests.helpers import free_port, tracking_store
 
 pytestmark = pytest.mark.slow
 ADMIN = ("admin", "admin-password-123")
@@ -40,7 +40,7 @@ def auth_server(tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(bindir / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1",
-                                 "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                                 "--backend-store-uri", tracking_store(tmp),
                                  "--artifacts-destination", str(tmp / "artifacts")],
                                 env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fake_llm_server import FakeLLMServer
-from tests.helpers import chat_page_app_server, serving
+from tests.helpers import chat_page_app_server, serving, tracking_store
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def chat_page_server(shipped_index, tmp_path, monkeypatch):
     """The chat page served (service backend) on a ready LiveServer, and its settings."""
     import mlflow
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     mlflow.set_tracking_uri(store)
     server, settings = chat_page_app_server(shipped_index, tmp_path)

@@ -13,7 +13,7 @@ from chatbot_model.cli.chat import run_chat
 from chatbot_model.store.conversations import ConversationStore
 from chatbot_model.lifecycle.pyfunc import HISTORY_COLUMN, INPUT_EXAMPLE, SIGNATURE, _PyfuncChatbot, to_inputs
 from chatbot_model.server.backends import InProcessBackend, RemoteBackend
-from tests.helpers import FakeScoringServer, make_service, make_settings, new_session, service_app
+from tests.helpers import FakeScoringServer, make_service, make_settings, new_session, service_app, tracking_store
 
 TRACED = "How is each chatbot request traced?"
 FOLLOW = "Can I turn that off?"
@@ -24,7 +24,7 @@ HISTORY = [{"role": "user", "content": TRACED},
 @pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("conv-service")
-    return make_service(make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp))
+    return make_service(make_settings(shipped_index, tracking_store(tmp), tmp))
 
 
 @pytest.fixture

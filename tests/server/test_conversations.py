@@ -16,7 +16,7 @@ from chatbot_model.server import conversation, create_app
 from chatbot_model.server.backends import Backend
 from chatbot_model.server.sessions import caller_fingerprint, session_ids
 from chatbot_model.store.conversations import ConversationStore
-from tests.helpers import wait_until
+from tests.helpers import tracking_store, wait_until
 
 KEY = "key-a"
 QUESTIONS = ["How do I roll back a model version?", "And how do I check it?", "Can I automate that?"]
@@ -35,7 +35,7 @@ class SourcedBackend(Backend):
 
 def settings_for(tmp_path, **overrides):
     return load_settings(**{"feedback_db_url": f"sqlite:///{tmp_path / 'feedback.db'}", "tracing": False,
-                            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "api_key": KEY, **overrides})
+                            "tracking_uri": tracking_store(tmp_path), "api_key": KEY, **overrides})
 
 
 @contextmanager

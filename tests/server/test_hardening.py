@@ -19,7 +19,7 @@ from chatbot_model.config import load_settings
 from chatbot_model.errors import ConfigError
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import Backend
-from tests.helpers import CANARY, FlakyBackend
+from tests.helpers import CANARY, FlakyBackend, tracking_store
 
 Q = "How do I promote a registered MLflow model version to Production?"
 
@@ -313,7 +313,7 @@ def test_chat_session_params_and_logs_never_show_a_password(shipped_index, tmp_p
     from chatbot_model.cli.chat import run_chat
     from tests.helpers import make_service, make_settings
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     settings = make_settings(shipped_index, store, tmp_path)
     service = make_service(settings)  # answers and stores the rating for real (sqlite takes no credentials)
     shown = settings.model_copy(update={"tracking_uri": CANARY_ENV["MLFLOW_TRACKING_URI"],

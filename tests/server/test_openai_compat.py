@@ -10,7 +10,8 @@ import pytest
 
 from chatbot_model.pipeline.adapter import DEFAULT_HINT
 from tests.fake_llm_server import OPENAI_PATH, Reply
-from tests.helpers import LiveServer, make_service, make_settings, provider_keys, service_app, sibling_service
+from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, sibling_service,
+                           tracking_store)
 
 KEY = "test-server-key"
 Q = "How do I promote a registered MLflow model version to Production?"
@@ -20,7 +21,7 @@ ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]."
 @pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory, upstream):
     tmp = tmp_path_factory.mktemp("openai-compat")
-    settings = make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp, api_key=KEY,
+    settings = make_settings(shipped_index, tracking_store(tmp), tmp, api_key=KEY,
                              **provider_keys(upstream))
     return make_service(settings)
 

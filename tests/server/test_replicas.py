@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from chatbot_model.store.feedback import FeedbackStore
-from tests.helpers import ROOT, free_port, server_process
+from tests.helpers import ROOT, free_port, server_process, tracking_store
 
 LAUNCH = """
 import sys, uvicorn
@@ -38,7 +38,7 @@ def test_chat_on_replica_a_rate_on_replica_b(index_dir, tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOT_")}
     base.update(PYTHONPATH=str(ROOT), CHATBOT_INDEX_DIR=str(index_dir), CHATBOT_GUARDRAIL_BACKEND="embedded",
                 CHATBOT_FEEDBACK_DB_URL=shared_db)
-    a_env = {**base, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    a_env = {**base, "MLFLOW_TRACKING_URI": tracking_store(tmp_path)}
     # B never served these answers and its tracking store is unreachable: only the shared turns can vouch
     b_env = {**base, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "CHATBOT_TRACING": "false"}
     with replica(a_env, tmp_path, "replica-a") as a, replica(b_env, tmp_path, "replica-b") as b:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from chatbot_model.server import create_app
 from tests.helpers import (CHROMIUM_ARGS, ROOT, ChatClient, chromium, free_port, make_settings, server_process,
-                           wait_released)
+                           tracking_store, wait_released)
 
 pytestmark = pytest.mark.slow
 NAME = "llmops-chatbot"
@@ -31,7 +31,7 @@ def two_versions(shipped_index, tmp_path_factory):
     from chatbot_model.lifecycle.registry import log_and_register
 
     tmp = tmp_path_factory.mktemp("rollout-registry")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    store = tracking_store(tmp)
     with pytest.MonkeyPatch.context() as env:  # the store of this module's fixture only, restored after
         env.setenv("MLFLOW_TRACKING_URI", store)
         settings = make_settings(shipped_index, store, tmp)

@@ -30,7 +30,7 @@ from chatbot_model.server.sessions import SessionIds, caller_fingerprint
 from chatbot_model.store.conversations import ConversationStore
 from chatbot_model.store.feedback import FeedbackStore
 from chatbot_model.store.tables import feedback_table
-from tests.helpers import CHROMIUM_ARGS, LiveServer, chromium
+from tests.helpers import CHROMIUM_ARGS, LiveServer, chromium, tracking_store
 
 Q = "How do I roll back a model version?"
 
@@ -52,7 +52,7 @@ class EchoBackend(Backend):
 
 def settings_for(tmp_path, **overrides):
     return load_settings(**{"feedback_db_url": f"sqlite:///{tmp_path / 'feedback.db'}", "tracing": False,
-                            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **overrides})
+                            "tracking_uri": tracking_store(tmp_path), **overrides})
 
 
 def client_for(settings, backend=None) -> TestClient:
@@ -400,6 +400,7 @@ def test_a_body_that_trickles_in_gets_408_and_frees_the_connection(tmp_path):
         server.close()
 
 
+@pytest.mark.slow  # a headless browser
 def test_the_chat_page_keeps_the_issued_session_and_the_key_for_the_tab_only(tmp_path):
     """The page continues the conversation with the id the server issued, and keeps the API key in
     sessionStorage (the finding: it stayed in localStorage, readable by any later script of the origin)."""

@@ -72,6 +72,7 @@ def test_docs_page_csp_names_no_other_origin(path):
     assert directives["script-src"].startswith("'self'") and "unsafe-inline" not in directives["script-src"]
 
 
+@pytest.mark.slow  # a headless browser
 def test_docs_pages_render_offline_in_a_browser():
     """Swagger UI lists the /chat operation and ReDoc the API title, while every request to another host is
     refused and recorded; the browser reports no error and no CSP violation but one: ReDoc's side menu shows the

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from chatbot_model.server import create_app
-from tests.helpers import make_settings, mlflow_models_serve
+from tests.helpers import make_settings, mlflow_models_serve, tracking_store
 
 pytestmark = pytest.mark.slow
 Q = "How do I promote a registered MLflow model version to Production?"
@@ -23,7 +23,7 @@ def registered(shipped_index, tmp_path_factory):
     from chatbot_model.lifecycle.registry import log_and_register, promote
 
     tmp = tmp_path_factory.mktemp("server-registry")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    store = tracking_store(tmp)
     with pytest.MonkeyPatch.context() as env:  # the store of this module's fixture only, restored after
         env.setenv("MLFLOW_TRACKING_URI", store)
         settings = make_settings(shipped_index, store, tmp)

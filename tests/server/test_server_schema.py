@@ -12,7 +12,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from chatbot_model.server import create_app
 from chatbot_model.server.backends import ServiceBackend
-from tests.helpers import make_service, make_settings
+from tests.helpers import make_service, make_settings, tracking_store
 
 MAX_EXAMPLES = 20
 OPERATIONS = ["POST /chat", "POST /feedback", "GET /health", "GET /ready", "GET /metrics"]
@@ -21,7 +21,7 @@ OPERATIONS = ["POST /chat", "POST /feedback", "GET /health", "GET /ready", "GET 
 @pytest.fixture(scope="module")
 def api_schema(shipped_index, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schema")
-    s = make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp)
+    s = make_settings(shipped_index, tracking_store(tmp), tmp)
     backend = ServiceBackend(s, service=make_service(s))
     backend.load()  # the ASGI client runs no lifespan
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(s, backend=backend))

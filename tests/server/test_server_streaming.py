@@ -13,7 +13,7 @@ import pytest
 
 from tests.fake_llm_server import Reply
 from tests.helpers import (LiveServer, make_service, make_settings, provider_keys, service_app, sibling_service,
-                           started_since, threads_now, wait_until)
+                           started_since, threads_now, tracking_store, wait_until)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 ANSWER = "Promote it with an alias [1]. Aliases are mutable references [1]. Done."
@@ -27,7 +27,7 @@ def keys(upstream):
 @pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory, keys):
     tmp = tmp_path_factory.mktemp("stream-server")
-    settings = make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp, **keys)
+    settings = make_settings(shipped_index, tracking_store(tmp), tmp, **keys)
     return make_service(settings)
 
 
@@ -132,7 +132,7 @@ def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(liv
 def test_a_client_hanging_up_on_a_whole_answer_cancels_the_upstream_call(service, shipped_index, tmp_path, keys,
                                                                          fake):
     # a hung provider with limits far away: only the client's disconnect can end the call this soon
-    settings = make_settings(shipped_index, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, **keys,
+    settings = make_settings(shipped_index, tracking_store(tmp_path), tmp_path, **keys,
                              provider_timeout_s=60, request_budget_s=100, backend_timeout_s=120)
     server = LiveServer(service_app(settings, sibling_service(service, settings)))
     try:

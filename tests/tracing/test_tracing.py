@@ -15,7 +15,7 @@ from chatbot_model.store import feedback as feedback_module
 from chatbot_model.tracing import writer as tracing
 from chatbot_model.store.feedback import FeedbackStore
 from chatbot_model.tracing.writer import TracePipeline, TraceRecord
-from tests.helpers import free_port, make_service, make_settings, service_app
+from tests.helpers import free_port, make_service, make_settings, service_app, tracking_store
 
 Q = "How do I promote a registered MLflow model version to Production?"
 
@@ -132,7 +132,7 @@ def test_the_exporter_paces_on_its_cpu_not_on_waiting_for_the_store():
 @pytest.fixture(scope="module")
 def service(shipped_index, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracing-service")
-    return make_service(make_settings(shipped_index, f"sqlite:///{tmp / 'mlflow.db'}", tmp))
+    return make_service(make_settings(shipped_index, tracking_store(tmp), tmp))
 
 
 def test_every_trace_of_a_batch_arrives_after_the_drain(service, async_pipeline):
