@@ -120,7 +120,7 @@ def production_model(shipped_index, tmp_path_factory) -> dict:
                 reason="test fixture: a served model, not a candidate")
         model = registry_loader(version.name)(version.version)
         forget_mlflow()
-    return {"store": store, "version": version.version, "model": model}
+    return {"store": store, "version": version.version, "model": model, "registered": version}
 
 
 @pytest.fixture

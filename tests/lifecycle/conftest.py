@@ -1,36 +1,35 @@
-"""Fixtures of the lifecycle tests: one real registered model version shared by a module."""
+"""Fixtures of the lifecycle tests: one real registered model version in a store of the module's own."""
 
 from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
 
 import mlflow
 import pytest
 
-from tests.helpers import DOCS, tracking_store
 from tests.mlflow_state import forget_mlflow, reset_mlflow
 
 NAME = "llmops-chatbot"
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, shipped_index):
-    """One real model version, logged from code, registered and promoted to Staging then Production."""
-    from chatbot_model.config import load_settings
-    from chatbot_model.lifecycle.registry import log_and_register, promote
-
+def registered(tmp_path_factory, production_model):
+    """The session's registered and promoted version (`production_model`) in a store of the module's own, a copy of
+    its tracking database (the module may register and promote more), loaded by its alias."""
     root = tmp_path_factory.mktemp("pyfunc-store")
-    uri = tracking_store(root)
+    with closing(sqlite3.connect(production_model["store"].removeprefix("sqlite:///"))) as source, \
+            closing(sqlite3.connect(root / "mlflow.db")) as copy:
+        source.backup(copy)  # consistent even while another test's exporter writes traces to the source
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("CHATBOT_INDEX_DIR", str(shipped_index))  # reused (copied), never modified
         mp.setenv("CHATBOT_FEEDBACK_DB_URL", f"sqlite:///{root / 'feedback.db'}")
         mp.chdir(root)
         reset_mlflow(mp)
-        version = log_and_register(load_settings(docs_path=DOCS), NAME)
-        promote(NAME, "Staging", version.version)
-        promote(NAME, "Production", version.version, force=True, reason="test fixture")
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
         forget_mlflow()
-    return {"uri": uri, "root": root, "version": version, "model": model}
+    return {"uri": uri, "root": root, "version": production_model["registered"], "model": model}
 
 
 @pytest.fixture
