@@ -190,6 +190,7 @@ class _ScoreMemory:
     def __init__(self):
         self._scores: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._claimed: set[str] = set()  # texts a warm-up is scoring now
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -200,6 +201,18 @@ class _ScoreMemory:
     def recall(self, texts: list[str]) -> dict[str, list[float]]:
         with self._lock:
             return {t: self._scores[t] for t in dict.fromkeys(texts) if t in self._scores}
+
+    def claim(self, texts: list[str]) -> list[str]:
+        """The texts neither remembered nor being scored by another warm-up, now claimed by the caller (who
+        `release`s them once scored)."""
+        with self._lock:
+            mine = [t for t in dict.fromkeys(texts) if t not in self._scores and t not in self._claimed]
+            self._claimed.update(mine)
+            return mine
+
+    def release(self, texts: list[str]) -> None:
+        with self._lock:
+            self._claimed.difference_update(texts)
 
     def keep(self, scores: dict[str, list[float]]) -> None:
         with self._lock:
@@ -249,13 +262,19 @@ class Embedded(Classifier):
         recent texts); run by the service in a background thread."""
 
         sentences = list(dict.fromkeys(s for chunk in chunks for s in chunk.sentences))[:CACHED_TEXTS // 2]
-        for start in range(0, len(sentences), WARM_BATCH):
-            if not threading.main_thread().is_alive():  # never holds the process's exit
-                return
-            try:
-                self.scores(sentences[start:start + WARM_BATCH])
-            except RuntimeError:  # the interpreter shuts down under a batch: its thread pools take no more work
-                return
+        # each sentence is scored by one warm-up only: services built together (or a version loaded during a
+        # warm-up) would otherwise all score the same first sentences at once
+        memory = _scores_of(self.model, self.embedder)
+        mine = memory.claim(sentences)
+        try:
+            for start in range(0, len(mine), WARM_BATCH):
+                if not threading.main_thread().is_alive():  # never holds the process's exit
+                    return
+                self.scores(mine[start:start + WARM_BATCH])
+        except RuntimeError:  # the interpreter shuts down under a batch: its thread pools take no more work
+            return
+        finally:
+            memory.release(mine)
 
     def scores(self, texts: list[str], vectors: np.ndarray | None = None) -> list[dict[str, float]]:
         """Each distinct text is scored once while it stays among the CACHED_TEXTS most recent: a score depends

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -451,6 +452,29 @@ class CountingEmbedder:
     def encode(self, texts):
         self.texts += list(texts)
         return self.real.encode(texts)
+
+
+def test_two_warm_ups_at_once_score_each_sentence_once(embedded):
+    from types import SimpleNamespace
+
+    class Held(CountingEmbedder):  # the first warm-up's first batch waits until released
+        entered, release = threading.Event(), threading.Event()
+
+        def encode(self, texts):
+            self.entered.set()
+            self.release.wait(60)
+            return super().encode(texts)
+
+    held = Held(embedded.classifier.embedder)
+    chunks = [SimpleNamespace(sentences=tuple(f"Warm-up {i}: a sentence of the knowledge base." for i in range(20)))]
+    first = threading.Thread(target=Embedded(embedder=held).warm, args=(chunks,))
+    first.start()
+    assert held.entered.wait(60)
+    Embedded(embedder=held).warm(chunks)  # another service built meanwhile: every sentence is being scored already
+    assert len(held.texts) == 0
+    held.release.set()
+    first.join(60)
+    assert sorted(held.texts) == sorted(chunks[0].sentences)  # each embedded once, by the first warm-up
 
 
 def test_a_repeated_text_is_embedded_once_and_the_remembered_scores_stay_bounded(embedded, monkeypatch):
