@@ -116,7 +116,7 @@ def test_a_reader_going_away_cancels_the_upstream_call_and_ends_the_worker(make_
     wait_until(lambda: fake_llm.open_connections == 0, "the warm-up connection closing")
     before = threads_now()
     for n in range(1, 6):
-        fake_llm.queue(Reply.streamed(ANSWER + " More." * 50, chunk_delay=0.2))
+        fake_llm.queue(Reply.streamed(ANSWER + " More." * 400, chunk_delay=0.03))
         stream = service.stream(Q)
         assert isinstance(next(stream), SourcesEvent)
         assert isinstance(next(stream), DeltaEvent)

@@ -18,7 +18,7 @@ from chatbot_model.providers import PROVIDERS
 from chatbot_model.server.backends import RemoteBackend
 from tests.fake_providers import rendezvous
 from tests.helpers import (FakeScoringServer, LiveServer, contract_row, make_service, make_settings,
-                                       service_app, sibling_service, wait_until)
+                                       service_app, sibling_service, tracking_store, wait_until)
 
 Q = "How do I promote a registered MLflow model version to Production?"
 FIELDS = {"answer", "question", "standalone_question", "sources", "route", "provider", "model", "blocked",
@@ -27,7 +27,7 @@ FIELDS = {"answer", "question", "standalone_question", "sources", "route", "prov
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('backends-store') / 'mlflow.db'}"
+    return tracking_store(tmp_path_factory.mktemp("backends-store"))
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_a_failure_mid_stream_ends_with_an_error_event(live, fake):
 def test_clients_hanging_up_cancel_the_upstream_calls_and_free_their_threads(live, fake, caplog):
     caplog.set_level(logging.INFO)
     def abandon() -> None:
-        fake.queue(Reply.streamed(ANSWER + " And more." * 100, chunk_delay=0.2))
+        fake.queue(Reply.streamed(ANSWER + " And more." * 400, chunk_delay=0.03))
         with httpx.Client() as client, post_stream(client, live.url, {"question": Q}) as response:
             events = sse_events(response.iter_lines())
             assert next(events)[0] == "sources" and next(events)[0] == "delta"
