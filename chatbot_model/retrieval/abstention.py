@@ -12,6 +12,7 @@ retrieval (`FEATURES`, computed in `rag.RAGPipeline.retrieve_vectors`):
 | `agreement` | 1 when the dense and the lexical rankings put the same document first |
 | `log_length` | log(1 + number of query words) |
 | `known_share` | share of query words in the index vocabulary (after spelling correction) |
+| `sentence_best` | best cosine with one sentence of the first three sources' documents (near their chunks) |
 
 `p = sigmoid(w . x + b)`; covered when `p >= threshold`. Trained by `fit` (L2-regularised logistic regression,
 Newton steps, balanced classes) on covered questions against off-topic ones; the threshold is then chosen on the
@@ -30,7 +31,8 @@ import numpy as np
 
 from chatbot_model.retrieval.rag import split_sentences
 
-FEATURES = ("dense_best", "lexical_coverage", "dense_margin", "agreement", "log_length", "known_share")
+FEATURES = ("dense_best", "lexical_coverage", "dense_margin", "agreement", "log_length", "known_share",
+            "sentence_best")
 
 
 @dataclass(frozen=True)

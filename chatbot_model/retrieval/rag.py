@@ -197,6 +197,15 @@ def is_shipped_corpus(manifest: dict) -> bool:
     return manifest.get("documents_digest") == SHIPPED_DOCUMENTS_DIGEST
 
 
+def _best_sentence_cosine(source: Source, vector: np.ndarray) -> float:
+    """The query's best cosine with a sentence of the source's document near its chunk (its chunk's cosine when the
+    sentences carry no vectors): a short question matches one sentence better than a whole chunk."""
+    vectors = source.doc_sentence_vectors
+    if vectors is None or not len(vectors):
+        return float(source.score)
+    return float(np.max(np.asarray(vectors, dtype=np.float32) @ np.asarray(vector, dtype=np.float32)))
+
+
 # ---------------------------------------------------------------- the pipeline
 @dataclass
 class Retrieval:
@@ -463,6 +472,7 @@ class RAGPipeline:
             "agreement": float(dense_first == lexical_first),
             "log_length": math.log1p(len(query.raw)),
             "known_share": self.lexical.known_share(query) if self.lexical is not None else 0.0,
+            "sentence_best": max((_best_sentence_cosine(s, vector) for s in sources[:3]), default=-1.0),
         }
         return Retrieval(sources, features)
 

@@ -71,7 +71,7 @@ def test_evaluate_reports_the_followup_metrics_only_with_predict_turns():
     assert m["followup_hit_at_3"] == 1.0 and "followup_hit_at_3_heldout" not in m
 
 
-def test_the_default_model_resolves_follow_ups_far_better_with_history(index_dir):
+def test_the_default_model_resolves_follow_ups_better_with_history(index_dir):
     from chatbot_model.lifecycle.pyfunc import _PyfuncChatbot
     from chatbot_model.pipeline.service import LLMService
 
@@ -82,9 +82,10 @@ def test_the_default_model_resolves_follow_ups_far_better_with_history(index_dir
         return model.predict(None, pd.DataFrame({"question": questions, "history": histories})).to_dict("records")
 
     m = followup_metrics(predict_turns, CONVERSATIONS)
-    # measured 0.80 / 0.58 (held-out 0.87 / 0.67); dense-only retrieval measured 0.84 / 0.42 (0.87 / 0.47): the
-    # hybrid retrieval finds more follow-ups from their own words, so history adds less. The bounds leave room
-    # for embedder runtimes, not for a rule that stops working
+    # measured 0.82 / 0.72 without history (held-out 0.87 / 0.80). Dense-only retrieval measured 0.84 / 0.42
+    # (0.87 / 0.47), hybrid retrieval 0.80 / 0.58 (0.87 / 0.67): each step finds more follow-ups from their own
+    # words, and the abstention model's sentence feature declines fewer of them asked alone, so history adds
+    # less. The bounds leave room for embedder runtimes, not for a rule that stops working
     assert m["followup_hit_at_3"] >= 0.78 and m["followup_hit_at_3_heldout"] >= 0.80
-    assert m["followup_hit_at_3"] - m["followup_hit_at_3_no_history"] >= 0.15
-    assert m["followup_hit_at_3_heldout"] - m["followup_hit_at_3_heldout_no_history"] >= 0.15
+    assert m["followup_hit_at_3"] - m["followup_hit_at_3_no_history"] >= 0.06
+    assert m["followup_hit_at_3_heldout"] > m["followup_hit_at_3_heldout_no_history"]

@@ -41,6 +41,7 @@ def test_a_port_clash_is_answered_with_how_to_find_or_move_the_process(service):
 @pytest.mark.parametrize("question", ["How do I add my own documents to the knowledge base?",
                                       "Can I use my own documents?", "How do I roll back a version?",
                                       "what does the router do", "use my own docs", "what port does it use",
+                                      "how many dims are the vectors", "hook it up to vllm",
                                       pytest.param("is there a single place where all the tunable settings are "
                                                    "listed?", marks=pytest.mark.xfail(
                                                        strict=True, reason="known miss: still declined"))])

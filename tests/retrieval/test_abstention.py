@@ -28,6 +28,17 @@ def test_a_fitted_model_answers_covered_questions_and_declines_off_topic_ones():
     assert [again.covered(r) for r in covered[:20]] == [model.covered(r) for r in covered[:20]]
 
 
+def test_a_model_fitted_on_fewer_features_decides_on_those_only():
+    # a version logged before a feature existed carries its own model in model_settings.json
+    older = AbstentionModel.from_dict({"features": list(FEATURES[:6]), "weights": [8, 4, 1, 1.5, -2, 6],
+                                       "bias": -4, "threshold": 0.69})
+    row = rows(np.random.default_rng(0), 1, 0.5, 0.4, 1.0)[0]
+    assert older.probability(row) == older.probability({**row, "sentence_best": -1.0})
+    with pytest.raises(ValueError, match="known features are"):
+        AbstentionModel.from_dict({"features": ["dense_best", "made_up"], "weights": [1, 1], "bias": 0,
+                                   "threshold": 0.5})
+
+
 def test_the_threshold_declines_the_asked_share_of_off_topic_training_questions():
     assert choose_threshold(np.array([0.9]), np.linspace(0, 0.8, 101), min_declined=0.99) == 0.80
     assert choose_threshold(np.array([0.9]), np.zeros(10)) == 0.5  # never below the neutral point

@@ -67,7 +67,8 @@ def test_hybrid_retrieval_reports_the_abstention_features_and_carries_whole_docu
     found = rag.retrieve_vectors([question], rag.encode_queries([question]))[0]
     assert found.sources[0].chunk.doc_id == "tracing"
     assert set(found.features) == {"dense_best", "lexical_coverage", "dense_margin", "agreement", "log_length",
-                                   "known_share"}
+                                   "known_share", "sentence_best"}
+    assert found.features["sentence_best"] > found.features["dense_best"]  # one sentence says it, not the chunk
     assert found.features["agreement"] == 1.0 and 0 < found.features["lexical_coverage"] <= 1
     top = found.sources[0]
     assert "Tracing can be switched off with CHATBOT_TRACING=false." in top.doc_sentences
