@@ -139,8 +139,8 @@ _EMPTY_STORE: list[Path] = []
 
 
 def tracking_store(directory) -> str:
-    """`sqlite:///<directory>/mlflow.db`, a copy of an empty MLflow store: its schema is made once per process
-    (MLflow's migrations take seconds on every new store)."""
+    """`sqlite:///<directory>/mlflow.db`; when no store is there yet, a copy of an empty MLflow store, whose schema is
+    made once per process (MLflow's migrations take seconds on every new store). A store already there is kept."""
     from mlflow.tracking import MlflowClient
 
     if not _EMPTY_STORE:
@@ -149,8 +149,9 @@ def tracking_store(directory) -> str:
         MlflowClient(f"sqlite:///{template}").search_experiments()
         _EMPTY_STORE.append(template)
     db = Path(directory) / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_EMPTY_STORE[0], db)
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_EMPTY_STORE[0], db)
     return f"sqlite:///{db}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fake_llm_server import FakeLLMServer
-from tests.helpers import chat_page_app_server, serving, tracking_store
+from tests.helpers import chat_page_app_server, serving
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,9 @@ def live(service):
 
 
 @pytest.fixture
-def chat_page_server(shipped_index, tmp_path, monkeypatch):
-    """The chat page served (service backend) on a ready LiveServer, and its settings."""
-    import mlflow
-
-    store = tracking_store(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    mlflow.set_tracking_uri(store)
+def chat_page_server(shipped_index, tmp_path):
+    """The chat page served (service backend) on a ready LiveServer, and its settings (the tracking store is the
+    test's own, `isolated`'s)."""
     server, settings = chat_page_app_server(shipped_index, tmp_path)
     yield server, settings
     server.close()
