@@ -118,7 +118,8 @@ def build(root: Path, n_chunks: int, old_root: Path | None, seed: int = 0) -> di
             means = np.add.reduceat(vecs, starts, axis=0)
             first = block_chunks[0].chunk_id
             chunk_vectors[first:first + len(block_chunks)] = means / np.linalg.norm(means, axis=1, keepdims=True)
-            writer.add(block_chunks, vecs)
+            contexts = vecs + rng.normal(0, 0.01, vecs.shape).astype(np.float32)  # stand-ins, as `vecs` are
+            writer.add(block_chunks, vecs, contexts / np.linalg.norm(contexts, axis=1, keepdims=True))
             if old:
                 old.add(block_chunks, vecs)
             n_sentences += len(vecs)

@@ -59,6 +59,7 @@ class Source:
     # the best sentence of the document rather than of the chunk; () / None when retrieval did not add them
     doc_sentences: tuple[str, ...] = ()
     doc_sentence_vectors: np.ndarray | None = None
+    doc_context_vectors: np.ndarray | None = None  # the same sentences embedded after the document's title
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.chunk.doc_id, "title": self.chunk.title, "source": self.chunk.source,

@@ -3,7 +3,8 @@ each as [n], n being the 1-based index of its source in `request.sources` (the n
 
 Which sentence leads: every sentence of the top documents (`Source.doc_sentences`, the whole document near the
 retrieved chunk, not only the chunk) is scored against the question (`score_sentences`): its cosine with the
-question, plus `OVERLAP_WEIGHT` times the share of the question's words it contains, plus `HOW_WEIGHT` when the
+question (of the mean of its own vector and its context vector, the sentence embedded after its document's
+title, `CONTEXT_SHARE`, when retrieval carries them), plus `OVERLAP_WEIGHT` times the share of the question's words it contains, plus `HOW_WEIGHT` when the
 question asks how / which / where (or names a command, flag, setting, port or endpoint) and the sentence holds
 one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, an `/endpoint`, a port, a code span), plus
 `SOURCE_WEIGHT` times its source's retrieval score. The answer leads with the best-scoring sentence (leading
@@ -39,6 +40,7 @@ NOT_COVERED = (f"Sorry, the knowledge base does not cover that question, so I ha
                f"{KB_TOPIC}. Ask about one of those, or add documents on your topic to the knowledge base.")
 GENERIC_NOT_COVERED = ("Sorry, the knowledge base does not cover that question, so I have no answer from it. Ask "
                        "about a topic of its documents, or add documents on your topic to the knowledge base.")
+CONTEXT_SHARE = 0.5  # weight of the context vector in the vector a sentence is ranked by (0.3-1.0 measured)
 SOURCE_WEIGHT = 0.1  # how much the retrieval score of a sentence's source adds to its similarity
 FIRST_SOURCE_SHARE = 0.75  # the lead comes from source 1 (the best-ranked document) when its best sentence scores
 # at least this share of the best sentence of any source
@@ -80,7 +82,7 @@ class AnswerStyle:
 
 ANSWER_STYLES = {  # checked in order; a hint with none of the words gets "standard"
     "detailed": AnswerStyle(5, 0.35, ("detailed", "grounded", "factual", "thorough"), new_facts_only=False),
-    "concise": AnswerStyle(3, 0.75, ("concise", "brief", "short")),
+    "concise": AnswerStyle(3, 0.55, ("concise", "brief", "short")),
     "standard": AnswerStyle(3, 0.6),
 }
 
@@ -101,7 +103,8 @@ class _Candidate:
     source_no: int  # 1-based, the citation number
     position: int  # index of the sentence in its chunk
     text: str
-    vector: np.ndarray
+    vector: np.ndarray  # the sentence's own vector (duplicates, the output guardrail)
+    context: np.ndarray | None = None  # its context vector, when retrieval carries them
     score: float = 0.0
     similarity: float = 0.0
 
@@ -127,10 +130,11 @@ class LocalProvider(Provider):
         pending: list[tuple[int, int, str]] = []  # (source_no, position, text) still needing a vector
         candidates: list[_Candidate] = []
         for no, source in enumerate(request.sources, start=1):
-            sentences, vectors = _sentences_of(source)
+            sentences, vectors, contexts = _sentences_of(source)
             for pos, text in enumerate(sentences):
                 if vectors is not None:
-                    candidates.append(_Candidate(no, pos, text, vectors[pos]))
+                    candidates.append(_Candidate(no, pos, text, vectors[pos],
+                                                 None if contexts is None else contexts[pos]))
                 else:
                     pending.append((no, pos, text))
         question = request.question_vector
@@ -148,19 +152,24 @@ class LocalProvider(Provider):
         return candidates, _unit(np.asarray(question, dtype=np.float32).reshape(-1))
 
 
-def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None]:
-    """The sentences of the source's document near its chunk (`doc_sentences`) with their vectors when retrieval
-    added them; else the chunk's sentences and, when they line up with them, its precomputed sentence vectors."""
+def _sentences_of(source: Source) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+    """(sentences, vectors, context vectors): the sentences of the source's document near its chunk
+    (`doc_sentences`) with the vectors retrieval added; else the chunk's sentences and, when they line up with
+    them, its precomputed sentence vectors (no context vectors)."""
     if source.doc_sentences and source.doc_sentence_vectors is not None \
             and len(source.doc_sentence_vectors) == len(source.doc_sentences):
-        return list(source.doc_sentences), np.asarray(source.doc_sentence_vectors, dtype=np.float32)
+        contexts = source.doc_context_vectors
+        if contexts is not None and len(contexts) != len(source.doc_sentences):
+            contexts = None
+        return (list(source.doc_sentences), np.asarray(source.doc_sentence_vectors, dtype=np.float32),
+                None if contexts is None else np.asarray(contexts, dtype=np.float32))
     sentences = [s.strip() for s in source.chunk.sentences if s and s.strip()]
     if sentences and len(sentences) == len(source.chunk.sentences):
         vectors = source.sentence_vectors
         if vectors is not None and np.ndim(vectors) == 2 and len(vectors) == len(sentences):
-            return sentences, np.asarray(vectors, dtype=np.float32)
-        return sentences, None
-    return sentences or split_sentences(source.chunk.text), None
+            return sentences, np.asarray(vectors, dtype=np.float32), None
+        return sentences, None, None
+    return sentences or split_sentences(source.chunk.text), None, None
 
 
 @lru_cache(maxsize=65536)  # knowledge-base sentences come back question after question
@@ -179,14 +188,20 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
 def score_sentences(candidates: list[_Candidate], question: np.ndarray, request: CompletionRequest) -> None:
     """Set each candidate's score (module doc): cosine + word overlap + how-cue + source score."""
     asked = _words(request.question)
     how = bool(ASKS_HOW.search(request.question))
-    matrix = np.asarray(np.stack([np.asarray(c.vector, dtype=np.float32).reshape(-1) for c in candidates]))
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    matrix = matrix / np.where(norms > 0, norms, 1.0)
-    similarity = matrix @ question
+    matrix = _unit_rows(np.stack([np.asarray(c.vector, dtype=np.float32).reshape(-1) for c in candidates]))
+    ranked_by = _unit_rows(np.stack([
+        v if c.context is None else (1 - CONTEXT_SHARE) * v + CONTEXT_SHARE * _unit(np.asarray(c.context, np.float32))
+        for c, v in zip(candidates, matrix)]))
+    similarity = ranked_by @ question
     for c, vector, sim in zip(candidates, matrix, similarity):
         c.vector, c.similarity = vector, float(sim)
         overlap = len(asked & _words(c.text)) / len(asked) if asked else 0.0

@@ -8,7 +8,9 @@ holds only the pages it reads (the chunks a question retrieves). Files, written 
 | `sentences.bin` | every sentence, UTF-8, concatenated in chunk order |
 | `sentence_bytes.npy` | int64 byte offset of each sentence in `sentences.bin` (n_sentences + 1) |
 | `sentence_offsets.npy` | int64 index of each chunk's first sentence (n_chunks + 1) |
-| `sentence_vectors.npy` | float16 (n_sentences, dim): the local answerer's sentence embeddings |
+| `sentence_vectors.npy` | float16 (n_sentences, dim): the sentence embeddings (abstention, output guardrail) |
+| `context_vectors.npy` | float16 (n_sentences, dim): each sentence embedded after its document's title
+(`in_context`), which the local answerer ranks by |
 | `chunk_docs.npy` | int32 document number of each chunk |
 | `documents.json` | [[id, title, source], ...] by document number |
 
@@ -29,23 +31,30 @@ import numpy as np
 from chatbot_model.contract import Chunk
 
 STORE_FILES = ("sentences.bin", "sentence_bytes.npy", "sentence_offsets.npy", "sentence_vectors.npy",
-               "chunk_docs.npy", "documents.json")
+               "context_vectors.npy", "chunk_docs.npy", "documents.json")
 VECTOR_DTYPE = np.float16
+VECTOR_FILES = ("sentence_vectors", "context_vectors")
+
+
+def in_context(title: str, sentence: str) -> str:
+    """The text embedded as a sentence's context vector: "Anthropic provider. ANTHROPIC_BASE_URL points ..." (a
+    sentence alone often does not say what it is about)."""
+    return f"{title}. {sentence}" if title else sentence
 
 
 class ChunkStoreWriter:
-    """Appends chunks (in `chunk_id` order, with their sentence vectors) to a new store in `root`; `close()`
-    writes the index files. Blocks keep memory flat when a large corpus is written in parts."""
+    """Appends chunks (in `chunk_id` order, with their sentence and context vectors) to a new store in `root`;
+    `close()` writes the index files. Blocks keep memory flat when a large corpus is written in parts."""
 
     def __init__(self, root: Path, dim: int):
         self.root, self.dim = Path(root), dim
         self._text = open(self.root / "sentences.bin", "wb")
-        self._raw = open(self.root / "sentence_vectors.raw", "wb")
+        self._raw = {name: open(self.root / f"{name}.raw", "wb") for name in VECTOR_FILES}
         self._bytes, self._offsets, self._docs = [0], [0], []
         self._doc_no: dict[str, int] = {}
         self._documents: list[list[str]] = []
 
-    def add(self, chunks: Iterable[Chunk], sentence_vectors: np.ndarray) -> None:
+    def add(self, chunks: Iterable[Chunk], sentence_vectors: np.ndarray, context_vectors: np.ndarray) -> None:
         start = self._offsets[-1]
         for chunk in chunks:
             if chunk.chunk_id != len(self._docs):
@@ -58,48 +67,54 @@ class ChunkStoreWriter:
                 self._bytes.append(self._bytes[-1] + self._text.write(sentence.encode("utf-8")))
             self._offsets.append(len(self._bytes) - 1)
         count = self._offsets[-1] - start
-        if len(sentence_vectors) != count or (count and np.shape(sentence_vectors)[1:] != (self.dim,)):
-            raise ValueError(f"{np.shape(sentence_vectors)} sentence vectors for {count} sentences of dim {self.dim}")
-        if count:
-            self._raw.write(np.ascontiguousarray(sentence_vectors, dtype=VECTOR_DTYPE).tobytes())
+        for name, vectors in zip(VECTOR_FILES, (sentence_vectors, context_vectors)):
+            if len(vectors) != count or (count and np.shape(vectors)[1:] != (self.dim,)):
+                raise ValueError(f"{np.shape(vectors)} {name} for {count} sentences of dim {self.dim}")
+            if count:
+                self._raw[name].write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
 
     def close(self) -> None:
         self._text.close()
-        self._raw.close()
-        raw = self.root / "sentence_vectors.raw"
-        with open(self.root / "sentence_vectors.npy", "wb") as out, open(raw, "rb") as data:
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(VECTOR_DTYPE)),
-                                                      "fortran_order": False, "shape": (self._offsets[-1], self.dim)})
-            shutil.copyfileobj(data, out, 16 << 20)
-        raw.unlink()
+        for name, handle in self._raw.items():
+            handle.close()
+            raw = self.root / f"{name}.raw"
+            with open(self.root / f"{name}.npy", "wb") as out, open(raw, "rb") as data:
+                np.lib.format.write_array_header_1_0(out, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(VECTOR_DTYPE)), "fortran_order": False,
+                    "shape": (self._offsets[-1], self.dim)})
+                shutil.copyfileobj(data, out, 16 << 20)
+            raw.unlink()
         np.save(self.root / "sentence_bytes.npy", np.asarray(self._bytes, dtype=np.int64))
         np.save(self.root / "sentence_offsets.npy", np.asarray(self._offsets, dtype=np.int64))
         np.save(self.root / "chunk_docs.npy", np.asarray(self._docs, dtype=np.int32))
         (self.root / "documents.json").write_text(json.dumps(self._documents, ensure_ascii=False), encoding="utf-8")
 
 
-def write_store(root: Path, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
+def write_store(root: Path, chunks: list[Chunk], sentence_vectors: np.ndarray, context_vectors: np.ndarray) -> None:
     """The store of `chunks` (all in memory) in `root`."""
     writer = ChunkStoreWriter(root, sentence_vectors.shape[1] if sentence_vectors.ndim == 2 else 0)
-    writer.add(chunks, sentence_vectors)
+    writer.add(chunks, sentence_vectors, context_vectors)
     writer.close()
 
 
 class ChunkStore(Sequence):
-    """The chunks of an index directory, read on demand: `store[i]` is a `Chunk`, `store.sentence_vectors(i)`
-    its sentence vectors (float32), `store.chunk_docs[i]` its document number (for per-document dedup)."""
+    """The chunks of an index directory, read on demand: `store[i]` is a `Chunk`, `store.sentence_vectors(i)` and
+    `store.context_vectors(i)` its sentence and context vectors (float32), `store.chunk_docs[i]` its document
+    number (for per-document dedup)."""
 
     def __init__(self, root: Path):
         root = Path(root)
         self.sentence_offsets = np.load(root / "sentence_offsets.npy", mmap_mode="r")
         self.sentence_bytes = np.load(root / "sentence_bytes.npy", mmap_mode="r")
         self.vectors = np.load(root / "sentence_vectors.npy", mmap_mode="r")
+        self.contexts = np.load(root / "context_vectors.npy", mmap_mode="r")
         self.chunk_docs = np.load(root / "chunk_docs.npy", mmap_mode="r")
         size = int(self.sentence_bytes[-1])
         self.text = np.memmap(root / "sentences.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
         self.documents = json.loads((root / "documents.json").read_text(encoding="utf-8"))
         n = len(self.chunk_docs)
         if len(self.sentence_offsets) != n + 1 or len(self.vectors) != int(self.sentence_offsets[-1]) \
+                or self.contexts.shape != self.vectors.shape \
                 or len(self.sentence_bytes) != len(self.vectors) + 1 or len(self.text) != size:
             raise ValueError(f"the chunk store in {root} is inconsistent (a partial write?)")
 
@@ -125,4 +140,9 @@ class ChunkStore(Sequence):
     def sentence_vectors(self, i: int) -> np.ndarray:
         """Chunk i's sentence vectors, float32 (a copy: the mapped pages stay shared and read-only)."""
         return np.asarray(self.vectors[int(self.sentence_offsets[i]):int(self.sentence_offsets[i + 1])],
+                          dtype=np.float32)
+
+    def context_vectors(self, i: int) -> np.ndarray:
+        """Chunk i's context vectors (`in_context`), float32."""
+        return np.asarray(self.contexts[int(self.sentence_offsets[i]):int(self.sentence_offsets[i + 1])],
                           dtype=np.float32)

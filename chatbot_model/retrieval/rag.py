@@ -43,13 +43,13 @@ from chatbot_model.config import Settings
 from chatbot_model.contract import Chunk, Document, Source
 from chatbot_model.retrieval.lexical import TOKENIZER, LexicalIndex, LexicalQuery
 from chatbot_model.errors import ConfigError, InvalidInput
-from chatbot_model.retrieval.chunk_store import ChunkStore, write_store
+from chatbot_model.retrieval.chunk_store import ChunkStore, in_context, write_store
 from chatbot_model.retrieval.embedder import EMBEDDED_MODEL, get_embedder
 from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, build_index, choose_index_type
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
-INDEX_FORMAT = 3  # 3: with the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
+INDEX_FORMAT = 4  # 4: with context vectors; 3: with the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
 DENSE_CANDIDATES = 10  # documents taken from the dense search per question (at least 4 x k)
 LEXICAL_CANDIDATES = 10  # documents taken from BM25 per question
 DOC_CHUNKS = 6  # most chunks of one document whose sentences a source carries (those nearest its best chunk)
@@ -259,8 +259,10 @@ class RAGPipeline:
         fp = fp or fingerprint(docs, self.embedder_name, self.settings)
         chunks = chunk_documents(docs, self.settings.chunk_size, self.settings.chunk_overlap)
         sentences = [s for c in chunks for s in c.sentences]
-        vectors = self._encode_batches([c.text for c in chunks] + sentences, progress)
-        chunk_vecs, sent_vecs = vectors[: len(chunks)], vectors[len(chunks):]
+        contexts = [in_context(c.title, s) for c in chunks for s in c.sentences]
+        vectors = self._encode_batches([c.text for c in chunks] + sentences + contexts, progress)
+        n, m = len(chunks), len(sentences)
+        chunk_vecs, sent_vecs, context_vecs = vectors[:n], vectors[n:n + m], vectors[n + m:]
         self.index, index_params = self._make_index(chunk_vecs)
         self.lexical = LexicalIndex.build(chunks)
         self.manifest = {"format": INDEX_FORMAT, "fingerprint": fp, "embedder": self.embedder_name,
@@ -271,7 +273,7 @@ class RAGPipeline:
                          "lexical": {"type": "bm25s", "terms": len(self.lexical.idf)},
                          "documents_digest": documents_digest(docs),
                          "build_seconds": round(time.perf_counter() - started, 3)}
-        self._persist(chunks, sent_vecs)
+        self._persist(chunks, sent_vecs, context_vecs)
         return self
 
     def _encode_batches(self, texts: list[str], progress: bool) -> np.ndarray:
@@ -298,7 +300,7 @@ class RAGPipeline:
         return build_index(vectors, s.index_type, hnsw_m=s.hnsw_m, hnsw_ef_search=s.hnsw_ef_search,
                            ivf_nprobe=s.ivf_nprobe)
 
-    def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray) -> None:
+    def _persist(self, chunks: list[Chunk], sentence_vectors: np.ndarray, context_vectors: np.ndarray) -> None:
         """Write the index directory (atomically), then map its chunk store."""
         import faiss
 
@@ -307,7 +309,7 @@ class RAGPipeline:
         tmp = Path(tempfile.mkdtemp(prefix=".index-", dir=target.parent))
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
-            write_store(tmp, chunks, sentence_vectors)
+            write_store(tmp, chunks, sentence_vectors, context_vectors)
             self.lexical.save(tmp)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
             old = target.with_name(target.name + ".old")
@@ -488,20 +490,22 @@ class RAGPipeline:
         lo, hi = self._doc_range(doc_no)
         own = source.chunk.chunk_id
         nearest = sorted(range(lo, hi), key=lambda i: (abs(i - own), i))[:DOC_CHUNKS]
-        seen, sentences, vectors = set(), [], []
+        seen, sentences, vectors, contexts = set(), [], [], []
         for i in sorted(nearest):
             chunk = source.chunk if i == own else self.chunks[i]
             vecs = source.sentence_vectors if i == own else self.chunks.sentence_vectors(i)
             if vecs is None or len(vecs) != len(chunk.sentences):
                 continue
-            for text, vec in zip(chunk.sentences, vecs):
+            for text, vec, context in zip(chunk.sentences, vecs, self.chunks.context_vectors(i)):
                 if text not in seen:
                     seen.add(text)
                     sentences.append(text)
                     vectors.append(vec)
+                    contexts.append(context)
         if sentences:
             source.doc_sentences = tuple(sentences)
             source.doc_sentence_vectors = np.asarray(vectors, dtype=np.float32)
+            source.doc_context_vectors = np.asarray(contexts, dtype=np.float32)
         return source
 
     def info(self) -> dict:

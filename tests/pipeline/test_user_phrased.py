@@ -32,6 +32,17 @@ def test_the_answer_leads_with_what_answers(service, question, says):
     assert not result.abstained and says in first_sentence(result.answer), result.answer
 
 
+@pytest.mark.parametrize("question, says", [
+    ("can i feed it a folder of markdown files", "build-index"),
+    ("make the served model reachable from another machine", "--host 0.0.0.0"),
+    ("whats the body format for /invocations again", "dataframe_records"),
+    ("make the toxicity filter stricter", "CHATBOT_GUARDRAIL_THRESHOLD"),
+])
+def test_the_answer_holds_the_command_or_setting_asked_for(service, question, says):
+    result = service.answer(question)
+    assert not result.abstained and says in result.answer, result.answer
+
+
 def test_a_port_clash_is_answered_with_how_to_find_or_move_the_process(service):
     answer = service.answer("adress already in use when i start mlflow ui, wat do").answer
     assert any(term in answer for term in ("lsof -i", "ss -ltnp", "-p 5002", "--port 8001")), answer

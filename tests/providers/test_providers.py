@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import numpy as np
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -310,6 +311,22 @@ def test_local_gives_the_same_answer_with_or_without_precomputed_vectors(local):
     }
     assert len(answers) == 1
     assert "[1]" in answers.pop()
+
+
+def test_local_ranks_sentences_read_in_their_document_context(local):
+    """A sentence whose context vector (the sentence after its document's title) is about the question leads,
+    though its own words are not; without context vectors the sentence's own vector decides."""
+    from chatbot_model.retrieval.embedder import get_embedder
+
+    question = "Which formats does the server accept?"
+    source = make_source(1, "serving", SERVING, 0.5, vectors=True)
+    source.doc_sentences, source.doc_sentence_vectors = source.chunk.sentences, source.sentence_vectors
+    alone = cited(local.complete(local_request(question, [source])).text)[0][0]
+    target = next(s for s in source.chunk.sentences if s != alone)
+    contexts = np.array(source.sentence_vectors)
+    contexts[source.chunk.sentences.index(target)] = get_embedder("").encode([question])[0]
+    source.doc_context_vectors = contexts
+    assert cited(local.complete(local_request(question, [source])).text)[0][0] == target
 
 
 def test_local_splits_the_text_when_the_chunk_has_no_sentences(local):

@@ -124,6 +124,18 @@ def test_sentence_vectors_align_with_chunk_sentences(rag):
     assert np.all(cosines > 0.9999)
 
 
+def test_context_vectors_embed_each_sentence_after_its_document_title(rag):
+    from chatbot_model.retrieval.chunk_store import in_context
+
+    source = rag.retrieve("exact inner product search", k=1)[0]
+    chunk = source.chunk
+    direct = rag.embedder.encode([in_context(chunk.title, s) for s in chunk.sentences])
+    assert np.allclose(direct, rag.chunks.context_vectors(chunk.chunk_id), atol=1e-3)  # stored as float16
+    assert not np.allclose(direct, source.sentence_vectors, atol=1e-2)
+    assert source.doc_context_vectors.shape == source.doc_sentence_vectors.shape == (len(source.doc_sentences),
+                                                                                     rag.embedder.dim)
+
+
 def test_the_chunk_store_is_memory_mapped_and_gives_back_every_chunk(corpus, tmp_path):
     settings = load_settings(docs_path=corpus, index_dir=tmp_path / "idx")
     built = RAGPipeline(settings).load_or_build()
