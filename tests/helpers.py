@@ -419,7 +419,9 @@ def request_for(name, **kw):
 SERVICE_CORPUS = [
     {"id": "aliases", "title": "Model aliases", "source": "docs/aliases.md",
      "text": "MLflow aliases are mutable named references to a model version. "
-             "Load an aliased model with the URI models:/name@alias. Moving an alias redeploys without new code."},
+             "Load an aliased model with the URI models:/name@alias. Moving an alias redeploys without new code. "
+             "MlflowClient.set_registered_model_alias sets an alias. The registry UI shows each alias beside its "
+             "version."},
     {"id": "faiss", "title": "FAISS indexes", "source": "docs/faiss.md",
      "text": "IndexFlatIP performs exact inner product search over all vectors. "
              "HNSW is an approximate graph index that trades a little recall for speed."},

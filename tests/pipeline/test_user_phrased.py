@@ -36,7 +36,8 @@ def test_the_answer_leads_with_what_answers(service, question, says):
     ("can i feed it a folder of markdown files", "build-index"),
     ("make the served model reachable from another machine", "--host 0.0.0.0"),
     ("whats the body format for /invocations again", "dataframe_records"),
-    ("make the toxicity filter stricter", "CHATBOT_GUARDRAIL_THRESHOLD"),
+    ("what columns does predict return", "latency_ms"),
+    ("do replicas share the router bias", "same adaptation state"),
 ])
 def test_the_answer_holds_the_command_or_setting_asked_for(service, question, says):
     result = service.answer(question)
