@@ -6,12 +6,12 @@ retrieved chunk, not only the chunk) is scored against the question (`score_sent
 question (of the mean of its own vector and its context vector, the sentence embedded after its document's
 title, `CONTEXT_SHARE`, when retrieval carries them), plus `OVERLAP_WEIGHT` times the share of the question's words it contains, plus `HOW_WEIGHT` when the
 question asks how / which / where (or names a command, flag, setting, port or endpoint) and the sentence holds
-one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, a `snake_case` name, an `/endpoint`, a port, a
-code span), plus
+one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, a `snake_case` or `CamelCase` name, an acronym,
+an `/endpoint`, a port, a code span), plus
 `SOURCE_WEIGHT` times its source's retrieval score. The answer leads with the best-scoring sentence (leading
 only from source 1 measured no better on dev, and a caller's numbering need not be by rank); a further sentence
 is added only when it scores within the style's `relative_floor` of the lead and brings a fact the answer does
-not hold yet (a command, setting or number not in it, or a word of the question no chosen sentence has,
+not hold yet (a command, setting, name or number not in it, or a word of the question no chosen sentence has,
 `_adds_fact`), from any cited source. Weights chosen on the dev part of artifacts/eval/user_questions.jsonl
 (docs/answer-quality.md).
 
@@ -55,7 +55,8 @@ ASKS_HOW = re.compile(r"\b(how|which|where|what (command|flag|setting|port|endpo
 ACTIONABLE = re.compile(
     r"`[^`]+`|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|(?<![\w-])--?[a-z][\w-]*|(?<![\w.])/[a-z][\w./-]*|:\d{2,5}\b|"
     r"\b(llmops-chatbot|mlflow|kubectl|curl|pip|make|uvicorn|docker|ss|lsof|kill|hf|export|printf)\s+[\w.-]|"
-    r"\b\w+\.\w+\(|\b\w+=\S|\b\d+(\.\d+)?\b|\b[a-z][a-z0-9]*_[a-z0-9_]+\b")
+    r"\b\w+\.\w+\(|\b\w+=\S|\b\d+(\.\d+)?\b|\b[a-z][a-z0-9]*_[a-z0-9_]+\b|\b[A-Z][a-z0-9]+[A-Z]\w*\b|"
+    r"\b[A-Z]{2,}[0-9]*\b")
 _WORD = re.compile(r"[a-z0-9]+(?:[_.:/-][a-z0-9]+)*")
 DUPLICATE_COS = 0.92  # sentences closer than this to a chosen one are skipped
 MIN_SIMILARITY = 0.15  # below this cosine (all-MiniLM-L6-v2 scale) nothing retrieved is about the question
