@@ -27,6 +27,7 @@ import numpy as np
 from chatbot_model.config import Settings
 from chatbot_model.errors import ConfigError, InvalidInput, unknown_name
 from chatbot_model.guardrail.embedded import CACHED_TEXTS, load_model
+from chatbot_model.guardrail.stated_hatred import states_hatred
 from chatbot_model.guardrail.toxic_bert_onnx import OnnxTextClassifier
 from chatbot_model.providers import runner
 from chatbot_model.providers.breaker import CircuitBreaker
@@ -36,6 +37,7 @@ from chatbot_model.retrieval.onnx_export import onnx_model_dir
 
 log = logging.getLogger(__name__)
 
+STATED_HATRED = "stated_hatred"  # the label of `states_hatred`
 SAFE_REPLY = (
     "I can't help with that request. Please rephrase it respectfully and without harmful content, "
     "and I'll be glad to help with your question."
@@ -400,7 +402,9 @@ CLASSIFIERS: dict[str, Callable[[Settings], Classifier]] = {
 
 
 class Guardrail:
-    """Applies one classifier and the threshold rule: unsafe when any label's score >= `threshold`."""
+    """Applies one classifier and the threshold rule: unsafe when any label's score >= `threshold`. A text that
+    states hatred of a protected group plainly (`stated_hatred.states_hatred`) also gets the label
+    `STATED_HATRED` at 1.0, whatever the backend."""
 
     def __init__(self, classifier: Classifier, threshold: float = 0.5):
         if not 0 < threshold < 1:
@@ -430,11 +434,13 @@ class Guardrail:
             raise InvalidInput(f"got {len(vectors)} vectors for {len(texts)} texts")
         scored = getattr(self.classifier, "scored", None)  # a classifier with a fallback names who decided
         scores, backend = scored(texts, vectors) if scored else (self.classifier.scores(texts, vectors), self.backend)
-        return [self._verdict(s, backend) for s in scores]
+        return [self._verdict({**s, STATED_HATRED: 1.0} if states_hatred(t) else s, backend)
+                for t, s in zip(texts, scores)]
 
     def combine(self, parts: list[GuardrailResult]) -> GuardrailResult:
         """The verdict on a text made of `parts`: each label's highest score (unsafe when any part is)."""
-        scores = {label: max(p.scores[label] for p in parts) for label in parts[0].scores}
+        labels = dict.fromkeys(label for p in parts for label in p.scores)
+        scores = {label: max(p.scores.get(label, 0.0) for p in parts) for label in labels}
         return self._verdict(scores, parts[0].backend)
 
     def _verdict(self, scores: dict[str, float], backend: str | None = None) -> GuardrailResult:
