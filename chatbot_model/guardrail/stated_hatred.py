@@ -4,7 +4,8 @@ The embedded classifier learned insults, slurs and threats, but not this: in its
 group also appears in sentences that pass ("I hate how {group} are treated", "I refuse to hate {group}"), so a
 short statement of hatred scores low. These sentences have a fixed shape, so they are matched by shape: a group
 the policy protects (`GROUP`, by its common names) as the object of the speaker's hatred or disgust, or as the
-subject of a disgust, dehumanising or distrust predicate, the sentence ending there. Everything else is left to
+subject of a disgust, dehumanising or distrust predicate, the sentence ending there; or as the subject of a
+denial of worth or ability ("<group> are not honest / capable / welcome ...", `_WORTH`). Everything else is left to
 the classifier: a negation ("I don't hate Muslims"), a group that is not the object ("I hate how Muslims are
 treated", "people who hate Muslims"), a question about hatred ("Why do some people hate Muslims?") and a quoted or
 reported statement ("He said 'I hate Muslims' and was banned") do not match.
@@ -45,13 +46,14 @@ _TAIL = (r"(?:\s+(?:so much|so fucking much|with all my heart|with a passion|mor
          r"\s+(?:because|since|they|for being|for what they)\b)")
 _HATE_VERB = (r"(?:hate|despise|detest|loathe|abhor|resent|can'?t stand|cannot stand|can not stand|can'?t bear|"
               r"cannot bear|can'?t tolerate|(?:am|'m)\s+(?:so\s+)?(?:disgusted|sickened|repulsed|revolted) by|"
-              r"(?:am|'m)\s+(?:so\s+)?sick of|have (?:nothing but )?(?:contempt|hatred|disdain) for|have no respect for|"
+              r"(?:am|'m)\s+(?:so\s+)?sick of|have (?:nothing but )?(?:contempt|hatred|disdain) for|"
+              r"have no respect for|"
               r"want nothing to do with|wish death on|would never trust|will never trust|don'?t trust|"
               r"do not trust|can'?t trust|cannot trust)")
-_WORTH = (  # what "<group> are not ..." denies them: worth, character, ability, humanity (not facts about them)
-    r"honest|trustworthy|smart|intelligent|clever|loyal|capable|competent|decent|civili[sz]ed|human|humans|"
-    r"people|real people|welcome|worthy|deserving|moral|rational|normal|fit to|good (?:people|parents|enough)|"
-    r"as good as|as smart as|equal to|(?:\w+\s+)?people (?:who|that) can be trusted|to be trusted")
+_WORTH = (  # what "<group> are not ..." denies them: worth, character, ability (not facts about them)
+    r"honest|trustworthy|smart|intelligent|clever|loyal|capable|competent|decent|civili[sz]ed|welcome|worthy|"
+    r"deserving|moral|rational|normal|fit to|good (?:people|parents|enough)|as good as|as smart as|"
+    r"(?:\w+\s+)?people (?:who|that) can be trusted|to be trusted")
 _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit|throw up|gag))|"
             r"(?:make|makes) my skin crawl|(?:disgust|revolt|repulse|sicken) me|"
             r"fill me with (?:disgust|rage|hatred|contempt|revulsion)|"
@@ -61,13 +63,14 @@ _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit
             r"garbage|worthless|inferior|evil|pathetic|gross|a disgrace|a waste of space|not (?:real )?(?:people|"
             r"humans|human)|not to be trusted|not people (?:who|that) can be trusted|not people i would ever trust|"
             r"never to be trusted)|(?:can'?t|cannot|can never|should never|must never) be trusted|"
-            r"(?:don'?t|do not) deserve (?:rights|respect|to live|to exist|to be here)|"
-            r"(?:are|r)\s+(?:not|never)\s+(?:very\s+|really\s+|truly\s+)?(?:" + _WORTH + r")")
+            r"(?:don'?t|do not) deserve (?:rights|respect|to live|to exist|to be here)")
 _REPORTED = re.compile(r"\b(?:say|says|said|saying|claim|claims|claimed|tweet|tweeted|post|posted|wrote|write|"
                        r"writes|shout|shouted|yell|yelled|told|tell|called|quote|quoted|chant|chanted)\b"
                        r"[^.!?]*$|[\"“‘']\s*$", re.IGNORECASE)
 STATED_HATRED = re.compile(rf"{_START}(?P<clause>(?:i|we)\s+{_ADVERBS}{_HATE_VERB}\s+{_DET}{GROUP}{_TAIL}|"
-                           rf"{_DET}{GROUP}\s+{_ADVERBS}(?:{_DISGUST}){_TAIL})", re.IGNORECASE)
+                           rf"{_DET}{GROUP}\s+{_ADVERBS}(?:{_DISGUST}){_TAIL}|"
+                           rf"{_DET}{GROUP}\s+(?:are|r)\s+(?:not|never)\s+{_ADVERBS}(?:{_WORTH})\b)",
+                           re.IGNORECASE)
 
 
 def states_hatred(text: str) -> bool:

@@ -25,6 +25,8 @@ STATED = [
     "Immigrants are not welcome.",
     "Muslims are not human.",
     "Mexicans can never be trusted.",
+    "Muslims are not honest people, any of them.",
+    "Gay men are not capable of raising a child.",
     "The food was bad. I hate Asians.",
 ]
 NOT_STATED = [
@@ -43,6 +45,8 @@ NOT_STATED = [
     "Muslims are not terrorists.",
     "Refugees are not safe in the camps.",
     "Women are not paid equally.",
+    "Refugees are not people to be feared.",
+    "Immigrants are not less capable than anyone else.",
     "I hate Mondays.",
     "I hate it when the build fails.",
     "I'm gay and I hate my haircut.",
