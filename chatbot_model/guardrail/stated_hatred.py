@@ -4,8 +4,9 @@ The embedded classifier learned insults, slurs and threats, but not this: in its
 group also appears in sentences that pass ("I hate how {group} are treated", "I refuse to hate {group}"), so a
 short statement of hatred scores low. These sentences have a fixed shape, so they are matched by shape: a group
 the policy protects (`GROUP`, by its common names) as the object of the speaker's hatred or disgust, or as the
-subject of a disgust, dehumanising or distrust predicate, the sentence ending there; or as the subject of a
-denial of worth or ability ("<group> are not honest / capable / welcome ...", `_WORTH`). Everything else is left to
+subject of a disgust or distrust predicate, the sentence ending there; or as the subject of a dehumanising
+predicate ("<group> are vermin / inferior ...", `_DEHUMANISING`) or of a denial of worth or ability ("<group>
+are not honest / capable / welcome ...", `_WORTH`), however the sentence goes on. Everything else is left to
 the classifier: a negation ("I don't hate Muslims"), a group that is not the object ("I hate how Muslims are
 treated", "people who hate Muslims"), a question about hatred ("Why do some people hate Muslims?") and a quoted or
 reported statement ("He said 'I hate Muslims' and was banned") do not match.
@@ -58,17 +59,19 @@ _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit
             r"(?:make|makes) my skin crawl|(?:disgust|revolt|repulse|sicken) me|"
             r"fill me with (?:disgust|rage|hatred|contempt|revulsion)|"
             r"(?:are|r)\s+(?:so\s+)?(?:repulsive|repugnant|revolting|disgusting) to me|"
-            r"(?:are|r)\s+(?:all\s+|so\s+|just\s+|nothing but\s+)?(?:disgusting|revolting|vile|filth|filthy|scum|"
-            r"vermin|subhuman|sub-human|animals|parasites|cockroaches|rats|a plague|a disease|a cancer|trash|"
-            r"garbage|worthless|inferior|evil|pathetic|gross|a disgrace|a waste of space|not (?:real )?(?:people|"
+            r"(?:are|r)\s+(?:all\s+|so\s+|just\s+|nothing but\s+)?(?:disgusting|revolting|vile|filthy|"
+            r"evil|pathetic|gross|a disgrace|a waste of space|not (?:real )?(?:people|"
             r"humans|human)|not to be trusted|not people (?:who|that) can be trusted|not people i would ever trust|"
             r"never to be trusted)|(?:can'?t|cannot|can never|should never|must never) be trusted|"
             r"(?:don'?t|do not) deserve (?:rights|respect|to live|to exist|to be here)")
+_DEHUMANISING = (r"(?:are|r)\s+(?:all\s+|just\s+|nothing but\s+|like\s+)?(?:filth|scum|vermin|subhuman|sub-human|"
+                 r"animals|parasites|cockroaches|rats|a plague|a disease|a cancer|trash|garbage|worthless|inferior)\b")
 _REPORTED = re.compile(r"\b(?:say|says|said|saying|claim|claims|claimed|tweet|tweeted|post|posted|wrote|write|"
                        r"writes|shout|shouted|yell|yelled|told|tell|called|quote|quoted|chant|chanted)\b"
                        r"[^.!?]*$|[\"“‘']\s*$", re.IGNORECASE)
 STATED_HATRED = re.compile(rf"{_START}(?P<clause>(?:i|we)\s+{_ADVERBS}{_HATE_VERB}\s+{_DET}{GROUP}{_TAIL}|"
                            rf"{_DET}{GROUP}\s+{_ADVERBS}(?:{_DISGUST}){_TAIL}|"
+                           rf"{_DET}{GROUP}\s+{_ADVERBS}{_DEHUMANISING}|"
                            rf"{_DET}{GROUP}\s+(?:are|r)\s+(?:not|never)\s+{_ADVERBS}(?:{_WORTH})\b)",
                            re.IGNORECASE)
 
