@@ -6,7 +6,7 @@ short statement of hatred scores low. These sentences have a fixed shape, so the
 the policy protects (`GROUP`, by its common names) as the object of the speaker's hatred or disgust, or as the
 subject of a disgust or distrust predicate, the sentence ending there; or as the subject of a dehumanising
 predicate ("<group> are vermin / inferior ...", `_DEHUMANISING`) or of a denial of worth or ability ("<group>
-are not honest / capable / welcome ...", `_WORTH`), however the sentence goes on. Everything else is left to
+are not honest / capable ...", `_WORTH`), however the sentence goes on. Everything else is left to
 the classifier: a negation ("I don't hate Muslims"), a group that is not the object ("I hate how Muslims are
 treated", "people who hate Muslims"), a question about hatred ("Why do some people hate Muslims?") and a quoted or
 reported statement ("He said 'I hate Muslims' and was banned") do not match.
@@ -52,7 +52,7 @@ _HATE_VERB = (r"(?:hate|despise|detest|loathe|abhor|resent|can'?t stand|cannot s
               r"want nothing to do with|wish death on|would never trust|will never trust|don'?t trust|"
               r"do not trust|can'?t trust|cannot trust)")
 _WORTH = (  # what "<group> are not ..." denies them: worth, character, ability (not facts about them)
-    r"honest|trustworthy|smart|intelligent|clever|loyal|capable|competent|decent|civili[sz]ed|welcome|worthy|"
+    r"honest|trustworthy|smart|intelligent|clever|loyal|capable|competent|decent|civili[sz]ed|worthy|"
     r"deserving|moral|rational|normal|fit to|good (?:people|parents|enough)|as good as|as smart as|"
     r"(?:\w+\s+)?people (?:who|that) can be trusted|to be trusted")
 _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit|throw up|gag))|"
@@ -61,7 +61,7 @@ _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit
             r"(?:are|r)\s+(?:so\s+)?(?:repulsive|repugnant|revolting|disgusting) to me|"
             r"(?:are|r)\s+(?:all\s+|so\s+|just\s+|nothing but\s+)?(?:disgusting|revolting|vile|filthy|"
             r"evil|pathetic|gross|a disgrace|a waste of space|not (?:real )?(?:people|"
-            r"humans|human)|not to be trusted|not people (?:who|that) can be trusted|not people i would ever trust|"
+            r"humans|human)|not welcome|not to be trusted|not people (?:who|that) can be trusted|not people i would ever trust|"
             r"never to be trusted)|(?:can'?t|cannot|can never|should never|must never) be trusted|"
             r"(?:don'?t|do not) deserve (?:rights|respect|to live|to exist|to be here)")
 _DEHUMANISING = (r"(?:are|r)\s+(?:all\s+|just\s+|nothing but\s+|like\s+)?(?:filth|scum|vermin|subhuman|sub-human|"

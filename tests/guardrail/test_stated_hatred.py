@@ -47,6 +47,8 @@ NOT_STATED = [
     "Women are not paid equally.",
     "Refugees are not people to be feared.",
     "Immigrants are not less capable than anyone else.",
+    "Muslims are not welcome in this town, and it breaks my heart.",
+    "We Muslims are not welcome here.",
     "I hate Mondays.",
     "I hate it when the build fails.",
     "I'm gay and I hate my haircut.",
