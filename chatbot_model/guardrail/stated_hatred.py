@@ -1,15 +1,15 @@
 """Hatred of a group said plainly: "I hate Muslims.", "Immigrants make me sick.", "Gay people are not to be trusted."
 
 The embedded classifier learned insults, slurs and threats, but not this: in its training data *hate* next to a
-group also appears in sentences that pass ("I hate how {group} are treated", "I refuse to hate {group}"), so a
-short statement of hatred scores low. These sentences have a fixed shape, so they are matched by shape: a group
-the policy protects (`GROUP`, by its common names) as the object of the speaker's hatred or disgust, or as the
-subject of a disgust or distrust predicate, the sentence ending there; or as the subject of a dehumanising
-predicate ("<group> are vermin / inferior ...", `_DEHUMANISING`) or of a denial of worth or ability ("<group>
-are not honest / capable ...", `_WORTH`), however the sentence goes on. Everything else is left to
-the classifier: a negation ("I don't hate Muslims"), a group that is not the object ("I hate how Muslims are
-treated", "people who hate Muslims"), a question about hatred ("Why do some people hate Muslims?") and a quoted or
-reported statement ("He said 'I hate Muslims' and was banned") do not match.
+group also appears in sentences that pass ("I hate how {group} are treated", "I refuse to hate {group}"), so a short
+statement of hatred scores low. These sentences have a fixed shape, so they are matched by shape: a group the policy
+protects (`GROUP`, by its common names) as the object of the speaker's hatred or disgust, or as the subject of a
+disgust or distrust predicate, the sentence ending there; or as the subject of a dehumanising predicate ("<group>
+are vermin / inferior ...", `_DEHUMANISING`) or of a denial of worth or ability ("<group> are not honest / capable
+...", `_WORTH`), however the sentence goes on. Everything else is left to the classifier: a negation ("I don't hate
+Muslims"), a group that is not the object ("I hate how Muslims are treated", "people who hate Muslims"), a question
+about hatred ("Why do some people hate Muslims?") and a quoted or reported statement ("He said 'I hate Muslims' and
+was banned") do not match.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ _DISGUST = (r"(?:make|makes) me (?:sick|ill|vomit|puke|gag|want to (?:puke|vomit
             r"(?:are|r)\s+(?:so\s+)?(?:repulsive|repugnant|revolting|disgusting) to me|"
             r"(?:are|r)\s+(?:all\s+|so\s+|just\s+|nothing but\s+)?(?:disgusting|revolting|vile|filthy|"
             r"evil|pathetic|gross|a disgrace|a waste of space|not (?:real )?(?:people|"
-            r"humans|human)|not welcome|not to be trusted|not people (?:who|that) can be trusted|not people i would ever trust|"
+            r"humans|human)|not welcome|not to be trusted|not people (?:who|that) can be trusted|"
+            r"not people i would ever trust|"
             r"never to be trusted)|(?:can'?t|cannot|can never|should never|must never) be trusted|"
             r"(?:don'?t|do not) deserve (?:rights|respect|to live|to exist|to be here)")
 _DEHUMANISING = (r"(?:are|r)\s+(?:all\s+|just\s+|nothing but\s+|like\s+)?(?:filth|scum|vermin|subhuman|sub-human|"

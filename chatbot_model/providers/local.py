@@ -3,17 +3,16 @@ each as [n], n being the 1-based index of its source in `request.sources` (the n
 
 Which sentence leads: every sentence of the top documents (`Source.doc_sentences`, the whole document near the
 retrieved chunk, not only the chunk) is scored against the question (`score_sentences`): its cosine with the
-question (of the mean of its own vector and its context vector, the sentence embedded after its document's
-title, `CONTEXT_SHARE`, when retrieval carries them), plus `OVERLAP_WEIGHT` times the share of the question's words it contains, plus `HOW_WEIGHT` when the
-question asks how / which / where (or names a command, flag, setting, port or endpoint) and the sentence holds
-one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, a `snake_case` or `CamelCase` name, an acronym,
-an `/endpoint`, a port, a code span), plus
-`SOURCE_WEIGHT` times its source's retrieval score. The answer leads with the best-scoring sentence (leading
-only from source 1 measured no better on dev, and a caller's numbering need not be by rank); a further sentence
-is added only when it scores within the style's `relative_floor` of the lead and brings a fact the answer does
-not hold yet (a command, setting, name or number not in it, or a word of the question no chosen sentence has,
-`_adds_fact`), from any cited source. Weights chosen on the dev part of artifacts/eval/user_questions.jsonl
-(docs/answer-quality.md).
+question (of the mean of its own vector and its context vector, the sentence embedded after its document's title,
+`CONTEXT_SHARE`, when retrieval carries them), plus `OVERLAP_WEIGHT` times the share of the question's words it
+contains, plus `HOW_WEIGHT` when the question asks how / which / where (or names a command, flag, setting, port or
+endpoint) and the sentence holds one (`ACTIONABLE`: a command line, a `--flag`, a `SETTING_NAME`, a `snake_case` or
+`CamelCase` name, an acronym, an `/endpoint`, a port, a code span), plus `SOURCE_WEIGHT` times its source's
+retrieval score. The answer leads with the best-scoring sentence (leading only from source 1 measured no better on
+dev, and a caller's numbering need not be by rank); a further sentence is added only when it scores within the
+style's `relative_floor` of the lead and brings a fact the answer does not hold yet (a command, setting, name or
+number not in it, or a word of the question no chosen sentence has, `_adds_fact`), from any cited source. Weights
+chosen on the dev part of artifacts/eval/user_questions.jsonl (docs/answer-quality.md).
 
 The hint (`request.system`) sets how much it says, by the first `ANSWER_STYLES` entry whose word it contains: the
 default hint ("... concise ...") gives the lead and at most two more sentences, the grounded hint after negative

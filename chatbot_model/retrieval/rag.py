@@ -49,7 +49,7 @@ from chatbot_model.retrieval.index import CLASS_TO_TYPE, apply_search_params, bu
 
 log = logging.getLogger(__name__)
 DOC_SUFFIXES = (".json", ".jsonl", ".md", ".txt")
-INDEX_FORMAT = 4  # 4: with context vectors; 3: with the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
+INDEX_FORMAT = 4  # 4: context vectors; 3: the lexical index; 2: memory-mapped chunk store, float16 sentence vectors
 DENSE_CANDIDATES = 10  # documents taken from the dense search per question (at least 4 x k)
 LEXICAL_CANDIDATES = 10  # documents taken from BM25 per question
 DOC_CHUNKS = 6  # most chunks of one document whose sentences a source carries (those nearest its best chunk)
