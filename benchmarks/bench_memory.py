@@ -80,7 +80,8 @@ def base_pool() -> tuple[list[dict], list[list[int]], list[str], np.ndarray]:
 
 def build(root: Path, n_chunks: int, old_root: Path | None, seed: int = 0) -> dict:
     """Write docs.jsonl and the index directory (and the old-format one when asked); the timings."""
-    from chatbot_model.retrieval.chunk_store import ChunkStoreWriter
+    from chatbot_model.retrieval.chunk_store import ChunkStore, ChunkStoreWriter
+    from chatbot_model.retrieval.lexical import LexicalIndex
     from chatbot_model.config import load_settings
     from chatbot_model.retrieval.index import build_index
     from chatbot_model.retrieval.rag import INDEX_FORMAT, RAGPipeline, chunk_documents, fingerprint, load_documents
@@ -132,17 +133,22 @@ def build(root: Path, n_chunks: int, old_root: Path | None, seed: int = 0) -> di
     import faiss
 
     faiss.write_index(index, str(root / "index" / "index.faiss"))
+    started = time.perf_counter()
+    lexical = LexicalIndex.build(ChunkStore(root / "index"))  # BM25 over the stored chunks, as a real build
+    lexical.save(root / "index")
+    lexical_s = time.perf_counter() - started
     name = RAGPipeline(settings).embedder_name
     hashed = load_documents(root / "docs.jsonl")  # the documents exactly as the service reads them
     manifest = {"format": INDEX_FORMAT, "fingerprint": fingerprint(hashed, name, settings), "embedder": name,
                 "dim": base.shape[1], "documents": n_docs, "chunks": n, "sentences": n_sentences,
                 "index_type": params["type"], "index_params": params, "chunk_size": settings.chunk_size,
-                "chunk_overlap": settings.chunk_overlap, "synthetic": True}
+                "chunk_overlap": settings.chunk_overlap, "lexical": {"type": "bm25s", "terms": len(lexical.idf)},
+                "synthetic": True}
     (root / "index" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if old:
         old.close(root / "index", {**manifest, "format": 1, "fingerprint": _old_fingerprint(hashed, name, settings)})
     return {"documents": n_docs, "chunks": n, "sentences": n_sentences, "generate_and_store_s": round(generated, 1),
-            "faiss_build_s": round(indexed, 1), "index_params": params,
+            "faiss_build_s": round(indexed, 1), "lexical_build_s": round(lexical_s, 1), "index_params": params,
             "files_mb": {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted((root / "index").iterdir())}}
 
 
