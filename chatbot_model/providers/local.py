@@ -200,10 +200,11 @@ def score_sentences(candidates: list[_Candidate], question: np.ndarray, request:
     asked = _words(request.question)
     how = bool(ASKS_HOW.search(request.question))
     matrix = _unit_rows(np.stack([np.asarray(c.vector, dtype=np.float32).reshape(-1) for c in candidates]))
-    ranked_by = _unit_rows(np.stack([
-        v if c.context is None else (1 - CONTEXT_SHARE) * v + CONTEXT_SHARE * _unit(np.asarray(c.context, np.float32))
-        for c, v in zip(candidates, matrix)]))
-    similarity = ranked_by @ question
+    context = matrix.copy()  # a sentence without a context vector is ranked by its own
+    for row, c in enumerate(candidates):
+        if c.context is not None:
+            context[row] = c.context
+    similarity = _unit_rows((1 - CONTEXT_SHARE) * matrix + CONTEXT_SHARE * _unit_rows(context)) @ question
     for c, vector, sim in zip(candidates, matrix, similarity):
         c.vector, c.similarity = vector, float(sim)
         overlap = len(asked & _words(c.text)) / len(asked) if asked else 0.0

@@ -68,9 +68,9 @@ def test_negation_questions_reports_and_other_objects_do_not_match(text):
 
 
 def test_no_question_of_the_eval_sets_the_offtopic_sample_or_the_knowledge_base_matches():
-    texts = [json.loads(line).get("question") or json.loads(line).get("text")
-             for name in ("benign.jsonl", "user_questions.jsonl", "retrieval.jsonl", "offtopic.jsonl")
-             for line in (DEFAULT_ARTIFACTS / "eval" / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for name in ("benign.jsonl", "user_questions.jsonl", "retrieval.jsonl", "offtopic.jsonl")
+            for line in (DEFAULT_ARTIFACTS / "eval" / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [row.get("question") or row.get("text") for row in rows]
     texts += [json.loads(line)["question"] for line in  # Natural Questions and chit-chat
               (DEFAULT_ARTIFACTS / "abstention_offtopic.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     texts += [d["text"] for d in json.loads((DEFAULT_ARTIFACTS / "docs.json").read_text(encoding="utf-8"))]
